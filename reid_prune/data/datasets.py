@@ -1,0 +1,183 @@
+"""Person re-ID datasets: parse folders of cropped images into train / query / gallery lists.
+
+Every supported dataset uses the Market-1501 layout::
+
+    root/
+      bounding_box_train/   training images
+      query/                probe images
+      bounding_box_test/    gallery images (may hold distractors with pid 0)
+
+File names start with ``<pid>_c<camera>``, e.g. ``0002_c1s1_000451_03.jpg``
+(Market-1501), ``0001_c2_f0046182.jpg`` (DukeMTMC-reID) or ``0001_c1_1.png``
+(CUHK03-NP). A pid of -1 marks junk boxes, which are dropped everywhere; pid 0
+marks distractors, which are kept in the gallery only. Camera ids become
+0-based (``c1`` -> 0). Train pids are relabelled 0..N-1 in sorted order of the
+original pid so they index classifier outputs; query and gallery keep the
+original pids so that matches across the two remain valid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASET_KINDS = ("market1501", "dukemtmc", "cuhk03np", "market_layout")
+CUHK03_VARIANTS = ("detected", "labeled")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+# (split, folder) in the Market-1501 layout.
+MARKET_FOLDERS = (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test"))
+FILE_NAME_PATTERN = re.compile(r"([-\d]+)_c(\d)")
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its file path, identity and 0-based camera id."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class ReIDDataset:
+    """A re-ID dataset split into training images and a query / gallery test set."""
+
+    name: str
+    train: list[Sample]
+    query: list[Sample]
+    gallery: list[Sample]
+
+    @property
+    def num_train_pids(self) -> int:
+        """Number of training identities (the classifier size)."""
+        return len({s.pid for s in self.train})
+
+    def summary(self) -> str:
+        """A small table: images, identities and cameras of each split."""
+        lines = [
+            f"dataset {self.name}",
+            f"  {'split':<8}| {'images':>7} | {'identities':>10} | {'cameras':>7}",
+            f"  {'-' * 8}+{'-' * 9}+{'-' * 12}+{'-' * 8}",
+        ]
+        for split, samples in (("train", self.train), ("query", self.query), ("gallery", self.gallery)):
+            pids = {s.pid for s in samples}
+            if split == "gallery":  # train pids are relabelled, so 0 is a distractor only here
+                pids.discard(DISTRACTOR_PID)
+            cameras = len({s.camid for s in samples})
+            lines.append(f"  {split:<8}| {len(samples):>7} | {len(pids):>10} | {cameras:>7}")
+        distractors = sum(s.pid == DISTRACTOR_PID for s in self.gallery)
+        if distractors:
+            lines.append(f"  gallery also holds {distractors} distractor images (pid 0), not counted as identities")
+        return "\n".join(lines)
+
+
+def _parse_name(file_name: str) -> tuple[int, int] | None:
+    """(pid, 1-based camera) from a file name, or None when it does not follow the pattern."""
+    match = FILE_NAME_PATTERN.match(file_name)
+    if match is None:
+        return None
+    try:
+        pid = int(match.group(1))
+    except ValueError:  # the pattern also accepts runs such as "--"
+        return None
+    camera = int(match.group(2))
+    return (pid, camera) if camera >= 1 else None
+
+
+def _parse_split(folder: Path, *, keep_distractors: bool) -> list[Sample]:
+    """Samples of one split folder with their original pids, sorted by path."""
+    samples = []
+    skipped = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        parsed = _parse_name(path.name)
+        if parsed is None:
+            skipped.append(path.name)
+            continue
+        pid, camera = parsed
+        if pid == JUNK_PID or (pid == DISTRACTOR_PID and not keep_distractors):
+            continue
+        samples.append(Sample(str(path), pid, camera - 1))
+    if not samples:
+        found = f"; {len(skipped)} image names did not match, e.g. {skipped[0]!r}" if skipped else ""
+        raise ValueError(
+            f"data.root: folder '{folder}' has no parseable images{found}. Expected image files "
+            f"({', '.join(IMAGE_EXTENSIONS)}) whose names match {FILE_NAME_PATTERN.pattern!r} with "
+            f"a pid >= 1 and a camera >= 1, e.g. '0002_c1s1_000451_03.jpg'"
+        )
+    return samples
+
+
+def _relabel(samples: list[Sample]) -> list[Sample]:
+    """Map pids to 0..N-1 in sorted order of the original pid."""
+    label_of = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
+    return [Sample(s.path, label_of[s.pid], s.camid) for s in samples]
+
+
+def read_market_layout(root: str | Path, name: str) -> ReIDDataset:
+    """Read any folder in Market-1501 layout (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: folder '{root}' does not exist")
+    folders = [folder for _, folder in MARKET_FOLDERS]
+    missing = [folder for folder in folders if not (root / folder).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.root: folder '{root}' has no {', '.join(missing)}; expected {', '.join(folders)}"
+        )
+    splits = {
+        split: _parse_split(root / folder, keep_distractors=split == "gallery") for split, folder in MARKET_FOLDERS
+    }
+    return ReIDDataset(name, _relabel(splits["train"]), splits["query"], splits["gallery"])
+
+
+def build_dataset(
+    kind: str,
+    root: str | Path,
+    *,
+    name: str | None = None,
+    cuhk03_variant: str = "detected",
+    verbose: bool = False,
+) -> ReIDDataset:
+    """Parse a re-ID dataset from disk.
+
+    Args:
+        kind: one of :data:`DATASET_KINDS`: ``market1501``, ``dukemtmc``,
+            ``cuhk03np`` (``root`` holds ``detected/`` and ``labeled/``, each in
+            Market layout) or ``market_layout`` (any folder in Market layout).
+        root: the dataset folder.
+        name: display name; defaults to the kind (``cuhk03np-<variant>``) or,
+            for ``market_layout``, the folder name.
+        cuhk03_variant: ``detected`` or ``labeled`` boxes of CUHK03-NP.
+        verbose: print :meth:`ReIDDataset.summary`.
+
+    Returns:
+        A :class:`ReIDDataset` with samples sorted by path.
+    """
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"data.kind: expected one of {list(DATASET_KINDS)}, got {kind!r}")
+    if cuhk03_variant not in CUHK03_VARIANTS:
+        raise ValueError(f"data.cuhk03_variant: expected one of {list(CUHK03_VARIANTS)}, got {cuhk03_variant!r}")
+    root = Path(root)
+    if kind == "cuhk03np":
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root: folder '{root}' does not exist")
+        if not (root / cuhk03_variant).is_dir():
+            raise FileNotFoundError(
+                f"data.root: folder '{root}' has no {cuhk03_variant}; a CUHK03-NP root holds "
+                f"{' and '.join(CUHK03_VARIANTS)}, each with "
+                f"{', '.join(folder for _, folder in MARKET_FOLDERS)}"
+            )
+        root = root / cuhk03_variant
+        default_name = f"cuhk03np-{cuhk03_variant}"
+    else:
+        default_name = root.name if kind == "market_layout" else kind
+    dataset = read_market_layout(root, name or default_name)
+    if verbose:
+        print(dataset.summary())
+    return dataset
