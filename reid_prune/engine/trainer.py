@@ -1,0 +1,265 @@
+"""The training loop: losses, optimiser, schedule, AMP, hooks, evaluation, checkpoints, resume.
+
+The loop is written for one process *or* one rank of a torchrun job: it asks
+``torch.distributed`` for its rank, wraps the model in DistributedDataParallel
+when the world is larger than one, and lets only rank 0 write files or show
+progress bars. Everything random is reseeded from ``train.seed + epoch`` at the
+start of each epoch, so a run resumed from ``last.pt`` repeats the remaining
+epochs exactly as an uninterrupted run would (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
+from ..config import Config, TrainConfig
+from ..evaluation import evaluate
+from ..losses import ReIDLoss
+from .hooks import TrainerHook
+from .schedule import lr_at
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; other values go to ``torch.device``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config key train.device: {spec!r} was asked for but CUDA is not available; use auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size) of this process; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """Adam or SGD over the trainable parameters; BN and bias parameters get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if train.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=train.momentum, nesterov=train.momentum > 0)
+
+
+class Trainer:
+    """Train a re-ID model for ``train.epochs`` epochs.
+
+    Args:
+        cfg: the full run configuration (stored in checkpoints).
+        model: the network; ``model(x, with_logits=True)`` must give (features, logits).
+        model_config: the build_model keyword arguments that recreate ``model``'s architecture.
+        train_loader: yields (images (B, 3, H, W), pids (B,), camids (B,), indices (B,)) in P x K batches;
+            its ``batch_sampler`` must have ``set_epoch``.
+        query_loader, gallery_loader: evaluation loaders; without them, no evaluation is run.
+        output_dir: run folder (config.yaml, last.pt, best.pt, metrics.jsonl); None writes nothing.
+        hooks: pruners or other :class:`TrainerHook` objects.
+        train: the schedule to follow; defaults to ``cfg.train`` (fine-tuning passes its own).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        model_config: dict[str, Any],
+        train_loader: DataLoader,
+        query_loader: DataLoader | None = None,
+        gallery_loader: DataLoader | None = None,
+        *,
+        output_dir: str | Path | None = None,
+        hooks: Sequence[TrainerHook] = (),
+        train: TrainConfig | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.train_cfg = train or cfg.train
+        self.model_config = model_config
+        self.device = resolve_device(self.train_cfg.device)
+        self.rank, self.world_size = distributed_context()
+        self.is_main = self.rank == 0
+        self.amp = self.train_cfg.amp and self.device.type == "cuda"
+        self.memory_format = torch.channels_last if self.train_cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.train_loader, self.query_loader, self.gallery_loader = train_loader, query_loader, gallery_loader
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.hooks = list(hooks)
+        self.progress = progress and self.is_main
+        self.criterion = ReIDLoss(
+            triplet=cfg.loss.triplet, margin=cfg.loss.margin, soft_margin=cfg.loss.soft_margin,
+            metric=cfg.loss.metric, triplet_weight=cfg.loss.triplet_weight, id_weight=cfg.loss.id_weight,
+            label_smoothing=cfg.loss.label_smoothing,
+        )
+        self.start_epoch = 0
+        self.epoch = 0
+        self.global_step = 0
+        self.best: dict[str, Any] = {"mAP": -1.0, "epoch": -1}
+        self.last_metrics: dict[str, Any] = {}
+        self.rebuild_optimizer()
+
+    # ------------------------------------------------------------------ state
+
+    def rebuild_optimizer(self) -> None:
+        """Create the optimiser and (for DDP) the wrapper anew; needed after surgery replaces parameters."""
+        self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model: nn.Module = nn.parallel.DistributedDataParallel(unwrap(self.model), device_ids=ids)
+        else:
+            self.train_model = self.model
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch + 1,
+            "global_step": self.global_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best": dict(self.best),
+            "metrics": dict(self.last_metrics),
+            "hooks": [hook.state_dict() for hook in self.hooks],
+            "config": self.cfg.to_dict(),
+        }
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from ``last.pt`` of the output folder (or ``path``)."""
+        if path is None:
+            if self.output_dir is None:
+                raise ValueError("resume needs an output folder holding last.pt")
+            path = self.output_dir / "last.pt"
+        ckpt = read_checkpoint(path)
+        unwrap(self.model).load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        for hook, state in zip(self.hooks, ckpt.get("hooks", [])):
+            hook.load_state_dict(state)
+        self.start_epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best = dict(ckpt["best"])
+        if self.output_dir is not None and self.is_main:
+            self._truncate_metrics(self.start_epoch)
+
+    def _truncate_metrics(self, next_epoch: int) -> None:
+        """Drop metric lines of epochs that will be run again (written after the last checkpoint)."""
+        path = self.output_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < next_epoch]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict[str, Any]:
+        """Run the remaining epochs. Returns {"best": {...}, "last": {...}}."""
+        epochs = self.train_cfg.epochs
+        for hook in self.hooks:
+            hook.on_train_start(self)
+        for epoch in range(self.start_epoch, epochs):
+            self.epoch = epoch
+            started = time.perf_counter()
+            train_stats = self.train_epoch(epoch)
+            for hook in self.hooks:
+                hook.on_epoch_end(self, epoch)
+            record: dict[str, Any] = {"epoch": epoch, **train_stats}
+            if self.query_loader is not None and ((epoch + 1) % self.train_cfg.eval_every == 0 or epoch + 1 == epochs):
+                metrics = self.evaluate()
+                record.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            self.last_metrics = record
+            self._save(record)
+        return {"best": dict(self.best), "last": dict(self.last_metrics)}
+
+    def _save(self, record: dict[str, Any]) -> None:
+        improved = "mAP" in record and record["mAP"] > self.best["mAP"]
+        if improved:
+            self.best = {"mAP": record["mAP"], "rank1": record["rank1"], "epoch": record["epoch"]}
+        if self.output_dir is None or not self.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        extra = self.checkpoint_extra()
+        save_checkpoint(self.output_dir / "last.pt", self.model, self.model_config, **extra)
+        if improved or self.query_loader is None:
+            save_checkpoint(self.output_dir / "best.pt", self.model, self.model_config, **extra)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the P x K loader. Returns mean loss parts and the last learning rate."""
+        seed_everything(self.train_cfg.seed + epoch)
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        self.model.train()
+        num_batches = len(self.train_loader)
+        if self.train_cfg.max_batches > 0:
+            num_batches = min(num_batches, self.train_cfg.max_batches)
+        totals: dict[str, float] = {}
+        bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{self.train_cfg.epochs}", disable=not self.progress,
+                   leave=False, dynamic_ncols=True)
+        lr = 0.0
+        for step, (images, pids, _, _) in enumerate(self.train_loader):
+            if step >= num_batches:
+                break
+            lr = lr_at(self.train_cfg, epoch + step / num_batches)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            parts = self.train_step(images, pids)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{lr:.2e}")
+            bar.update()
+        bar.close()
+        stats = {key: value / max(num_batches, 1) for key, value in totals.items()}
+        stats["lr"] = lr
+        return stats
+
+    def train_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
+        """Forward, loss (+ hook regularisers), backward, hooks, optimiser step."""
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        pids = pids.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            feats, logits = self.train_model(images, with_logits=True)
+            loss, parts = self.criterion(feats.float(), None if logits is None else logits.float(), pids)
+            for hook in self.hooks:
+                reg = hook.regularization_loss(unwrap(self.model))
+                if reg is not None:
+                    loss = loss + reg
+                    parts["reg"] = parts.get("reg", 0.0) + float(reg.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        for hook in self.hooks:
+            hook.on_after_backward(self)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        for hook in self.hooks:
+            hook.on_batch_end(self)
+        self.global_step += 1
+        parts["loss"] = float(loss.detach())
+        return parts
+
+    def evaluate(self) -> dict[str, Any]:
+        """Rank metrics of the current model on the query/gallery loaders (run on every rank)."""
+        e = self.cfg.eval
+        return evaluate(unwrap(self.model), self.query_loader, self.gallery_loader, device=self.device,
+                        metric=e.metric, flip=e.flip, ap=e.ap, amp=self.amp, progress=self.progress)
