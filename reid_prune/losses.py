@@ -36,7 +36,7 @@ def pairwise_distances(feats: Tensor, metric: str = "euclidean") -> Tensor:
         metric: ``euclidean`` (L2 distance) or ``cosine`` (1 - cosine similarity).
 
     Returns:
-        (N, N) float32 distances; the diagonal is (close to) zero.
+        (N, N) float32 distances; the diagonal is zero (1e-6 for euclidean, from the clamp).
     """
     if feats.dim() != 2:
         raise ValueError(f"feats: expected shape (N, D), got {tuple(feats.shape)}")
@@ -47,7 +47,9 @@ def pairwise_distances(feats: Tensor, metric: str = "euclidean") -> Tensor:
         feats = feats - feats.mean(dim=0, keepdim=True)
         squared_norms = feats.pow(2).sum(dim=1)
         squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * feats @ feats.T
-        return squared.clamp(min=_SQUARED_DISTANCE_EPS).sqrt()
+        # The expansion leaves rounding noise where the distance should be exactly 0.
+        itself = torch.eye(len(feats), dtype=torch.bool, device=feats.device)
+        return squared.masked_fill(itself, 0.0).clamp(min=_SQUARED_DISTANCE_EPS).sqrt()
     if metric == "cosine":
         unit = F.normalize(feats, dim=1)
         return 1.0 - unit @ unit.T
