@@ -1,0 +1,7 @@
+"""``python -m reid_prune`` runs the CLI (also the entry point for torchrun)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
