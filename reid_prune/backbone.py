@@ -165,7 +165,8 @@ def load_pretrained_trunk(model: ReIDNet, arch: str, pretrained: str) -> None:
             state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     trunk_keys = {k for k in model.state_dict() if k.split(".")[0] in _TRUNK_PREFIXES}
-    missing = sorted(trunk_keys - state.keys())
+    # Old torchvision files (resnet18/34 ImageNet) predate BN's num_batches_tracked; torch fills it in.
+    missing = sorted(k for k in trunk_keys - state.keys() if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(state.keys() - trunk_keys)
     if missing or unexpected:
         raise ValueError(

@@ -162,12 +162,6 @@ def test_pretrained_file_wrappers_load(tmp_path, wrap):
     assert_trunk_loaded(build_model("resnet18", pretrained=str(path)), state)
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="backbone.load_pretrained_trunk counts BN num_batches_tracked as missing; torchvision's "
-    "2017 ImageNet files (resnet18/34 DEFAULT) do not have them",
-)
 def test_pretrained_file_without_num_batches_tracked_loads(tmp_path):
     state = torchvision_state_dict()
     path = tmp_path / "old_format.pth"
