@@ -138,8 +138,7 @@ def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def disk_full(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"partial")  # a half-written file, then the failure
+        f.write(b"partial")  # a half-written file, then the failure
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
