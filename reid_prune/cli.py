@@ -15,10 +15,6 @@ from .report import format_table, metric_rows
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError)
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--config", required=required, metavar="YAML",
                         help="YAML config; keys it omits take the defaults in reid_prune/config.py")
@@ -59,6 +55,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_overrides(args: argparse.Namespace) -> list[str]:
+    """Map the prune flags onto prune.* config keys (flags win over the file and --set)."""
+    flags = {"method": args.method, "rate": args.rate, "target_macs": args.target_macs,
+             "target_params": args.target_params, "scope": args.scope, "finetune_epochs": args.finetune_epochs}
+    overrides = [f"prune.{k}={v}" for k, v in flags.items() if v is not None]
+    if args.rate is not None or args.target_macs is not None or args.target_params is not None:
+        # One target on the command line replaces any target the config file set.
+        overrides += [f"prune.{k}=null" for k in ("rate", "target_macs", "target_params") if flags[k] is None]
+    overrides += [f"prune.options.{text}" for text in args.option]
+    return overrides
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .engine.prune_run import STAGES, prune_checkpoint
+    from .report import human
+
+    cfg = load_config(args.config, list(args.overrides) + _prune_overrides(args))
+    output = args.output or str(Path(cfg.output) / f"pruned-{cfg.prune.method}")
+    report = prune_checkpoint(cfg, args.checkpoint, output=output, progress=not args.quiet)
+    stages = [s for s in STAGES if report.get(s)]
+    rows = []
+    for key, label in (("mAP", "mAP %"), ("rank1", "rank-1 %"), ("params", "params"), ("macs", "MACs")):
+        rows.append([label] + [f"{report[s][key]:.2f}" if key in ("mAP", "rank1") else human(report[s][key])
+                               for s in stages])
+    for batch in report["before"].get("latency_ms", {}):
+        rows.append([f"latency {batch} ms"] + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
+    print(f"\n{cfg.prune.method} ({cfg.prune.scope}) on {args.checkpoint}")
+    print(format_table(["", *stages], rows))
+    print(f"wrote {output}/pruned.pt and {output}/report.json")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data import build_dataset, generate_synthetic
 
@@ -89,6 +117,22 @@ examples:
   reid-prune eval --config configs/demo.yaml --checkpoint runs/demo/best.pt
   reid-prune eval --config configs/demo.yaml --checkpoint runs/demo/best.pt --json report.json
 """),
+    "prune": (cmd_prune, "prune a checkpoint with one method, fine-tune, report before/after", """\
+Loads a checkpoint, removes channels with the chosen method (they are physically
+removed: the saved model is smaller and faster), optionally fine-tunes, and
+writes DIR/pruned.pt and DIR/report.json (params, MACs, latency, mAP and rank-1
+before pruning, right after, and after fine-tuning). Rates are fractions
+PRUNED; --target-macs/--target-params are fractions KEPT of the whole model.
+Training-time methods (psfp, fpgm with mode=soft, ...) run their schedule inside
+the fine-tuning epochs. Method settings go through --option KEY=VALUE.
+
+examples:
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm --rate 0.4
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
+      --target-macs 0.5 --scope all --finetune-epochs 4 --output runs/demo/haoli50
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method psfp --rate 0.3 \\
+      --finetune-epochs 6
+"""),
     "synth": (cmd_synth, "write the synthetic re-ID dataset in Market-1501 layout", """\
 Writes a learnable synthetic person re-ID dataset (bounding_box_train,
 bounding_box_test, query) to use with data.dataset=market_layout.
@@ -102,27 +146,42 @@ example:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reid-prune",
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train person re-ID feature extractors and make them cheap to run by structured pruning.",
         epilog="Run 'reid-prune COMMAND --help' for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (func, summary, description) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         if name != "synth":
             _add_config_args(p)
             p.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
-    p_train, p_eval, p_synth = (sub.choices[n] for n in ("train", "eval", "synth"))
+    p_train, p_eval, p_prune, p_synth = (sub.choices[n] for n in ("train", "eval", "prune", "synth"))
+    p_prune.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
+    p_prune.add_argument("--method", help="pruning method (default: the config's prune.method); "
+                         "haoli, molchanov, entropy, autobalanced, psfp, fpgm, thinet, channel_pruning, afp_prc")
+    target = p_prune.add_mutually_exclusive_group()
+    target.add_argument("--rate", type=float, help="fraction of channels pruned in every group, in [0, 1)")
+    target.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs, e.g. 0.5")
+    target.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    p_prune.add_argument("--scope", choices=("internal", "all"),
+                         help="internal: convs inside blocks; all: also residual streams (default: config)")
+    p_prune.add_argument("--finetune-epochs", type=int, metavar="N", help="epochs of fine-tuning after pruning")
+    p_prune.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="method setting, e.g. --option mode=soft (repeatable)")
+    p_prune.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "
+                         "(default: OUTPUT/pruned-METHOD under the config's output)")
     p_train.add_argument("--output", metavar="DIR", help="run folder (default: the config's output key)")
     p_train.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
     p_eval.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
     p_eval.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
-    p_synth.add_argument("--ids", type=int, default=60, help="training identities")
-    p_synth.add_argument("--test-ids", type=int, default=30, help="test identities (query + gallery)")
-    p_synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    p_synth.add_argument("--ids", type=int, default=60, help="training identities (default: 60)")
+    p_synth.add_argument("--test-ids", type=int, default=30, help="test identities, query + gallery (default: 30)")
+    p_synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default: 0)")
     p_synth.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     return parser
 

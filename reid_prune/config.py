@@ -218,6 +218,10 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{path}.")
             continue
+        if isinstance(current, dict) and isinstance(value, dict):
+            # Free-form mappings (prune.options) merge key by key, so several --set options add up.
+            setattr(obj, key, {**current, **value})
+            continue
         setattr(obj, key, _coerce(value, hints[key], path))
 
 
