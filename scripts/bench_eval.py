@@ -25,7 +25,8 @@ def market_like_problem(num_query: int, num_gallery: int, num_ids: int, num_cams
     """Random (num_query, num_gallery) float32 distances with Market-like id and camera arrays."""
     rng = np.random.default_rng(seed)
     num_distractors = int(round(num_gallery * distractors))
-    g_pids = np.concatenate([np.zeros(num_distractors, dtype=np.int64), rng.integers(1, num_ids + 1, num_gallery - num_distractors)])
+    identities = rng.integers(1, num_ids + 1, num_gallery - num_distractors)
+    g_pids = np.concatenate([np.zeros(num_distractors, dtype=np.int64), identities])
     rng.shuffle(g_pids)
     q_pids = rng.integers(1, num_ids + 1, num_query)
     q_camids = rng.integers(0, num_cams, num_query)

@@ -1,3 +1,15 @@
 """Evaluation: feature extraction, distances, Market-1501 rank metrics, model complexity and latency."""
 
+from .complexity import complexity, measure_latency
+from .features import evaluate, extract_features, pairwise_distance
 from .metrics import rank_metrics, rank_metrics_loop
+
+__all__ = [
+    "complexity",
+    "evaluate",
+    "extract_features",
+    "measure_latency",
+    "pairwise_distance",
+    "rank_metrics",
+    "rank_metrics_loop",
+]

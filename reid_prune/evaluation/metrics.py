@@ -112,11 +112,12 @@ def rank_metrics(
         closer = torch.searchsorted(sorted_dist, match_dist_t).numpy()
         tied = (torch.searchsorted(sorted_dist, match_dist_t, right=True).numpy() - closer) > 1
         tie_row, tie_slot = np.nonzero(tied & (match_index < num_g))
-        if tie_row.size:
-            # Rare with real features; exact tie-breaking by gallery order, still vectorised.
-            equal = dist[tie_row] == match_dist[tie_row, tie_slot, None]
-            earlier = gallery_index[None, :] < match_index[tie_row, tie_slot, None]
-            closer[tie_row, tie_slot] += np.count_nonzero(equal & earlier, axis=1)
+        # Rare with trained features, but a collapsed model ties everything: go in blocks of rows.
+        for tie_start in range(0, tie_row.size, chunk):
+            rows, slots = tie_row[tie_start : tie_start + chunk], tie_slot[tie_start : tie_start + chunk]
+            equal = dist[rows] == match_dist[rows, slots, None]
+            earlier = gallery_index[None, :] < match_index[rows, slots, None]
+            closer[rows, slots] += np.count_nonzero(equal & earlier, axis=1)
         # Removed items that rank above a match (same tie rule) do not count.
         removed_above = (removed_dist[:, None, :] < match_dist[:, :, None]) | (
             (removed_dist[:, None, :] == match_dist[:, :, None]) & (removed_index[:, None, :] < match_index[:, :, None])
@@ -206,7 +207,10 @@ def _to_numpy(array) -> np.ndarray:
 
 
 def _pad_rows(rows: np.ndarray, values: np.ndarray, counts: np.ndarray, fill) -> np.ndarray:
-    """Scatter ``values`` (grouped by ascending ``rows``) into a (len(counts), max(counts)) array padded with ``fill``."""
+    """Scatter ``values`` (grouped by ascending ``rows``) into a (len(counts), max(counts)) array, padded with ``fill``.
+
+    ``counts[r]`` is how many entries row ``r`` has; entries keep their order within a row.
+    """
     width = int(counts.max(initial=0))
     out = np.full((len(counts), max(width, 1)), fill, dtype=values.dtype)
     starts = np.cumsum(counts) - counts
