@@ -72,6 +72,9 @@ class ReIDNet(nn.Module):
         num_classes: int = 0,
     ) -> None:
         super().__init__()
+        # The build_model arguments that recreate this architecture (checkpoints store them).
+        self.build_config = {"arch": arch, "last_stride": last_stride, "pooling": pooling, "neck": neck,
+                             "embedding_dim": embedding_dim, "num_classes": num_classes}
         if arch not in ARCHS:
             raise ValueError(f"model.arch: expected one of {list(ARCHS)}, got {arch!r}")
         if last_stride not in (1, 2):

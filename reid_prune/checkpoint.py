@@ -103,9 +103,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_config: dict[str, Any], **extra: Any) -> Path:
-    """Write ``model`` (pruned or not) with its widths and ``extra`` entries atomically to ``path``."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_config: dict[str, Any] | None = None,
+                    **extra: Any) -> Path:
+    """Write ``model`` (pruned or not) with its widths and ``extra`` entries atomically to ``path``.
+
+    ``model_config`` (build_model keyword arguments) defaults to the one the model was built with.
+    """
     model = unwrap(model)
+    if model_config is None:
+        if not hasattr(model, "build_config"):
+            raise ValueError("save_checkpoint: this model was not made by build_model; pass model_config")
+        model_config = model.build_config
     payload = {
         "format": FORMAT,
         "model_config": dict(model_config, pretrained="none"),
