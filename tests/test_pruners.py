@@ -140,5 +140,6 @@ def test_one_call_prune_meets_a_mac_budget_and_guards():
     assert abs(ratio - 0.5) <= 0.02, ratio
     convs = [m for name, m in small.named_modules() if name.endswith(("conv1", "conv2")) and "layer" in name]
     assert all(c.out_channels % 8 == 0 and c.out_channels >= 8 for c in convs)
-    with pytest.raises(ValueError, match="budget of 0.300 cannot be met.*scope=all"):
-        reid_prune.prune(_model(), "haoli", target_macs=0.3, min_channels=48, input_size=(128, 64))
+    # ResNet-18 internal groups at 64 channels or more still keep 0.37 of the MACs.
+    with pytest.raises(ValueError, match="budget of 0.300 cannot be met.*keeps 0.369.*scope=all"):
+        reid_prune.prune(_model(), "haoli", target_macs=0.3, min_channels=64, input_size=(128, 64))
