@@ -1,0 +1,100 @@
+"""`reid-prune prune` end to end on synthetic data, for every registered method, and its errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid_prune import load_model
+from reid_prune.cli import main
+from reid_prune.config import load_config
+from reid_prune.engine import train
+from reid_prune.pruners import available
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.workers=0", "data.eval_batch_size=64",
+    "data.synthetic.ids=12", "data.synthetic.test_ids=6", "data.synthetic.images_per_camera=2",
+    "model.arch=resnet18", "loss.id_weight=1.0", "train.warmup_epochs=0", "train.device=cpu",
+    "eval.latency_batch_sizes=[1]", "prune.data_batches=2", "train.max_batches=3",
+]
+# Method settings that keep each run to seconds on tiny data.
+OPTIONS = {
+    "molchanov": ["finetune_steps=1"],
+    "entropy": ["finetune_steps=1"],
+    "thinet": ["finetune_steps=1"],
+    "channel_pruning": ["finetune_steps=1"],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune_cli")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
+    train(load_config(None, TINY + ["train.epochs=1"]), output=root / "run", progress=False)
+    yield root
+    mp.undo()
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    return ["prune", "--config", str(REPO / "configs" / "demo.yaml"), "--quiet",
+            "--checkpoint", str(root / "run" / "best.pt"), *[f"--set={o}" for o in TINY], *extra]
+
+
+CASES = [(m, []) for m in available()] + [("fpgm", ["--option", "mode=soft"])]
+
+
+@pytest.mark.parametrize("method, extra", CASES, ids=[f"{m}{'-' + e[1] if e else ''}" for m, e in CASES])
+def test_every_method_prunes_end_to_end(trained, tmp_path, method, extra, capsys, monkeypatch):
+    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+    options = [x for o in OPTIONS.get(method, []) for x in ("--option", o)]
+    out = tmp_path / method
+    code = main(_args(trained, "--method", method, "--rate", "0.3", "--finetune-epochs", "1", "--output", str(out),
+                      *extra, *options))
+    assert code == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    assert "before" in table and "params" in table
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetuned"]["params"] < report["before"]["params"]
+    assert report["finetuned"]["macs"] < report["before"]["macs"]
+    for stage in ("before", "finetuned"):
+        assert {"mAP", "rank1", "params", "macs", "flops", "latency_ms"} <= report[stage].keys()
+    model = load_model(out / "pruned.pt")
+    assert sum(p.numel() for p in model.parameters()) == report["finetuned"]["params"]
+    assert torch.load(out / "pruned.pt", weights_only=True)["prune"]["method"] == method
+    assert model(torch.randn(2, 3, 64, 32)).shape[0] == 2
+
+
+def test_pruned_checkpoint_is_smaller_on_disk_and_resumes_in_train(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+    out = tmp_path / "haoli"
+    assert main(_args(trained, "--method", "haoli", "--target-macs", "0.5", "--scope", "all", "--output", str(out))) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert abs(report["pruned"]["macs"] / report["before"]["macs"] - 0.5) <= 0.02
+    assert report["finetuned"] is None
+    assert (out / "pruned.pt").stat().st_size < 0.75 * (trained / "run" / "best.pt").stat().st_size
+    # The pruned model is evaluated by `eval` with the same config.
+    assert main(["eval", "--config", str(REPO / "configs" / "demo.yaml"), "--quiet", "--checkpoint",
+                 str(out / "pruned.pt"), *[f"--set={o}" for o in TINY]]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "haoli", "--rate", "1.0"], "prune.rate: a prune fraction must lie in [0, 1)"),
+        (["--method", "l1norm", "--rate", "0.3"], "unknown pruning method 'l1norm'; valid names: haoli"),
+        (["--method", "haoli", "--target-macs", "0.05", "--set=prune.min_channels=64"], "cannot be met"),
+        (["--method", "haoli", "--rate", "0.3", "--set=model.arch=resnet50"], "holds a resnet18 but the config"),
+        (["--method", "psfp", "--rate", "0.3"], "prunes during training: give --finetune-epochs"),
+        (["--method", "fpgm", "--rate", "0.3", "--option", "mode=medium"], "fpgm option mode"),
+    ],
+)
+def test_errors_are_clear_and_write_nothing(trained, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+    out = tmp_path / "out"
+    assert main(_args(trained, *extra, "--output", str(out))) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
