@@ -25,7 +25,7 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config, DataConfig, dump_config
 from ..data import ReIDDataset, build_dataset, build_eval_loader, build_train_loader, build_transforms, generate_synthetic
 from ..evaluation import complexity, evaluate, measure_latency
-from .trainer import Trainer, distributed_context, resolve_device
+from .trainer import Trainer, distributed_context, resolve_device, seed_everything
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -107,6 +107,7 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     if resume:
         model = model_from_checkpoint(read_checkpoint(out / "last.pt"))
     else:
+        seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
         model = build_model(**model_config)
     train_loader = make_train_loader(cfg, dataset)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
