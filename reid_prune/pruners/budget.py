@@ -1,0 +1,338 @@
+"""How many channels each group keeps: from a prune rate, per-group rates, or a MACs/params budget.
+
+Rates are the fraction PRUNED; budget targets are the fraction KEPT of the whole model's
+MACs or parameters (``target_macs=0.5`` keeps half the MACs).
+
+:class:`CostModel` records each layer's geometry once, with forward hooks at the given
+input size, so the MACs and parameters of the network under any per-group keep counts
+are sums of products, computed without running the network again. Conventions
+(docs/architecture.md, "Complexity conventions"): MACs are the multiply-accumulates of
+the Conv2d and Linear layers run by the retrieval forward ``model(x)`` for one image
+(FLOPs = 2 x MACs); parameters are all ``model.parameters()``, trainable or not, including
+layers the retrieval forward does not run (the classifier).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, find_channel_groups
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class LayerCost:
+    """Geometry of one Conv2d / Linear / BatchNorm layer.
+
+    ``macs = out_channels * in_channels / groups * per_pair`` and
+    ``params = out_channels * in_channels / groups * kernel + bias * out_channels`` for
+    convs and linears, where ``per_pair`` is kh * kw * H_out * W_out (conv) or the number
+    of output positions, 1 for a (B, F) input (linear), and 0 for layers the forward does
+    not run. Norms have ``params = 2 * channels`` when affine and no MACs.
+    ``out_group`` / ``in_group`` name the channel groups that set the widths (None: fixed).
+    """
+
+    name: str
+    out_channels: int
+    in_channels: int
+    groups: int
+    kernel: int
+    per_pair: int
+    bias: bool
+    out_group: str | None = None
+    in_group: str | None = None
+    is_norm: bool = False
+
+
+class CostModel:
+    """MACs and parameters of ``model`` under any per-group channel counts, without re-running it.
+
+    Args:
+        model: the network (any width); its current widths are the reference.
+        input_size: (H, W) of the image the MACs are counted at.
+        groups: the channel groups keep counts may name; by default every prunable group
+            (``find_channel_groups(model, scope="all", include_last_stage=True)``), which is a
+            superset of the groups found with any filter.
+
+    Example::
+
+        cost = CostModel(model, (256, 128))
+        cost.macs()                              # the model as it is
+        cost.macs({"layer1.0.conv1": 32})        # with layer1.0.conv1 cut to 32 channels
+    """
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int] = (256, 128),
+                 groups: Sequence[ChannelGroup] | None = None) -> None:
+        if groups is None:
+            groups = find_channel_groups(model, scope="all", include_last_stage=True)
+        self.input_size = tuple(input_size)
+        self.channels = {g.name: g.channels for g in groups}
+        positions = _output_positions(model, self.input_size)
+        out_group, in_group = {}, {}
+        for g in groups:
+            out_group.update(dict.fromkeys(g.producers + g.norms, g.name))
+            in_group.update(dict.fromkeys(g.consumers, g.name))
+        self.layers: list[LayerCost] = []
+        counted = 0
+        for name, m in model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                conv = isinstance(m, nn.Conv2d)
+                layer = LayerCost(
+                    name=name,
+                    out_channels=m.out_channels if conv else m.out_features,
+                    in_channels=m.in_channels if conv else m.in_features,
+                    groups=m.groups if conv else 1,
+                    kernel=math.prod(m.kernel_size) if conv else 1,
+                    per_pair=(math.prod(m.kernel_size) if conv else 1) * positions.get(name, 0),
+                    bias=m.bias is not None,
+                    out_group=out_group.get(name),
+                    in_group=in_group.get(name),
+                )
+            elif isinstance(m, _NORMS) and m.affine:
+                layer = LayerCost(name, out_channels=m.num_features, in_channels=1, groups=1, kernel=0, per_pair=0,
+                                  bias=True, out_group=out_group.get(name), is_norm=True)
+            else:
+                continue
+            self.layers.append(layer)
+            counted += sum(p.numel() for p in m.parameters(recurse=False))
+        # Parameters outside convs, linears and affine norms (e.g. GeM's p) never change.
+        self.fixed_params = sum(p.numel() for p in model.parameters()) - counted
+
+    def _widths(self, layer: LayerCost, keep_counts: Mapping[str, int]) -> tuple[int, int]:
+        out_c = keep_counts.get(layer.out_group, layer.out_channels) if layer.out_group else layer.out_channels
+        in_c = keep_counts.get(layer.in_group, layer.in_channels) if layer.in_group else layer.in_channels
+        return out_c, in_c
+
+    def _check(self, keep_counts: Mapping[str, int] | None) -> Mapping[str, int]:
+        keep_counts = keep_counts or {}
+        unknown = sorted(set(keep_counts) - set(self.channels))
+        if unknown:
+            raise ValueError(f"keep counts name unknown groups {unknown[:5]}; known: {sorted(self.channels)[:8]} ...")
+        for name, k in keep_counts.items():
+            if not 1 <= k <= self.channels[name]:
+                raise ValueError(f"group {name!r} keeps {k} channels; expected 1..{self.channels[name]}")
+        return keep_counts
+
+    def macs(self, keep_counts: Mapping[str, int] | None = None) -> int:
+        """Conv and linear MACs for one image with ``keep_counts`` {group: channels kept} (others: as now)."""
+        keep_counts = self._check(keep_counts)
+        total = 0
+        for layer in self.layers:
+            if layer.per_pair:
+                out_c, in_c = self._widths(layer, keep_counts)
+                total += out_c * (in_c // layer.groups) * layer.per_pair
+        return total
+
+    def params(self, keep_counts: Mapping[str, int] | None = None) -> int:
+        """Number of parameters with ``keep_counts`` {group: channels kept} (others: as now)."""
+        keep_counts = self._check(keep_counts)
+        total = self.fixed_params
+        for layer in self.layers:
+            out_c, in_c = self._widths(layer, keep_counts)
+            if layer.is_norm:
+                total += 2 * out_c
+            else:
+                total += out_c * (in_c // layer.groups) * layer.kernel + (out_c if layer.bias else 0)
+        return total
+
+
+def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
+    """{layer name: output positions per channel} for the convs and linears run by ``model(x)``, batch 1.
+
+    H_out * W_out for a conv; the output size over ``out_features`` for a linear (1 for (B, F)).
+    Runs in eval mode without gradients; the model's modes are restored.
+    """
+    positions: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+            def hook(module, inputs, output, name=name, channels=channels):
+                positions[name] = positions.get(name, 0) + output.numel() // channels
+
+            handles.append(m.register_forward_hook(hook))
+    param = next(model.parameters())
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    x = torch.zeros(1, first_conv.in_channels if first_conv else 3, *input_size, dtype=param.dtype, device=param.device)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return positions
+
+
+def _bounds(channels: int, min_channels: int, round_to: int) -> int:
+    """The fewest channels a group may keep: min_channels rounded up to a multiple of round_to, at most all."""
+    return min(channels, math.ceil(max(min_channels, 1) / round_to) * round_to)
+
+
+def _round_keep(keep: int, channels: int, min_channels: int, round_to: int) -> int:
+    """``keep`` rounded to the nearest multiple of ``round_to`` (halves round up), clamped to the bounds."""
+    rounded = (2 * keep + round_to) // (2 * round_to) * round_to
+    return max(_bounds(channels, min_channels, round_to), min(channels, rounded))
+
+
+def _check_rounding(min_channels: int, round_to: int) -> None:
+    if min_channels < 1:
+        raise ValueError(f"min_channels must be >= 1, got {min_channels}")
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+
+
+def _check_rate(rate: float, what: str) -> float:
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"{what}: a prune rate is the fraction of channels removed, in [0, 1); got {rate!r}")
+    return float(rate)
+
+
+def keep_counts_for_rate(
+    groups: Sequence[ChannelGroup],
+    rate: float | Mapping[str, float],
+    *,
+    min_channels: int = 1,
+    round_to: int = 1,
+) -> dict[str, int]:
+    """Channels each group keeps when a fraction ``rate`` of them is pruned.
+
+    ``keep = channels - floor(rate * channels)``, then rounded to the NEAREST multiple of
+    ``round_to`` (a tie rounds up, keeping more), and clamped to
+    ``[min_channels rounded up to a multiple of round_to, channels]``: never zero, never more
+    than the group has. A group whose width is not a multiple of ``round_to`` may keep all
+    its channels when rounding would go past them.
+
+    Args:
+        groups: the groups to size.
+        rate: the fraction PRUNED, one for every group, or {group name: rate} (groups not
+            named keep all their channels).
+        min_channels: the fewest channels a group keeps (>= 1).
+        round_to: keep counts are multiples of this (e.g. 8 for tensor cores).
+
+    Returns:
+        {group name: channels kept}.
+
+    Raises:
+        ValueError: a rate outside [0, 1), an unknown group name, or min_channels / round_to < 1.
+    """
+    _check_rounding(min_channels, round_to)
+    if isinstance(rate, Mapping):
+        names = {g.name for g in groups}
+        unknown = sorted(set(rate) - names)
+        if unknown:
+            raise ValueError(f"per-group rates name unknown groups {unknown[:5]}; known: {sorted(names)[:8]} ...")
+        rates = {name: _check_rate(r, f"rate of group {name!r}") for name, r in rate.items()}
+    else:
+        rates = dict.fromkeys((g.name for g in groups), _check_rate(rate, "rate"))
+    counts = {}
+    for g in groups:
+        keep = g.channels - math.floor(rates.get(g.name, 0.0) * g.channels)
+        counts[g.name] = _round_keep(keep, g.channels, min_channels, round_to)
+    return counts
+
+
+def keep_counts_for_budget(
+    groups: Sequence[ChannelGroup],
+    cost: CostModel,
+    *,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    tolerance: float = 0.02,
+) -> dict[str, int]:
+    """Channels each group keeps so the model keeps a fraction of its MACs or parameters.
+
+    First one prune rate, the same for every group in ``groups``, is found by bisection
+    (the cost falls monotonically with the rate). Because keep counts are integers (and
+    multiples of ``round_to``), a uniform rate can jump over the target; if the nearest one
+    is still more than ``tolerance`` away, single groups are moved one ``round_to`` step at a
+    time toward the target, each time taking the step that lands closest to it, until it is
+    within tolerance.
+
+    Args:
+        groups: the groups that may be cut (others keep their width).
+        cost: the :class:`CostModel` of the same model; it must know every group.
+        target_macs: fraction of the model's current MACs to KEEP, in (0, 1].
+        target_params: fraction of the model's current parameters to KEEP, in (0, 1].
+            Give exactly one of the two targets.
+        min_channels, round_to: as in :func:`keep_counts_for_rate`.
+        tolerance: the largest accepted ``|cost(keep) / cost(full) - target|``.
+
+    Returns:
+        {group name: channels kept}, within ``tolerance`` of the target.
+
+    Raises:
+        ValueError: both or neither target given, a target outside (0, 1], a group unknown
+            to ``cost``, or a target that cannot be reached even with every group at its
+            minimum (the message gives the smallest reachable fraction).
+    """
+    _check_rounding(min_channels, round_to)
+    if (target_macs is None) == (target_params is None):
+        raise ValueError("give exactly one of target_macs and target_params (the fraction of the model to keep)")
+    what, target = ("MACs", target_macs) if target_macs is not None else ("params", target_params)
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target_{what.lower()}: the fraction of {what} to keep must be in (0, 1], got {target!r}")
+    unknown = sorted({g.name for g in groups} - set(cost.channels))
+    if unknown:
+        raise ValueError(f"the cost model does not know groups {unknown[:5]}; build it on the same model")
+    measure = cost.macs if what == "MACs" else cost.params
+    full = measure()
+
+    def fraction(counts: Mapping[str, int]) -> float:
+        return measure(counts) / full
+
+    lowest = {g.name: _bounds(g.channels, min_channels, round_to) for g in groups}
+    if fraction(lowest) > target + tolerance:
+        raise ValueError(
+            f"a {what} budget of {target:.3f} cannot be met: with every selected group at its minimum the model "
+            f"keeps {fraction(lowest):.3f} of its {what}. Prune more layers (scope=all, include the stem, "
+            "downsample or last stage) or lower min_channels / round_to"
+        )
+
+    def at(rate: float) -> dict[str, int]:
+        return keep_counts_for_rate(groups, rate, min_channels=min_channels, round_to=round_to)
+
+    low, high = 0.0, math.nextafter(1.0, 0.0)  # fraction(at(low)) >= target >= fraction(at(high)) when reachable
+    for _ in range(60):
+        mid = (low + high) / 2
+        if fraction(at(mid)) > target:
+            low = mid
+        else:
+            high = mid
+    counts = min((at(low), at(high)), key=lambda c: abs(fraction(c) - target))
+    return _adjust(groups, counts, lowest, round_to, fraction, target, tolerance, what)
+
+
+def _adjust(groups, counts, lowest, round_to, fraction, target, tolerance, what) -> dict[str, int]:
+    """Greedy one-step moves of single groups toward the target until within tolerance."""
+    channels = {g.name: g.channels for g in groups}
+    error = fraction(counts) - target
+    while abs(error) > tolerance:
+        best, best_error = None, abs(error)
+        for name, k in counts.items():
+            step = max(lowest[name], k - round_to) if error > 0 else min(channels[name], k + round_to)
+            if step == k:
+                continue
+            trial_error = fraction({**counts, name: step}) - target
+            if abs(trial_error) < best_error:
+                best, best_error = (name, step, trial_error), abs(trial_error)
+        if best is None:
+            raise ValueError(
+                f"could not bring the model within {tolerance} of a {what} fraction of {target:.3f} "
+                f"(closest: {fraction(counts):.3f}); raise the tolerance or lower round_to"
+            )
+        counts[best[0]], error = best[1], best[2]
+    return counts
