@@ -48,7 +48,9 @@ class PKSampler(Sampler[list[int]]):
         if k < 1:
             raise ValueError(f"PKSampler: k must be >= 1 image per identity, got {k}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"PKSampler: need num_replicas >= 1 and 0 <= rank < num_replicas, got {rank=}, {num_replicas=}")
+            raise ValueError(
+                f"PKSampler: need num_replicas >= 1 and 0 <= rank < num_replicas, got {rank=}, {num_replicas=}"
+            )
         pid_array = np.asarray(pids, dtype=np.int64)
         unique_pids, inverse = np.unique(pid_array, return_inverse=True)
         if len(unique_pids) < p * num_replicas:

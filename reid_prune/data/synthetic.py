@@ -139,8 +139,8 @@ def _render(person: _Identity, camera: _Camera, rng: np.random.Generator, height
     y = np.arange(height, dtype=np.float32)[:, None]
     x = np.arange(width, dtype=np.float32)[None, :]
 
-    # Background: a facade of vertical bars above a floor, shifted per image.
-    # Crops come from different parts of the scene: shift its texture phase and colour a little.
+    # Background: a facade of vertical bars above a floor. Crops come from different parts of
+    # the scene, so each image shifts the texture phase and the facade colour a little.
     phase = rng.uniform(0, camera.bar_period)
     bars = camera.bar_contrast * np.sign(np.sin(2 * np.pi * (x + phase) / camera.bar_period))
     background = np.clip(camera.background + rng.normal(0, 0.06, 3), 0, 1).astype(np.float32)
@@ -149,7 +149,6 @@ def _render(person: _Identity, camera: _Camera, rng: np.random.Generator, height
         background * (1 + bars)[..., None],
         np.broadcast_to(camera.floor * (1 - 0.3 * (y / height))[..., None], (height, width, 3)),
     ).astype(np.float32)
-    image = np.broadcast_to(image, (height, width, 3)).copy()
 
     # Body coordinates: v runs 0 (top of head) .. 1 (soles), u is horizontal, both in body heights.
     body = height * camera.person_height * person.height * np.exp(rng.normal(0, 0.05))
@@ -287,11 +286,10 @@ def generate_synthetic(
         )
     if num_distractors < 0 or height < 16 or width < 8:
         raise ValueError(f"synthetic: need num_distractors >= 0 and an image of at least 16x8, got {height}x{width}")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        if not overwrite:
-            raise FileExistsError(
-                f"synthetic: '{root}' exists and is not empty; pass overwrite=True to replace it or choose another folder"
-            )
+    if not overwrite and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            f"synthetic: '{root}' exists and is not empty; pass overwrite=True to replace it or choose another folder"
+        )
 
     # Separate streams, so e.g. the train identities do not change with num_test_ids.
     camera_rng, identity_rng, test_identity_rng, image_rng = (
