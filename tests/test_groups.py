@@ -21,7 +21,8 @@ def test_internal_groups_are_the_non_residual_convs_of_each_block(arch):
     model = build_model(arch, num_classes=5)
     groups = find_channel_groups(model)
     per_block = ["conv1", "conv2"] if arch == "resnet50" else ["conv1"]
-    expected = [f"layer{s + 1}.{b}.{conv}" for s, n in enumerate(BLOCKS[arch]) for b in range(n) for conv in per_block]
+    blocks = [f"layer{stage + 1}.{b}" for stage, n in enumerate(BLOCKS[arch]) for b in range(n)]
+    expected = [f"{block}.{conv}" for block in blocks for conv in per_block]
     assert [g.name for g in groups] == expected
     for g in groups:
         block, conv = g.name.rsplit(".", 1)
@@ -70,7 +71,8 @@ def test_resnet50_stem_is_its_own_group_and_every_conv_is_produced_once():
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert sorted(produced) == sorted(convs)
     norms = [n for g in groups for n in g.norms]
-    assert sorted(norms) == sorted(n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    all_norms = [n for n, m in model.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert sorted(norms) == sorted(all_norms)
     # The classifier's outputs are identities: never a group.
     assert all("classifier" not in g.producers for g in groups)
 

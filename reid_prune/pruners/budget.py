@@ -19,12 +19,10 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .groups import ChannelGroup, find_channel_groups
+from .groups import NORMS, ChannelGroup, example_input, find_channel_groups, inspection_mode
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass
@@ -95,7 +93,7 @@ class CostModel:
                     out_group=out_group.get(name),
                     in_group=in_group.get(name),
                 )
-            elif isinstance(m, _NORMS) and m.affine:
+            elif isinstance(m, NORMS) and m.affine:
                 layer = LayerCost(name, out_channels=m.num_features, in_channels=1, groups=1, kernel=0, per_pair=0,
                                   bias=True, out_group=out_group.get(name), is_norm=True)
             else:
@@ -147,7 +145,7 @@ def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str
     """{layer name: output positions per channel} for the convs and linears run by ``model(x)``, batch 1.
 
     H_out * W_out for a conv; the output size over ``out_features`` for a linear (1 for (B, F)).
-    Runs in eval mode without gradients; the model's modes are restored.
+    Runs in eval mode without gradients (:func:`~reid_prune.pruners.groups.inspection_mode`).
     """
     positions: dict[str, int] = {}
     handles = []
@@ -159,19 +157,12 @@ def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str
                 positions[name] = positions.get(name, 0) + output.numel() // channels
 
             handles.append(m.register_forward_hook(hook))
-    param = next(model.parameters())
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    x = torch.zeros(1, first_conv.in_channels if first_conv else 3, *input_size, dtype=param.dtype, device=param.device)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
-            model(x)
+        with inspection_mode(model):
+            model(example_input(model, input_size))
     finally:
         for handle in handles:
             handle.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return positions
 
 

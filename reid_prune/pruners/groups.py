@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import operator
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from inspect import signature
 from typing import Any
@@ -163,7 +165,7 @@ _CHANNELWISE_METHODS = {
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "tanh", "clamp",
     "clamp_", "clamp_min", "clamp_min_", "pow", "pow_", "sqrt", "abs", "exp", "log", "flatten", "contiguous",
 }
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # per-channel layers that surgery slices
 
 
 class _ShapeRecorder(Interpreter):
@@ -180,24 +182,34 @@ class _ShapeRecorder(Interpreter):
         return result
 
 
-def _trace(model: nn.Module, input_size: tuple[int, int]) -> tuple[GraphModule, dict[Node, tuple[int, ...]]]:
-    """Trace ``model`` (with logits, when its forward takes ``with_logits``) and record node shapes."""
-    concrete = {"with_logits": True} if "with_logits" in signature(model.forward).parameters else None
-    gm = symbolic_trace(model, concrete_args=concrete)
+def example_input(model: nn.Module, input_size: tuple[int, int]) -> Tensor:
+    """A (1, C, H, W) zero image on the model's device and dtype; C is the first conv's input channels."""
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    in_channels = first_conv.in_channels if first_conv is not None else 3
     param = next(model.parameters())
-    x = torch.zeros(1, in_channels, *input_size, dtype=param.dtype, device=param.device)
-    recorder = _ShapeRecorder(gm)
-    # The traced graph shares the model's modules: eval mode leaves BN statistics alone.
+    channels = first_conv.in_channels if first_conv is not None else 3
+    return torch.zeros(1, channels, *input_size, dtype=param.dtype, device=param.device)
+
+
+@contextmanager
+def inspection_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode without gradients, so a probing forward leaves BN statistics alone; modes are restored."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            recorder.run(x, *(concrete or {}).values())
+            yield
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _trace(model: nn.Module, input_size: tuple[int, int]) -> tuple[GraphModule, dict[Node, tuple[int, ...]]]:
+    """Trace ``model`` (with logits, when its forward takes ``with_logits``) and record node shapes."""
+    concrete = {"with_logits": True} if "with_logits" in signature(model.forward).parameters else None
+    gm = symbolic_trace(model, concrete_args=concrete)
+    recorder = _ShapeRecorder(gm)
+    with inspection_mode(model):  # the traced graph shares the model's modules
+        recorder.run(example_input(model, input_size), *(concrete or {}).values())
     return gm, recorder.shapes
 
 
@@ -299,7 +311,7 @@ class _ChannelTracer:
             if space is not None:
                 self._attach("producer", name, space)
                 self.opened.append(space)
-        elif isinstance(module, _NORMS) and spaced:
+        elif isinstance(module, NORMS) and spaced:
             self._attach("norm", name, self.space_of[spaced[0]])
             self.space_of[node] = self.space_of[spaced[0]]
         elif isinstance(module, _CHANNELWISE_MODULES):

@@ -20,9 +20,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .groups import ChannelGroup
+from .groups import NORMS, ChannelGroup
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _as_index(indices: Sequence[int] | Tensor, channels: int, what: str) -> Tensor:
@@ -61,7 +60,7 @@ def _width(module: nn.Module, role: str) -> int:
         return module.out_channels if role == "producer" else module.in_channels
     if isinstance(module, nn.Linear):
         return module.out_features if role == "producer" else module.in_features
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORMS):
         return module.num_features
     raise TypeError(f"cannot prune channels of {type(module).__name__}")
 
@@ -88,7 +87,7 @@ def _sliced(module: nn.Module, role: str, index: Tensor) -> nn.Module:
         out_f = len(index) if role == "producer" else module.out_features
         in_f = len(index) if role == "consumer" else module.in_features
         new = nn.Linear(in_f, out_f, bias=module.bias is not None, device="meta")
-    elif isinstance(module, _NORMS):
+    elif isinstance(module, NORMS):
         new = type(module)(len(index), eps=module.eps, momentum=module.momentum, affine=module.affine,
                            track_running_stats=module.track_running_stats, device="meta")
         for name in ("running_mean", "running_var"):
@@ -199,7 +198,7 @@ def zero_group(model: nn.Module, group: ChannelGroup, drop: Sequence[int] | Tens
     with torch.no_grad():
         for name in group.producers + group.norms:
             module = model.get_submodule(name)
-            if isinstance(module, _NORMS) and not module.affine:
+            if isinstance(module, NORMS) and not module.affine:
                 raise ValueError(f"{name} has no affine weight and bias, so its channels cannot be zeroed")
             for param in (module.weight, module.bias):
                 if param is not None:
