@@ -10,7 +10,16 @@ import torch
 from conftest import shared_data
 from PIL import Image
 
-from reid_prune.data import DATASET_KINDS, ImageDataset, Sample, build_dataset, build_eval_loader, build_transforms
+from reid_prune.data import (
+    DATASET_KINDS,
+    ImageDataset,
+    PKSampler,
+    Sample,
+    build_dataset,
+    build_eval_loader,
+    build_train_loader,
+    build_transforms,
+)
 
 MARKET_TREE = {
     "bounding_box_train": [
@@ -150,7 +159,7 @@ def test_split_without_parseable_images_names_pattern_and_example(tmp_path):
     assert "e.g. '0002_c1s1_000451_03.jpg'" in message
 
 
-def test_image_dataset_and_eval_loader_read_pngs(tmp_path):
+def test_image_dataset_and_loaders_read_pngs(tmp_path):
     root = tmp_path / "pngs"
     rng = np.random.default_rng(0)
     for folder, names in {
@@ -167,6 +176,14 @@ def test_image_dataset_and_eval_loader_read_pngs(tmp_path):
     image, pid, camid, index = ImageDataset(dataset.train, transform)[1]
     assert image.shape == (3, 16, 8) and image.dtype == torch.float32  # greyscale converted to RGB
     assert (pid, camid, index) == (1, 1, 1)
+
+    loader = build_train_loader(dataset.train, transform, p=2, k=3, seed=0, workers=0)
+    assert isinstance(loader.batch_sampler, PKSampler) and not loader.persistent_workers
+    (images, pids, camids, indices) = next(iter(loader))
+    assert images.shape == (6, 3, 16, 8)
+    assert sorted(pids.tolist()) == [0, 0, 0, 1, 1, 1]  # one image per identity, drawn 3 times
+    assert all(pid == dataset.train[i].pid for pid, i in zip(pids.tolist(), indices.tolist()))
+    assert build_train_loader(dataset.train, transform, p=2, k=1, seed=0, workers=1).persistent_workers
 
     batches = list(build_eval_loader(dataset.gallery, transform, batch_size=2, workers=0))
     assert [b[0].shape[0] for b in batches] == [2, 1]  # ordered, last batch kept
