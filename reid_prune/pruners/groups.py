@@ -106,7 +106,6 @@ class _Space:
         self.norms += other.norms
         self.consumers += other.consumers
         self.blocked += other.blocked
-        self.summed = True
         self.reaches_output |= other.reaches_output
         self.is_logits |= other.is_logits
 
@@ -150,7 +149,7 @@ class _Spaces:
 # Ops that act on each channel separately, keeping dim 1: they pass the space through.
 # Binary elementwise ops among them unite the spaces of their spaced operands.
 _CHANNELWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
     nn.Hardsigmoid, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Flatten,
 )
