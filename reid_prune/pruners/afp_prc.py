@@ -89,7 +89,7 @@ class AFPPRCPruner(TrainingPruner):
     def regularization_loss(self, model: nn.Module) -> Tensor | None:
         if self.lam == 0 or not self.unimportant:
             return None
-        total = sum(channel_norms(model, g, 1)[self.unimportant[g.name]].sum()
+        total = sum(channel_norms(model, g, 1, self.unimportant[g.name]).sum()
                     for g in self.groups if g.name in self.unimportant)
         return self.lam * total
 

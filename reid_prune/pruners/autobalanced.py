@@ -57,10 +57,18 @@ def channel_parameters(model: nn.Module, group: ChannelGroup) -> list[Tensor]:
     return params
 
 
-def channel_norms(model: nn.Module, group: ChannelGroup, p: int) -> Tensor:
-    """Per-channel ``sum |w|^p`` over :func:`channel_parameters` (differentiable): (channels,)."""
-    return sum(param.reshape(param.shape[0], -1).abs().pow(p).sum(dim=1)
-               for param in channel_parameters(model, group))
+def channel_norms(model: nn.Module, group: ChannelGroup, p: int, channels: list[int] | None = None) -> Tensor:
+    """Per-channel ``sum |w|^p`` (p = 1: L1 norm, p = 2: squared L2 norm) over :func:`channel_parameters`.
+
+    Differentiable. Returns (group.channels,), or (len(channels),) for the listed channels only.
+    """
+    total = 0
+    for param in channel_parameters(model, group):
+        if channels is not None:
+            param = param.index_select(0, torch.as_tensor(channels, device=param.device))
+        rows = param.reshape(param.shape[0], -1)
+        total = total + (rows.pow(2) if p == 2 else rows.abs()).sum(dim=1)
+    return total
 
 
 def balanced_factors(sq_norms: Tensor, unimportant: Tensor, strength: float) -> Tensor:
