@@ -162,5 +162,4 @@ def channel_entropy(values: Tensor, bins: int) -> Tensor:
     index = index.clamp(0, bins - 1)  # the max itself falls in the last bin
     counts = torch.zeros(channels, bins, dtype=torch.float64)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
-    p = counts / n
-    return -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(dim=1)
+    return torch.special.entr(counts / n).sum(dim=1) + 0.0  # entr(p) = -p log p; + 0.0 turns -0.0 into 0.0
