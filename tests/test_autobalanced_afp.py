@@ -10,9 +10,10 @@ from torch.utils.data import DataLoader, Dataset
 import reid_prune.pruners.afp_prc  # noqa: F401  (registers afp_prc)
 import reid_prune.pruners.autobalanced  # noqa: F401  (registers autobalanced)
 from reid_prune import build_model
-from reid_prune.checkpoint import load_model, save_checkpoint
+from reid_prune.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from reid_prune.config import load_config
 from reid_prune.data import PKSampler
+from reid_prune.engine.hooks import TrainerHook
 from reid_prune.engine.trainer import Trainer
 from reid_prune.pruners import get_pruner
 from reid_prune.pruners.autobalanced import balanced_factors, channel_norms, channel_parameters
@@ -237,25 +238,65 @@ def _loaders():
     return train, query, gallery
 
 
-@pytest.mark.parametrize("method,options", [
+_RUNS = [
     ("autobalanced", {"rounds": 2, "strength": 0.05}),
-    ("afp_prc", {"tolerance": 100.0, "reg": 0.01, "threshold": 0.7, "push_fraction": 0.25}),
-])
-def test_prunes_resnet18_during_real_training_and_round_trips(method, options, tmp_path):
+    ("afp_prc", {"tolerance": 100.0, "reg": 0.01, "threshold": 1.0, "push_fraction": 0.25}),
+]
+
+
+def _trainer(method, options, **kwargs):
     cfg = load_config(None, ["train.device=cpu", "data.height=64", "data.width=32", "model.arch=resnet18",
                              "train.epochs=3", "train.max_batches=2", "train.warmup_epochs=0", "train.amp=false",
                              "train.optimizer=sgd", "train.lr=0.05", "train.eval_every=3"])
-    model = _model()
-    params_before = sum(p.numel() for p in model.parameters())
+    model = kwargs.pop("model", None) or _model()
     pruner = get_pruner(method, rate=0.5, input_size=(64, 32), **options)
     train, query, gallery = _loaders()
-    trainer = Trainer(cfg, model, model.build_config, train, query, gallery, hooks=[pruner], progress=False)
+    trainer = Trainer(cfg, model, model.build_config, train, query, gallery, hooks=[pruner], progress=False,
+                      **kwargs)
+    return trainer, pruner
+
+
+@pytest.mark.parametrize("method,options", _RUNS)
+def test_prunes_resnet18_during_real_training_and_round_trips(method, options, tmp_path):
+    trainer, pruner = _trainer(method, options)
+    params_before = sum(p.numel() for p in trainer.model.parameters())
     trainer.fit()
     pruned = pruner.finalize(trainer.model)
     assert sum(p.numel() for p in pruned.parameters()) < params_before
     assert pruner.summary()["reached_rate"] > 0
-    json.dumps(pruner.state_dict())
     save_checkpoint(tmp_path / "pruned.pt", pruned)
     loaded = load_model(tmp_path / "pruned.pt")
     x = torch.randn(2, 3, 64, 32)
     torch.testing.assert_close(loaded(x), pruned.eval()(x))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _DieInEpoch(TrainerHook):
+    def __init__(self, trainer, epoch):
+        self.trainer, self.epoch = trainer, epoch
+
+    def regularization_loss(self, model):
+        if self.trainer.epoch == self.epoch:
+            raise _Interrupted
+
+
+@pytest.mark.parametrize("method,options", _RUNS)
+def test_resumed_run_matches_an_uninterrupted_one(method, options, tmp_path):
+    trainer, pruner = _trainer(method, options)
+    trainer.fit()
+    expected = pruner.summary()
+
+    trainer, pruner = _trainer(method, options, output_dir=tmp_path)
+    trainer.hooks.append(_DieInEpoch(trainer, 2))  # after two epochs (and their cuts) were saved
+    with pytest.raises(_Interrupted):
+        trainer.fit()
+    # a resumed prune run rebuilds the model at the widths saved in last.pt
+    resumed, pruner = _trainer(method, options, output_dir=tmp_path,
+                               model=model_from_checkpoint(read_checkpoint(tmp_path / "last.pt")))
+    resumed.resume()
+    assert resumed.start_epoch == 2
+    resumed.fit()
+    assert pruner.summary() == expected
