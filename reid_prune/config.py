@@ -102,9 +102,10 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [40, 70])
     gamma: float = 0.1
     eval_every: int = 10  # epochs; the last epoch is always evaluated
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: bool = False
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     seed: int = 0
     max_batches: int = 0  # cap on batches per epoch (0 = a full pass); for smoke runs
 

@@ -19,6 +19,12 @@ class PKSampler(Sampler[list[int]]):
     batches. Within a batch the ``k`` images of an identity are drawn without
     replacement, or with replacement when the identity has fewer than ``k``.
 
+    Under DDP one optimiser step therefore sees ``p * k * W`` images (the global
+    batch), and batch-hard mining runs within each rank's ``p`` identities. The
+    ``s``-th batch of rank ``r`` is batch ``s * W + r`` of the same sampler with
+    ``num_replicas=1``: a W-rank epoch is the one-process epoch dealt out to the
+    ranks (with ``drop_last``, less at most ``W - 1`` trailing batches).
+
     Args:
         pids: identity of each dataset item (index i -> pids[i]).
         p: identities per batch (>= 2, so that every batch has negatives).

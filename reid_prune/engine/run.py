@@ -24,8 +24,9 @@ from ..backbone import build_model
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config, DataConfig, dump_config
 from ..data import ReIDDataset, build_dataset, build_eval_loader, build_train_loader, build_transforms, generate_synthetic
+from ..distributed import distributed_context, is_main_process, main_process_first
 from ..evaluation import complexity, evaluate, measure_latency
-from .trainer import Trainer, distributed_context, resolve_device, seed_everything
+from .trainer import Trainer, resolve_device, seed_everything
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -44,13 +45,18 @@ def synthetic_root(data: DataConfig) -> Path:
 
 
 def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
-    """Parse the configured dataset, generating the synthetic one first when needed."""
+    """Parse the configured dataset, generating the synthetic one first when needed.
+
+    Under torchrun rank 0 generates while the other ranks wait, and only rank 0 prints the summary.
+    """
+    verbose = verbose and is_main_process()
     if data.dataset == "synthetic":
         root = synthetic_root(data)
-        if not (root / "bounding_box_train").is_dir():
-            s = data.synthetic
-            generate_synthetic(root, num_ids=s.ids, num_test_ids=s.test_ids, num_cameras=s.cameras,
-                               images_per_camera=s.images_per_camera, seed=s.seed)
+        with main_process_first():
+            if not (root / "bounding_box_train").is_dir():
+                s = data.synthetic
+                generate_synthetic(root, num_ids=s.ids, num_test_ids=s.test_ids, num_cameras=s.cameras,
+                                   images_per_camera=s.images_per_camera, seed=s.seed)
         return build_dataset("market_layout", root, name="synthetic", verbose=verbose)
     return build_dataset(data.dataset, data.root, name=data.name or None, cuhk03_variant=data.cuhk03_variant,
                          verbose=verbose)
@@ -99,6 +105,9 @@ def prepare_output(output: str | Path, *, resume: bool) -> Path:
 def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the configured model; writes config.yaml, last.pt, best.pt and metrics.jsonl under ``output``.
 
+    Under torchrun every rank calls this; each loads the same weights (the seed, or
+    ``last.pt`` when resuming) and only rank 0 writes files.
+
     Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}}.
     """
     out = prepare_output(output or cfg.output, resume=resume)
@@ -111,8 +120,7 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
         model = build_model(**model_config)
     train_loader = make_train_loader(cfg, dataset)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
-    rank, _ = distributed_context()
-    if rank == 0:
+    if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
     trainer = Trainer(cfg, model, model_config, train_loader, query_loader, gallery_loader, output_dir=out,

@@ -2,14 +2,18 @@
 
 The loop is written for one process *or* one rank of a torchrun job: it asks
 ``torch.distributed`` for its rank, wraps the model in DistributedDataParallel
-when the world is larger than one, and lets only rank 0 write files or show
-progress bars. Everything random is reseeded from ``train.seed + epoch`` at the
-start of each epoch, so a run resumed from ``last.pt`` repeats the remaining
+when the world is larger than one (gradients are averaged over the ranks), and
+lets only rank 0 write files, show progress bars and evaluate; the other ranks
+wait for rank 0's metrics, so every rank keeps the same record of the run. See
+docs/multi_gpu.md. Everything random is reseeded from ``train.seed + epoch`` at
+the start of each epoch, so a run resumed from ``last.pt`` repeats the remaining
 epochs exactly as an uninterrupted run would (on CPU).
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import random
 import time
@@ -18,13 +22,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ..config import Config, TrainConfig
+from ..distributed import all_reduce_mean, broadcast_object, distributed_context, env_world_size, local_rank
 from ..evaluation import evaluate
 from ..losses import ReIDLoss
 from .hooks import TrainerHook
@@ -32,12 +36,24 @@ from .schedule import lr_at
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; other values go to ``torch.device``."""
+    """``auto`` picks CUDA when present, else the CPU; other values go to ``torch.device``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``: one GPU per process.
+    """
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise RuntimeError(f"config key train.device: {spec!r} was asked for but CUDA is not available; use auto or cpu")
+    if device.index is None and env_world_size() > 1:
+        if local_rank() >= torch.cuda.device_count():
+            raise ValueError(
+                f"torchrun started process LOCAL_RANK={local_rank()} but this machine shows "
+                f"{torch.cuda.device_count()} GPU(s); start at most that many processes per node (--nproc_per_node)"
+            )
+        device = torch.device("cuda", local_rank())
     return device
 
 
@@ -45,13 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world_size) of this process; (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -101,6 +110,9 @@ class Trainer:
         self.device = resolve_device(self.train_cfg.device)
         self.rank, self.world_size = distributed_context()
         self.is_main = self.rank == 0
+        if self.train_cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
+            raise ValueError("config key train.sync_bn: torch's SyncBatchNorm runs on GPUs only; "
+                             "set train.sync_bn=false to train on CPUs (BatchNorm statistics are then per rank)")
         self.amp = self.train_cfg.amp and self.device.type == "cuda"
         self.memory_format = torch.channels_last if self.train_cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -127,8 +139,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         if self.world_size > 1:
+            net = unwrap(self.model)
+            if self.train_cfg.sync_bn:
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(shared_copy(net))
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model: nn.Module = nn.parallel.DistributedDataParallel(unwrap(self.model), device_ids=ids)
+            self.train_model: nn.Module = nn.parallel.DistributedDataParallel(net, device_ids=ids)
         else:
             self.train_model = self.model
 
@@ -206,10 +221,11 @@ class Trainer:
             save_checkpoint(self.output_dir / "best.pt", self.model, self.model_config, **extra)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the P x K loader. Returns mean loss parts and the last learning rate."""
+        """One pass over the P x K loader. Returns mean loss parts (averaged over ranks too) and the last learning rate."""
         seed_everything(self.train_cfg.seed + epoch)
         self.train_loader.batch_sampler.set_epoch(epoch)
         self.model.train()
+        self.train_model.train()  # its own module tree under SyncBatchNorm (see shared_copy)
         num_batches = len(self.train_loader)
         if self.train_cfg.max_batches > 0:
             num_batches = min(num_batches, self.train_cfg.max_batches)
@@ -229,7 +245,7 @@ class Trainer:
             bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{lr:.2e}")
             bar.update()
         bar.close()
-        stats = {key: value / max(num_batches, 1) for key, value in totals.items()}
+        stats = all_reduce_mean({key: value / max(num_batches, 1) for key, value in totals.items()})
         stats["lr"] = lr
         return stats
 
@@ -259,7 +275,25 @@ class Trainer:
         return parts
 
     def evaluate(self) -> dict[str, Any]:
-        """Rank metrics of the current model on the query/gallery loaders (run on every rank)."""
-        e = self.cfg.eval
-        return evaluate(unwrap(self.model), self.query_loader, self.gallery_loader, device=self.device,
-                        metric=e.metric, flip=e.flip, ap=e.ap, amp=self.amp, progress=self.progress)
+        """Rank metrics of the current model on the query/gallery loaders.
+
+        Under DDP rank 0 evaluates alone (the weights are the same on every rank) and
+        the others wait for its metrics, which they receive.
+        """
+        metrics = None
+        if self.is_main:
+            e = self.cfg.eval
+            metrics = evaluate(unwrap(self.model), self.query_loader, self.gallery_loader, device=self.device,
+                               metric=e.metric, flip=e.flip, ap=e.ap, amp=self.amp, progress=self.progress)
+        return broadcast_object(metrics)
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares every parameter and buffer with it.
+
+    DDP trains through a SyncBatchNorm version of this copy, while ``Trainer.model``
+    keeps plain BatchNorm layers for checkpoints, hooks and pruning surgery: both see
+    the same weights and running statistics.
+    """
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
