@@ -25,6 +25,8 @@ OPTIONS = {
     "entropy": ["finetune_steps=1"],
     "thinet": ["finetune_steps=1"],
     "channel_pruning": ["finetune_steps=1"],
+    # One epoch of play-and-prune cuts only what is far under the threshold; widen both bounds.
+    "afp_prc": ["tolerance=100", "threshold=1.0"],
 }
 
 
