@@ -104,6 +104,18 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) into every rank's ``module``, in place.
+
+    DDP sends rank 0's buffers to the others at the start of each forward pass, so
+    after the last step of an epoch the ranks' statistics differ; this makes the
+    ranks' models identical again before hooks score channels or surgery runs.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def all_reduce_mean(values: Mapping[str, torch.Tensor | float]) -> dict[str, torch.Tensor | float]:
     """Average each value over all ranks; tensors keep their shape, dtype and device, floats stay floats.
 

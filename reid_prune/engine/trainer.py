@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ..config import Config, TrainConfig
-from ..distributed import all_reduce_mean, broadcast_object, distributed_context, env_world_size, local_rank
+from ..distributed import (all_reduce_mean, broadcast_buffers, broadcast_object, distributed_context, env_world_size,
+                           local_rank)
 from ..evaluation import evaluate
 from ..losses import ReIDLoss
 from .hooks import TrainerHook
@@ -245,6 +246,7 @@ class Trainer:
             bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{lr:.2e}")
             bar.update()
         bar.close()
+        broadcast_buffers(self.model)  # every rank ends the epoch with rank 0's model, running statistics included
         stats = all_reduce_mean({key: value / max(num_batches, 1) for key, value in totals.items()})
         stats["lr"] = lr
         return stats

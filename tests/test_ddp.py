@@ -1,0 +1,240 @@
+"""DistributedDataParallel on the CPU (gloo, 2 processes on 127.0.0.1): equality with one process, resume, pruners.
+
+What the equality test compares. Under DDP each rank runs the model on its own
+P x K batch, so batch-hard mining and BatchNorm batch statistics are per rank,
+and the gradients are averaged. The matching single-process run is therefore not
+a run with a 2P x K batch (that mines over all 2P identities and normalises over
+the whole batch: the test checks it differs), but this one, written out below:
+for each step, take the two ranks' batches (the same sampler with num_replicas=2),
+run the model on each half separately, and step on the mean of the two halves'
+losses. BatchNorm running statistics follow rank 0's half alone, because DDP
+broadcasts rank 0's buffers before every forward pass. torch's SyncBatchNorm runs
+on GPUs only, so train.sync_bn is covered only in part: the SyncBatchNorm copy the
+Trainer trains through shares weights and statistics, and CPU ranks refuse it.
+
+Gradients are then the same sums of the same per-half numbers (the 1/2 scaling is
+exact in floating point): on one machine the weights come out bitwise equal
+(observed difference 0.0). The stated tolerance, 1e-6 absolute on every parameter
+and buffer, only leaves room for kernels that round differently.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from reid_prune import build_model
+from reid_prune.checkpoint import module_widths
+from reid_prune.cli import main
+from reid_prune.config import dump_config, load_config
+from reid_prune.data import PKSampler, build_train_loader, build_transforms
+from reid_prune.distributed import all_reduce_mean, broadcast_object, process_group_from_env
+from reid_prune.engine.run import make_train_loader, model_config_for, prepare_dataset
+from reid_prune.engine.schedule import lr_at
+from reid_prune.engine.trainer import Trainer, build_optimizer, seed_everything, shared_copy
+from reid_prune.losses import ReIDLoss
+from reid_prune.pruners import get_pruner
+
+WORLD = 2
+TOLERANCE = 1e-6
+# 16 identities, P=4 per rank, 2 ranks: 2 steps per epoch with a global batch of 4 x 2 x 2 = 16 images.
+# Augmentation is off so the single-process reference can feed exactly the images each rank saw.
+TINY = [
+    "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.workers=0", "data.eval_batch_size=64",
+    "data.synthetic.ids=16", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",
+    "data.transforms.flip_prob=0", "data.transforms.pad=0", "data.transforms.random_erasing=0",
+    "model.arch=resnet18", "loss.id_weight=1.0", "train.warmup_epochs=1", "train.milestones=[2]",
+    "train.eval_every=1", "train.device=cpu", "eval.latency=false",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A generated dataset shared by the test process and the ranks (generated here, before any rank starts)."""
+    root = tmp_path_factory.mktemp("ddp_cache")
+    mp_ = pytest.MonkeyPatch()
+    mp_.setenv("REID_PRUNE_CACHE", str(root))
+    prepare_dataset(load_config(None, TINY).data, verbose=False)
+    yield root
+    mp_.undo()
+
+
+def _torchrun(args: list[str], cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "REID_PRUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "reid_prune", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _reference_run(cfg, *, per_rank: bool) -> dict[str, torch.Tensor]:
+    """What 2-rank DDP computes, in one process (per_rank=True), or a naive 2P x K single batch (False)."""
+    dataset = prepare_dataset(cfg.data, verbose=False)
+    model_config = model_config_for(cfg, dataset.num_train_pids)
+    seed_everything(cfg.train.seed)
+    model = build_model(**model_config)
+    d = cfg.data
+    transform = build_transforms(d.height, d.width, train=True, flip_prob=0, pad=0, random_erasing=0)
+    loaders = [build_train_loader(dataset.train, transform, p=d.p, k=d.k, seed=cfg.train.seed, workers=0,
+                                  num_replicas=WORLD, rank=r) for r in range(WORLD)]
+    optimizer = build_optimizer(model, cfg.train, cfg.train.lr)
+    loss = cfg.loss
+    criterion = ReIDLoss(triplet=loss.triplet, margin=loss.margin, soft_margin=loss.soft_margin, metric=loss.metric,
+                         triplet_weight=loss.triplet_weight, id_weight=loss.id_weight,
+                         label_smoothing=loss.label_smoothing)
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        for loader in loaders:
+            loader.batch_sampler.set_epoch(epoch)
+        steps = len(loaders[0])
+        for step, halves in enumerate(zip(*loaders)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg.train, epoch + step / steps)
+            if per_rank:
+                losses, rank0_buffers = [], None
+                for rank, (images, pids, _, _) in enumerate(halves):
+                    feats, logits = model(images, with_logits=True)
+                    losses.append(criterion(feats, logits, pids)[0])
+                    if rank == 0:
+                        rank0_buffers = {k: v.clone() for k, v in model.named_buffers()}
+                total = sum(losses) / WORLD
+            else:
+                images = torch.cat([h[0] for h in halves])
+                pids = torch.cat([h[1] for h in halves])
+                feats, logits = model(images, with_logits=True)
+                total = criterion(feats, logits, pids)[0]
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            if per_rank:
+                with torch.no_grad():
+                    for name, buffer in model.named_buffers():
+                        buffer.copy_(rank0_buffers[name])
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_two_ranks_match_one_process_and_resume(cache, tmp_path):
+    """torchrun train for 1 epoch, then --resume to 2: equal to the single-process reference of 2 epochs."""
+    out = tmp_path / "run"
+    dump_config(load_config(None, TINY), tmp_path / "tiny.yaml")
+    base = ["train", "--config", str(tmp_path / "tiny.yaml"), "--quiet", "--output", str(out)]
+    first = _torchrun(base + ["--set=train.epochs=1"], cache)
+    assert first.stdout.count("trained resnet18") == 1  # only rank 0 prints
+    _torchrun(base + ["--set=train.epochs=2", "--resume"], cache)
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    epochs = [line for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 2 and all('"mAP"' in line for line in epochs)  # rank 0 alone logs, and evaluates
+
+    ddp = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    cfg = load_config(None, TINY + ["train.epochs=2"])
+    reference = _reference_run(cfg, per_rank=True)
+    difference = _max_difference(ddp, reference)
+    assert difference <= TOLERANCE, difference
+    # The comparison is not trivial: one forward pass over the global batch (mining over all 8 identities,
+    # BatchNorm over 16 images) trains differently.
+    naive = _reference_run(cfg, per_rank=False)
+    assert _max_difference(ddp, naive) > 1000 * TOLERANCE
+
+
+def _soft_fpgm_worker(rank: int, port: int, cache: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
+    torch.set_num_threads(1)
+    with process_group_from_env():
+        cfg = load_config(None, TINY + ["train.epochs=2"])
+        dataset = prepare_dataset(cfg.data, verbose=False)
+        model_config = model_config_for(cfg, dataset.num_train_pids)
+        seed_everything(rank)  # different weights on each rank: DDP must start all ranks from rank 0's
+        model = build_model(**model_config)
+        pruner = get_pruner("fpgm", rate=0.3, mode="soft", input_size=(64, 32))
+        trainer = Trainer(cfg, model, model_config, make_train_loader(cfg, dataset), hooks=[pruner], progress=False)
+        trainer.fit()
+        pruned = pruner.finalize(trainer.model)
+        try:
+            Trainer(load_config(None, TINY + ["train.sync_bn=true"]), pruned, model_config, trainer.train_loader)
+            sync_bn_error = ""
+        except ValueError as err:
+            sync_bn_error = str(err)
+        collectives = {
+            "mean": all_reduce_mean({"tensor": torch.tensor([1.0, 2.0]) * rank, "number": float(rank)}),
+            "broadcast": broadcast_object({"from": rank}),
+        }
+        torch.save({"masks": pruner.masks, "state_dict": pruned.state_dict(), "widths": module_widths(pruned),
+                    "collectives": collectives, "sync_bn_error": sync_bn_error}, Path(out) / f"rank{rank}.pt")
+
+
+def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
+    context = mp.start_processes(_soft_fpgm_worker, args=(_free_port(), str(cache), str(tmp_path)), nprocs=WORLD,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-rank soft FPGM run did not finish in 300 s")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert ranks[0]["masks"] and any(ranks[0]["masks"].values())
+    assert ranks[0]["masks"] == ranks[1]["masks"]
+    assert ranks[0]["widths"] == ranks[1]["widths"]
+    full = module_widths(build_model("resnet18"))
+    assert ranks[0]["widths"]["layer1.0.conv1"][0] < full["layer1.0.conv1"][0]
+    assert _max_difference(ranks[0]["state_dict"], ranks[1]["state_dict"]) == 0.0
+    for r in range(WORLD):
+        mean = ranks[r]["collectives"]["mean"]
+        assert torch.equal(mean["tensor"], torch.tensor([0.5, 1.0])) and mean["number"] == 0.5
+        assert ranks[r]["collectives"]["broadcast"] == {"from": 0}
+        assert "SyncBatchNorm runs on GPUs only" in ranks[r]["sync_bn_error"]
+
+
+def test_sampler_ranks_deal_out_the_single_process_epoch():
+    pids = [i // 3 for i in range(3 * 13)]  # 13 identities of 3 images
+    single = PKSampler(pids, 3, 2, seed=5)
+    ranks = [PKSampler(pids, 3, 2, seed=5, num_replicas=2, rank=r) for r in range(2)]
+    for epoch in (0, 1):
+        for sampler in (single, *ranks):
+            sampler.set_epoch(epoch)
+        batches = list(single)
+        assert len(batches) == 4 and len(ranks[0]) == len(ranks[1]) == 2
+        for r, sampler in enumerate(ranks):
+            assert list(sampler) == batches[r::2]
+            assert list(sampler) == list(sampler)  # the same epoch again gives the same batches
+
+
+def test_sync_bn_copy_shares_weights_and_statistics():
+    model = build_model("resnet18")
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(shared_copy(model))
+    assert isinstance(synced.bn1, nn.SyncBatchNorm) and type(model.bn1) is nn.BatchNorm2d
+    assert all(a is b for a, b in zip(model.parameters(), synced.parameters()))
+    before = model.bn1.running_mean.clone()
+    synced.train()(torch.randn(4, 3, 64, 32))  # one process: SyncBatchNorm acts as BatchNorm
+    assert not torch.equal(model.bn1.running_mean, before)
+    assert model.bn1.running_mean is synced.bn1.running_mean
+
+
+def test_single_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["synth", "--output", str(tmp_path / "s")]) == 2
+    assert "synth runs as one process; start it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
