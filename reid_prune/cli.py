@@ -13,6 +13,8 @@ from .report import format_table, metric_rows
 
 # Mistakes a user can fix: reported in one line with exit code 2, without a traceback.
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError)
+# Commands that may run as several processes under torchrun; the others refuse to.
+DISTRIBUTED_COMMANDS = ("train", "prune")
 
 
 def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -31,11 +33,18 @@ def _print_report(title: str, report: dict) -> None:
     print(format_table(("metric", "value"), metric_rows(report)))
 
 
+def _error(args: argparse.Namespace, exc: BaseException) -> None:
+    print(f"reid-prune {args.command}: error: {exc}", file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .engine import train
 
     cfg = _config(args)
     summary = train(cfg, output=args.output, resume=args.resume, progress=not args.quiet)
+    if not is_main_process():
+        return 0
     report = {**summary["last"], **summary["complexity"]}
     _print_report(f"trained {cfg.model.arch} -> {summary['output']} (best mAP {summary['best']['mAP']:.2f}% "
                   f"at epoch {summary['best']['epoch'] + 1})", report)
@@ -68,12 +77,15 @@ def _prune_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .engine.prune_run import STAGES, prune_checkpoint
     from .report import human
 
     cfg = load_config(args.config, list(args.overrides) + _prune_overrides(args))
     output = args.output or str(Path(cfg.output) / f"pruned-{cfg.prune.method}")
     report = prune_checkpoint(cfg, args.checkpoint, output=output, progress=not args.quiet)
+    if not is_main_process():
+        return 0
     stages = [s for s in STAGES if report.get(s)]
     rows = []
     for key, label in (("mAP", "mAP %"), ("rank1", "rank-1 %"), ("params", "params"), ("macs", "MACs")):
@@ -84,6 +96,55 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"\n{cfg.prune.method} ({cfg.prune.scope}) on {args.checkpoint}")
     print(format_table(["", *stages], rows))
     print(f"wrote {output}/pruned.pt and {output}/report.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import MissingExtraError, ParityError, export_checkpoint
+    from .report import human
+
+    try:
+        report = export_checkpoint(args.checkpoint, args.output, fmt=args.format, input_size=args.input_size,
+                                   dynamic_batch=args.dynamic_batch, images=args.images, tolerance=args.tolerance,
+                                   threads=args.threads)
+    except MissingExtraError as exc:
+        _error(args, exc)
+        return 2
+    except ParityError as exc:
+        _error(args, exc)
+        return 1
+    height, width = report["input_size"]
+    batch = "B" if report["dynamic_batch"] else "1"
+    parity = report["parity"]
+    rows = [["parity, random inputs (4)", f"max |diff| {parity['random']:.1e} (tolerance {report['tolerance']:.0e})"]]
+    if parity["images"] is None:
+        rows.append(["parity, real images", "not checked: pass --images DIR to check on real images"])
+    else:
+        rows.append([f"parity, real images ({parity['num_images']})",
+                     f"max |diff| {parity['images']:.1e} (tolerance {report['tolerance']:.0e})"])
+    rows.append(["file size", f"{human(report['size_bytes'])}B"])
+    latency = report["latency_ms"]
+    threads = f"{report['threads']} thread{'s' if report['threads'] > 1 else ''}"
+    rows.append([f"CPU latency, batch 1, {threads}",
+                 f"PyTorch {latency['pytorch']:.2f} ms, onnxruntime {latency['onnxruntime']:.2f} ms "
+                 f"(PyTorch / onnxruntime = {latency['pytorch'] / latency['onnxruntime']:.2f})"])
+    print(f"\nexported {args.checkpoint} -> {report['output']}: input 'images' ({batch}, 3, {height}, {width})"
+          f"{', B free' if report['dynamic_batch'] else ''}, output 'features' (not L2-normalised)")
+    print(format_table(("check", "result"), rows))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .extract import extract_checkpoint
+
+    report = extract_checkpoint(args.checkpoint, args.images, args.output, batch_size=args.batch_size,
+                                input_size=args.input_size, flip=args.flip, device=args.device,
+                                workers=args.workers, progress=not args.quiet)
+    height, width = report["input_size"]
+    skipped = len(report["skipped"])
+    print(f"wrote {report['output']} ({report['num_images']} x {report['dim']} float32, L2-normalised, "
+          f"input {height}x{width}) and {report['paths_file']}"
+          + (f"; skipped {skipped} unreadable image{'s' if skipped > 1 else ''}" if skipped else ""))
     return 0
 
 
@@ -103,10 +164,16 @@ Trains the configured backbone with the configured losses, evaluating every
 train.eval_every epochs. The run folder gets config.yaml (resolved), last.pt,
 best.pt (chosen by mAP) and metrics.jsonl (one line per epoch).
 
+Under torchrun it trains on several GPUs (or CPU processes) with
+DistributedDataParallel; the global batch is data.p x data.k x processes
+(see docs/multi_gpu.md).
+
 examples:
   reid-prune train --config configs/demo.yaml --output runs/demo
   reid-prune train --config configs/cuhk03_market_resnet18_cpu.yaml --set train.epochs=5
   reid-prune train --config configs/demo.yaml --output runs/demo --resume   # continue after a stop
+  torchrun --nproc_per_node=4 -m reid_prune train --config configs/market1501_resnet50.yaml \\
+      --set train.sync_bn=true --output runs/market-4gpu
 """),
     "eval": (cmd_eval, "evaluate a checkpoint: mAP, CMC, mINP, params, MACs, latency", """\
 Evaluates a checkpoint (pruned or not) on the query/gallery split of the
@@ -133,6 +200,33 @@ examples:
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method psfp --rate 0.3 \\
       --finetune-epochs 6
 """),
+    "export": (cmd_export, "export a checkpoint (pruned or not) to ONNX, check parity, compare CPU latency", """\
+Writes the model as ONNX (input 'images' Bx3xHxW normalised as in training,
+output 'features', the retrieval feature before L2 normalisation), atomically.
+Before the file is put in place, onnxruntime runs it on random inputs (and on
+up to 16 images of --images DIR): the features must match PyTorch's within
+--tolerance, otherwise nothing is written and the exit code is 1. Prints the
+file size and the CPU latency per image of PyTorch and onnxruntime at batch 1.
+Needs the extra: pip install 'reid-prune[export]'. See docs/deploy.md.
+
+examples:
+  reid-prune export --checkpoint runs/demo/best.pt --format onnx --output model.onnx
+  reid-prune export --checkpoint runs/demo/fpgm50/pruned.pt --output fpgm50.onnx --input-size 256 128 \\
+      --dynamic-batch --images data/synthetic/query
+"""),
+    "extract": (cmd_extract, "write L2-normalised features of a folder or list of images", """\
+Runs a checkpoint (pruned or not) over your images and writes OUTPUT.npy,
+(N, D) float32 L2-normalised features (cosine similarity = dot product), and
+OUTPUT.paths.txt, the N image paths in the same order. A folder is searched
+recursively for .jpg/.jpeg/.png/.bmp/.webp/.tif/.tiff/.ppm files; a list is a
+text file with one path per line (relative to the list's folder). Unreadable
+images are skipped with a warning naming each one. Images are resized to the
+checkpoint's training size unless --input-size is given. See docs/deploy.md.
+
+examples:
+  reid-prune extract --checkpoint runs/demo/best.pt --images data/synthetic/query --output feats.npy
+  reid-prune extract --checkpoint pruned.pt --images my_list.txt --output out/feats.npy --batch-size 128 --flip
+"""),
     "synth": (cmd_synth, "write the synthetic re-ID dataset in Market-1501 layout", """\
 Writes a learnable synthetic person re-ID dataset (bounding_box_train,
 bounding_box_test, query) to use with data.dataset=market_layout.
@@ -156,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
-        if name != "synth":
+        if name not in ("synth", "export", "extract"):
             _add_config_args(p)
+        if name not in ("synth", "export"):
             p.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
-    p_train, p_eval, p_prune, p_synth = (sub.choices[n] for n in ("train", "eval", "prune", "synth"))
+    p_train, p_eval, p_prune, p_export, p_extract, p_synth = (
+        sub.choices[n] for n in ("train", "eval", "prune", "export", "extract", "synth"))
     p_prune.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
     p_prune.add_argument("--method", help="pruning method (default: the config's prune.method); "
                          "haoli, molchanov, entropy, autobalanced, psfp, fpgm, thinet, channel_pruning, afp_prc")
@@ -178,6 +274,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
     p_eval.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
     p_eval.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    p_export.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
+    p_export.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
+    p_export.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
+    p_export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                          help="input height and width (default: the checkpoint's training size, else 256 128)")
+    p_export.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: 1)")
+    p_export.add_argument("--images", metavar="DIR_OR_LIST", help="also check parity on up to 16 of these images")
+    p_export.add_argument("--tolerance", type=float, default=1e-4,
+                          help="largest allowed |PyTorch - onnxruntime| on a feature value (default: 1e-4)")
+    p_export.add_argument("--threads", type=int, metavar="N",
+                          help="CPU threads of both runtimes when timing (default: PyTorch's default)")
+    p_extract.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
+    p_extract.add_argument("--images", required=True, metavar="DIR_OR_LIST",
+                           help="a folder (searched recursively) or a text file with one image path per line")
+    p_extract.add_argument("--output", required=True, metavar="FEATS.npy",
+                           help="features file; the paths go beside it as FEATS.paths.txt")
+    p_extract.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch (default: 64)")
+    p_extract.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                           help="input height and width (default: the checkpoint's training size, else 256 128)")
+    p_extract.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
+    p_extract.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    p_extract.add_argument("--workers", type=int, default=2, help="image decoding processes (default: 2)")
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
     p_synth.add_argument("--ids", type=int, default=60, help="training identities (default: 60)")
     p_synth.add_argument("--test-ids", type=int, default=30, help="test identities, query + gallery (default: 30)")
@@ -190,9 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        from .distributed import env_world_size, process_group_from_env
+
+        if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(f"{args.command} runs as one process; start it without torchrun "
+                             f"(torchrun is for {' and '.join(DISTRIBUTED_COMMANDS)})")
+        with process_group_from_env():
+            return args.func(args)
     except USER_ERRORS as exc:
-        print(f"reid-prune {args.command}: error: {exc}", file=sys.stderr)
+        _error(args, exc)
         return 2
     except KeyboardInterrupt:
         print(f"\nreid-prune {args.command}: interrupted; checkpoints written so far are kept "

@@ -1,0 +1,230 @@
+"""Deployment on a user's own images: L2-normalised features of a folder or list of images.
+
+``reid-prune extract --checkpoint CKPT --images DIR_OR_LIST --output feats.npy`` writes
+
+* ``feats.npy``: (N, D) float32, one L2-normalised feature per readable image, so the
+  cosine similarity of two images is the dot product of their rows;
+* ``feats.paths.txt``: the N image paths, one per line, in the same order.
+
+Unreadable images (corrupt, truncated, missing from a list) are skipped with a
+warning naming each one; they never stop the run. Both files are written
+atomically. Images are preprocessed as in evaluation: resized to the model's
+input size and normalised with the mean and std of the checkpoint's config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import model_from_checkpoint, read_checkpoint
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from .engine.trainer import resolve_device
+from .evaluation import extract_features
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+DEFAULT_INPUT_SIZE = (256, 128)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` if the body succeeds, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def paths_file_for(output: str | os.PathLike) -> Path:
+    """The sidecar of a features file: ``feats.npy`` -> ``feats.paths.txt``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.paths.txt")
+
+
+def list_images(source: str | os.PathLike) -> list[str]:
+    """Image paths from a folder (searched recursively, sorted) or a text file with one path per line.
+
+    In a list file, blank lines are ignored and relative paths are relative to the
+    list file's folder. Listed paths are not checked here: a missing one is skipped
+    with a warning at extraction time, like any unreadable image.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise ValueError(f"--images: folder '{source}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return paths
+    if source.is_file():
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        paths = [line if Path(line).is_absolute() else str(source.parent / line) for line in lines if line]
+        if not paths:
+            raise ValueError(f"--images: list file '{source}' names no images; expected one path per line")
+        return paths
+    raise FileNotFoundError(f"--images: '{source}' is neither a folder of images nor a list file")
+
+
+def checkpoint_preprocessing(ckpt: dict[str, Any]) -> tuple[tuple[int, int], list[float], list[float]]:
+    """(input size (H, W), mean, std) from the config stored in a checkpoint; 256x128 and ImageNet's otherwise."""
+    data = (ckpt.get("config") or {}).get("data", {})
+    size = (int(data["height"]), int(data["width"])) if "height" in data and "width" in data else DEFAULT_INPUT_SIZE
+    transforms = data.get("transforms", {})
+    return size, list(transforms.get("mean", IMAGENET_MEAN)), list(transforms.get("std", IMAGENET_STD))
+
+
+class ImageFiles(Dataset):
+    """Items ``(image (3, H, W) | None, index, error)``: an unreadable image gives None and the reason."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
+        try:
+            with Image.open(self.paths[index]) as file:
+                image = file.convert("RGB")
+        except (OSError, ValueError) as err:  # missing, truncated or not an image; PIL raises these
+            return None, index, f"{type(err).__name__}: {err}"
+        return self.transform(image), index, ""
+
+
+def _collate_readable(items: list[tuple[Tensor | None, int, str]]):
+    """Stack the readable images; pass the failures on as (index, reason)."""
+    images = [image for image, _, _ in items if image is not None]
+    indices = torch.tensor([index for image, index, _ in items if image is not None], dtype=torch.long)
+    failures = [(index, error) for image, index, error in items if image is None]
+    return (torch.stack(images) if images else None), indices, failures
+
+
+class _ReadableBatches:
+    """A loader's readable images as ``(images, index, index, index)``, the batches extract_features reads.
+
+    Each unreadable image is logged as a warning, by path, and recorded in ``skipped``.
+    """
+
+    def __init__(self, loader: DataLoader, paths: Sequence[str]) -> None:
+        self.loader, self.paths = loader, paths
+        self.skipped: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, indices, failures in self.loader:
+            for index, reason in failures:
+                log.warning("skipped unreadable image '%s' (%s)", self.paths[index], reason)
+                self.skipped.append((self.paths[index], reason))
+            if images is not None:
+                yield images, indices, indices, indices
+
+
+def image_features(
+    model: nn.Module,
+    paths: Sequence[str],
+    *,
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    batch_size: int = 64,
+    flip: bool = False,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """L2-normalised features of the readable images among ``paths``.
+
+    Args:
+        model: maps (B, 3, H, W) images to (B, D) features; moved to ``device``.
+        paths: image files.
+        input_size: (H, W) the images are resized to.
+        mean, std: normalisation after scaling pixels to [0, 1].
+        batch_size: images per forward pass.
+        flip: average each image's feature with its mirror image's before normalising.
+        device: where the model runs.
+        workers: DataLoader processes decoding images.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(features (N, D) float32, kept paths (N,), skipped [(path, reason)])``, rows in ``paths`` order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    transform = build_transforms(input_size[0], input_size[1], train=False, mean=mean, std=std)
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate_readable)
+    batches = _ReadableBatches(loader, paths)
+    device = torch.device(device)
+    model = model.to(device)
+    try:
+        features, indices, _ = extract_features(model, batches, device=device, flip=flip, progress=progress)
+    except ValueError:
+        if len(batches.skipped) == len(paths):
+            raise ValueError(f"none of the {len(paths)} images could be read (see the warnings above)") from None
+        raise
+    kept = [paths[i] for i in indices.tolist()]
+    return F.normalize(features, dim=1).numpy().astype(np.float32), kept, batches.skipped
+
+
+def extract_checkpoint(
+    checkpoint: str | os.PathLike,
+    images: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    input_size: tuple[int, int] | None = None,
+    flip: bool = False,
+    device: str = "auto",
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the features of ``images`` (a folder or list file) under ``checkpoint``'s model to ``output`` (.npy).
+
+    The paths go to :func:`paths_file_for` ``(output)``. ``input_size`` defaults to the
+    checkpoint's training size (its stored config), else 256x128.
+
+    Returns ``{"output", "paths_file", "num_images", "dim", "input_size", "skipped": [(path, reason)]}``.
+    """
+    output = Path(output)
+    if output.suffix != ".npy":
+        raise ValueError(f"--output: features are written as a .npy file; got '{output}' (e.g. use feats.npy)")
+    paths = list_images(images)
+    ckpt = read_checkpoint(checkpoint)
+    stored_size, mean, std = checkpoint_preprocessing(ckpt)
+    size = tuple(input_size) if input_size is not None else stored_size
+    model = model_from_checkpoint(ckpt).eval()
+    features, kept, skipped = image_features(model, paths, input_size=size, mean=mean, std=std,
+                                             batch_size=batch_size, flip=flip, device=resolve_device(device),
+                                             workers=workers, progress=progress)
+    paths_file = paths_file_for(output)
+    with atomic_path(paths_file) as tmp:
+        tmp.write_text("".join(f"{p}\n" for p in kept))
+    with atomic_path(output) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, features)  # a file object: np.save would append .npy to a path
+    return {"output": str(output), "paths_file": str(paths_file), "num_images": len(kept), "dim": features.shape[1],
+            "input_size": size, "skipped": skipped}
