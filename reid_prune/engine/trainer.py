@@ -47,7 +47,7 @@ def resolve_device(spec: str) -> torch.device:
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise RuntimeError(f"config key train.device: {spec!r} was asked for but CUDA is not available; use auto or cpu")
+        raise ValueError(f"config key train.device: {spec!r} was asked for but CUDA is not available; use auto or cpu")
     if device.index is None and env_world_size() > 1:
         if local_rank() >= torch.cuda.device_count():
             raise ValueError(
@@ -222,7 +222,7 @@ class Trainer:
             save_checkpoint(self.output_dir / "best.pt", self.model, self.model_config, **extra)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the P x K loader. Returns mean loss parts (averaged over ranks too) and the last learning rate."""
+        """One pass over the P x K loader. Returns the loss parts (mean over batches and ranks) and the last lr."""
         seed_everything(self.train_cfg.seed + epoch)
         self.train_loader.batch_sampler.set_epoch(epoch)
         self.model.train()
