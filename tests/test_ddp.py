@@ -40,7 +40,7 @@ from reid_prune.data import PKSampler, build_train_loader, build_transforms
 from reid_prune.distributed import all_reduce_mean, broadcast_object, process_group_from_env
 from reid_prune.engine.run import make_train_loader, model_config_for, prepare_dataset
 from reid_prune.engine.schedule import lr_at
-from reid_prune.engine.trainer import Trainer, build_optimizer, seed_everything, shared_copy
+from reid_prune.engine.trainer import Trainer, build_optimizer, resolve_device, seed_everything, shared_copy
 from reid_prune.losses import ReIDLoss
 from reid_prune.pruners import get_pruner
 
@@ -238,3 +238,18 @@ def test_single_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
     assert "synth runs as one process; start it without torchrun" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
+
+
+def test_auto_device_is_the_local_rank_gpu_under_torchrun(monkeypatch):
+    """No GPU needed: CUDA's presence is faked; only the device choice is checked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")  # one process: the current GPU
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is obeyed
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match="shows 2 GPU"):
+        resolve_device("auto")
