@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
+from ..distributed import barrier, is_main_process
 from ..evaluation import evaluate
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
@@ -105,7 +106,9 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
             report["finetuned"] = None
     report.update(pruner.summary() if hasattr(pruner, "summary") else {})
     report["total_seconds"] = round(time.perf_counter() - started, 3)
-    save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
-                    prune={k: report[k] for k in ("method", "scope", "rate", "target_macs", "target_params")})
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if is_main_process():
+        save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
+                        prune={k: report[k] for k in ("method", "scope", "rate", "target_macs", "target_params")})
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    barrier()
     return report

@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..distributed import all_reduce_mean
 from ..engine.hooks import TrainerHook
 from .budget import CostModel, keep_counts_for_budget, keep_counts_for_rate
 from .groups import ChannelGroup, find_channel_groups
@@ -198,8 +199,13 @@ class Pruner(TrainerHook):
 
 
 def keep_top(scores: Tensor, count: int) -> list[int]:
-    """Sorted indices of the ``count`` largest scores; equal scores keep the lower index."""
-    order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)
+    """Sorted indices of the ``count`` largest scores; equal scores keep the lower index.
+
+    Under torchrun the scores are first averaged over the ranks, so data-driven criteria
+    (which see different batches on each rank) still remove the same channels everywhere.
+    """
+    scores = all_reduce_mean({"scores": scores.detach().float().cpu()})["scores"]
+    order = torch.argsort(scores, descending=True, stable=True)
     return sorted(order[:count].tolist())
 
 
