@@ -7,109 +7,116 @@ the original outputs (Y = sum_c Z_c, bias aside)::
 
     beta = argmin 1/(2N) ||Y - sum_c beta_c Z_c||^2 + lambda ||beta||_1
 
-and lambda is searched until exactly ``keep`` coefficients are non-zero (the reference's
-bisection, ethanhe42/channel-pruning ``lib/decompose.py``, ``dictionary``). The kept
-weights are then reconstructed by linear least squares, and the schedule goes block by
-block (:class:`~.reconstruction.ReconstructionPruner`).
+with the largest lambda at which exactly ``keep`` coefficients are non-zero. The reference
+(ethanhe42/channel-pruning ``lib/decompose.py``, ``dictionary``) searches lambda by
+doubling and bisection around scikit-learn's Lasso until the count is near ``keep``; here
+the piecewise-linear LASSO path is followed exactly (:func:`lasso_path`), which needs no
+search and lands on the exact count. The kept channels are those with beta != 0; the
+consumer's kept weights are then reconstructed by least squares
+(:func:`~.reconstruction.refit_weights`), and the schedule goes block by block
+(:class:`~.reconstruction.ReconstructionPruner`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
-from scipy.optimize import minimize
 from torch import Tensor
 
 from .base import register
 from .reconstruction import ReconstructionPruner
 
 
-def lasso_gram(gram: np.ndarray, corr: np.ndarray, penalty: float, start: np.ndarray | None = None) -> np.ndarray:
-    """LASSO from its Gram form: argmin_b 1/2 b^T G b - corr^T b + penalty ||b||_1.
+def lasso_path(gram: Tensor, corr: Tensor, keep: int) -> tuple[Tensor, float]:
+    """The LASSO solution with ``keep`` non-zeros at the largest such penalty, by following the path.
 
-    Equal to 1/(2N) ||y - Z b||^2 + lambda ||b||_1 with G = Z^T Z / N, corr = Z^T y / N. Solved
-    as a smooth problem in b = u - v with u, v >= 0 (L-BFGS-B with bounds), whose optimum has
-    u_c v_c = 0; a coefficient is zero exactly when both halves rest on their bound.
+    Minimises 1/2 b^T G b - corr^T b + lambda ||b||_1, which equals 1/(2N) ||y - Z b||^2 +
+    lambda ||b||_1 for G = Z^T Z / N and corr = Z^T y / N. The solution is piecewise linear
+    in lambda (the homotopy / LARS-LASSO algorithm: Osborne et al. 2000, Efron et al. 2004):
+    from lambda_max = max |corr|, where b = 0, lambda decreases; between events the active
+    coefficients move along G_AA^-1 sign, a channel joins when its correlation reaches
+    lambda and leaves when its coefficient crosses zero. Right after the ``keep``-th channel
+    joins, the point halfway to the next event has exactly ``keep`` non-zeros.
 
     Args:
         gram: (C, C) symmetric positive semi-definite.
         corr: (C,).
-        penalty: lambda >= 0.
-        start: (C,) warm start.
+        keep: wanted number of non-zeros, 1 <= keep <= C.
 
     Returns:
-        (C,) coefficients b.
+        (b (C,) float64, lambda). When the path reaches lambda = 0 with fewer channels
+        (channels that contribute nothing, or exact duplicates, never join) it is the
+        least-squares end.
     """
-    channels = len(corr)
-    if start is None:
-        start = np.zeros(channels)
-    x0 = np.concatenate([np.maximum(start, 0), np.maximum(-start, 0)])
+    gram = gram.double()
+    beta = torch.zeros(len(corr), dtype=torch.float64)
+    residual = corr.double().clone()  # corr - G b: |residual| = lambda on the active set
+    penalty = float(residual.abs().max())
+    tol = 1e-12 * max(penalty, 1e-300)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    active: list[int] = []
+    joining, dropped = int(residual.abs().argmax()), -1
+    while penalty > tol:
+        if joining >= 0:
+            active.append(joining)
+        index = torch.tensor(active)
+        signs = residual[index].sign()
+        block = gram[index][:, index]
+        direction, info = torch.linalg.solve_ex(block, signs)
+        if info:  # exactly singular (duplicate channels): the least-norm direction
+            direction = torch.linalg.lstsq(block, signs[:, None]).solution[:, 0]
+        rate = gram[:, index] @ direction  # d(residual)/d(step); equals signs on the active set
+        join = torch.minimum(torch.where(1 - rate > tol, (penalty - residual) / (1 - rate), inf),
+                             torch.where(1 + rate > tol, (penalty + residual) / (1 + rate), inf))
+        leave = torch.where(direction * beta[index] < 0, -beta[index] / direction, inf)
+        join[index] = inf
+        if dropped >= 0:
+            join[dropped] = inf  # it left at this point; it cannot rejoin at once
+        join[join <= tol] = inf
+        leave[leave <= tol] = inf
+        next_join, next_leave = float(join.min()), float(leave.min())
+        step = min(next_join, next_leave, penalty)
+        if len(active) == keep:
+            beta[index] += step / 2 * direction
+            return beta, penalty - step / 2
+        beta[index] += step * direction
+        residual -= step * rate
+        penalty -= step
+        if next_leave <= step and next_leave < next_join:
+            dropped = active.pop(int(leave.argmin()))
+            beta[dropped] = 0.0
+            joining = -1
+        elif next_join <= step:
+            joining, dropped = int(join.argmin()), -1
+        else:
+            break  # lambda reached 0 before another channel could join
+    return beta, max(penalty, 0.0)
 
-    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        b = x[:channels] - x[channels:]
-        gb = gram @ b
-        grad = gb - corr
-        value = 0.5 * b @ gb - corr @ b + penalty * x.sum()
-        return value, np.concatenate([grad + penalty, penalty - grad])
 
-    result = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * (2 * channels),
-                      options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
-    return result.x[:channels] - result.x[channels:]
+def lasso_select(gram: Tensor, keep: int) -> Tensor:
+    """|beta| of the LASSO on the channels' contributions with ``keep`` non-zeros (channel scores).
 
-
-def lasso_select(gram: Tensor, keep: int, steps: int = 40) -> Tensor:
-    """LASSO coefficients with ``keep`` non-zeros, found by bisecting the penalty.
-
-    The rows' outputs are the sums of all contributions, y = Z 1, so Z^T y = G 1. Every
-    coefficient is zero from lambda_max = max_c |(G 1)_c| on; the search bisects
-    [0, lambda_max] (the reference bisects from a doubled upper bound) until the count is
-    ``keep`` or ``steps`` bisections are spent, when the last solution with more than
-    ``keep`` non-zeros is returned: its ``keep`` largest |beta| are kept.
+    The rows' outputs are the sums of all contributions, y = Z 1, so Z^T y = G 1. The Gram
+    matrix is scaled to a unit largest diagonal first (the support does not depend on it).
 
     Args:
-        gram: (C, C) contribution Gram matrix.
-        keep: channels to keep, 1 <= keep <= C.
-        steps: bisection steps at most.
+        gram: (C, C) contribution Gram matrix (:func:`~.reconstruction.contribution_gram`).
+        keep: channels to keep.
 
     Returns:
-        (C,) |beta| as channel scores (higher is kept).
+        (C,) float64 |beta|; higher is kept.
     """
-    g = gram.double().numpy()
-    scale = max(float(np.diag(g).max()), 1e-300)  # the support does not depend on a common scale
-    g = g / scale
-    corr = g.sum(axis=1)
-    if keep >= len(corr):
-        return torch.ones(len(corr), dtype=torch.float64)
-    low, high = 0.0, float(np.abs(corr).max())
-    beta_low = lasso_gram(g, corr, 0.0, np.ones(len(corr)))  # least squares: beta = 1 fits exactly
-    beta = beta_low
-    for _ in range(steps):
-        penalty = (low + high) / 2
-        beta = lasso_gram(g, corr, penalty, beta_low)
-        count = int(np.count_nonzero(beta))
-        if count == keep:
-            return torch.from_numpy(np.abs(beta))
-        if count > keep:
-            low, beta_low = penalty, beta
-        else:
-            high = penalty
-    return torch.from_numpy(np.abs(beta_low))
+    if keep >= len(gram):
+        return torch.ones(len(gram), dtype=torch.float64)
+    g = gram.double() / gram.diagonal().max().double().clamp_min(1e-300)
+    beta, _ = lasso_path(g, g.sum(dim=1), keep)
+    return beta.abs()
 
 
 @register
 class ChannelPruningPruner(ReconstructionPruner):
     name = "channel_pruning"
-    options = {**ReconstructionPruner.options, "lasso_steps": 40}
     description = "LASSO channel selection on next-layer contributions, least-squares reconstruction (He et al. 2017)"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not (isinstance(self.opts["lasso_steps"], int) and self.opts["lasso_steps"] >= 1):
-            raise ValueError(f"channel_pruning option lasso_steps: expected an integer >= 1, got "
-                             f"{self.opts['lasso_steps']!r}")
 
     def channel_scores(self, gram: Tensor, keep_count: int) -> Tensor:
         """|beta| at the penalty where ``keep_count`` coefficients are non-zero."""
-        return lasso_select(gram, keep_count, self.opts["lasso_steps"])
+        return lasso_select(gram, keep_count)

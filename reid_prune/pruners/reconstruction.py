@@ -284,6 +284,35 @@ def reconstruction_error(patches: Tensor, weight: Tensor, keep: Sequence[int] | 
     return float((target - approx).norm() / target.norm().clamp_min(1e-30))
 
 
+def derives_samples(model: nn.Module, group: ChannelGroup, follower: ChannelGroup) -> bool:
+    """Whether ``follower``'s consumer samples can be computed from ``group``'s consumer patches.
+
+    True when the follower's producer is ``group``'s consumer and the follower's consumer reads
+    it through one norm with a 1x1, stride-1, unpadded conv (a bottleneck's conv2 -> bn2 ->
+    relu -> conv3). Its input at a sampled location is then relu(norm(producer(patch))):
+    :func:`follower_patches`. The schedule checks this against the network on the first
+    pass, then samples a bottleneck's second group without running the network again,
+    exactly as a fresh pass over the cut and refit network would at the same locations.
+    """
+    if follower.producers != group.consumers or len(follower.norms) != 1 or len(follower.consumers) != 1:
+        return False
+    conv = model.get_submodule(follower.consumers[0])
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0))
+
+
+@torch.no_grad()
+def follower_patches(model: nn.Module, patches: Tensor, follower: ChannelGroup) -> Tensor:
+    """relu(norm(producer(patches))) for a follower of :func:`derives_samples`: (n, c, k) -> (n, producer out_c, 1)."""
+    producer = model.get_submodule(follower.producers[0])
+    norm = model.get_submodule(follower.norms[0])
+    weight = producer.weight
+    # A patch is the producer's whole receptive field of one output: an unpadded conv gives that output.
+    x = patches.reshape(len(patches), patches.shape[1], *producer.kernel_size).to(weight.device, weight.dtype)
+    out = norm(F.conv2d(x, weight, producer.bias))  # (n, out_c, 1, 1)
+    return out.clamp_min(0).float().cpu().reshape(len(patches), -1, 1)
+
+
 def _block_of(group: ChannelGroup) -> str:
     return group.producers[0].rpartition(".")[0]
 
@@ -358,27 +387,28 @@ class ReconstructionPruner(Pruner):
         generator = torch.Generator().manual_seed(self.opts["seed"])
         was_training = model.training
         self.errors = {}
-        blocks = [list(groups) for _, groups in itertools.groupby(self.groups, key=_block_of)]
+        cut = [g for g in self.groups if self.keep_counts[g.name] < g.channels]
+        blocks = [list(groups) for _, groups in itertools.groupby(cut, key=_block_of)]
         for number, block in enumerate(blocks):
-            carried = None  # samples of the next group, derived from this group's (see _derivable)
+            carried = None  # the next group's samples, derived from this group's (see derives_samples)
             for position, group in enumerate(block):
                 model.eval()
                 follower = block[position + 1] if position + 1 < len(block) else None
-                if follower is not None and not self._derivable(model, group, follower):
+                if follower is not None and not derives_samples(model, group, follower):
                     follower = None
                 if carried is None:
                     consumers = group.consumers + (follower.consumers if follower else [])
                     sampled = sample_patches(model, batches, consumers, self.opts["samples_per_image"], generator)
                     patches = sampled[0]
                     if follower is not None and not torch.allclose(
-                        self._follower_patches(model, patches, follower), sampled[1],
+                        follower_patches(model, patches, follower), sampled[1],
                         rtol=1e-4, atol=1e-5 * float(sampled[1].abs().max().clamp_min(1e-12))
                     ):
-                        follower = None  # not BN + ReLU in between: the follower gets its own pass
+                        follower = None  # not norm + ReLU in between: the follower gets its own pass
                 else:
                     patches = carried
-                carried = self._prune_group(model, group, patches)
-                carried = self._follower_patches(model, carried, follower) if follower is not None else None
+                kept_patches = self._prune_group(model, group, patches)
+                carried = follower_patches(model, kept_patches, follower) if follower is not None else None
             if steps and number < len(blocks) - 1:
                 model = context.finetune(model, steps)
         return model.train(was_training)
@@ -399,34 +429,6 @@ class ReconstructionPruner(Pruner):
             "refit": reconstruction_error(patches, weight, keep, new_weight),
         }
         return patches[:, keep]
-
-    @staticmethod
-    def _derivable(model: nn.Module, group: ChannelGroup, follower: ChannelGroup) -> bool:
-        """Whether the follower's consumer samples can be computed from ``group``'s consumer patches.
-
-        True when the follower's producer is ``group``'s consumer and the follower's consumer reads
-        it through one norm with a 1x1, stride-1, unpadded conv (a bottleneck's conv2 -> bn2 ->
-        relu -> conv3): its input at a sampled location is then relu(bn(producer(patch))). The
-        bottleneck's second group is sampled at no extra forward pass, exactly as a fresh pass
-        over the cut and refit network would sample it at the same locations.
-        """
-        if follower.producers != group.consumers or len(follower.norms) != 1 or len(follower.consumers) != 1:
-            return False
-        conv = model.get_submodule(follower.consumers[0])
-        return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-                and conv.padding == (0, 0))
-
-    @staticmethod
-    @torch.no_grad()
-    def _follower_patches(model: nn.Module, patches: Tensor, follower: ChannelGroup) -> Tensor:
-        """relu(norm(producer(patches))) of a derivable follower: (n, c, k) -> (n, producer out_c, 1)."""
-        producer = model.get_submodule(follower.producers[0])
-        norm = model.get_submodule(follower.norms[0])
-        weight = producer.weight
-        # The patch is exactly the producer's receptive field of one output: an unpadded conv gives that output.
-        x = patches.reshape(len(patches), patches.shape[1], *producer.kernel_size).to(weight.device, weight.dtype)
-        out = norm(F.conv2d(x, weight, producer.bias))  # (n, out_c, 1, 1)
-        return out.clamp_min(0).float().cpu().reshape(len(patches), -1, 1)
 
     def summary(self) -> dict[str, Any]:
         """Relative reconstruction error of each consumer on the samples, with sliced and with refit weights."""
