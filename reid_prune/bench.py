@@ -1,0 +1,905 @@
+"""Benchmark harness: train the baselines, prune one of them with every method at one budget, compare.
+
+``reid-prune bench --config configs/bench/NAME.yaml [--output DIR]`` runs the survey's
+comparison (Table 5) on any Market-layout data:
+
+1. trains the baseline architectures (e.g. ResNet18, 34 and 50) with :func:`reid_prune.engine.train`;
+2. prunes the ``prune_arch`` baseline (ResNet-50) with every listed method at each budget
+   (``match:resnet18`` = keep ResNet-18's share of ResNet-50's MACs), fine-tunes and
+   evaluates it with :func:`reid_prune.engine.prune_run.prune_checkpoint`;
+3. optionally runs the cross-domain scenario: a model trained on dataset A is pruned and
+   fine-tuned with A's data or with B's, and both are evaluated on B;
+4. measures the CPU latency of every model, and writes ``results.csv``, ``results.json``,
+   ``results.md`` (Table 5 shape, mean ± std over seeds) and ``pareto.png`` (mAP against MACs;
+   needs matplotlib, the ``plot`` extra).
+
+Every trained or pruned model is a *cell*, kept in ``DIR/cells/KEY/``. A cell is finished when
+its ``result.json`` exists (written last, atomically); a rerun skips finished cells, continues
+an interrupted training from its ``last.pt`` and redoes an interrupted pruning. The key holds
+a hash of everything that determines the cell (its resolved config and its parent), so
+changing the recipe gives new cells instead of reusing stale ones.
+
+The bench file (see docs/bench.md)::
+
+    name: cuhk03_cpu                      # default: the file name
+    output: runs/bench/cuhk03_cpu         # default: runs/bench/NAME; --output wins
+    input_size: [128, 64]                 # H, W of every cell (sets data.height/width)
+    base: {...}                           # a run config (keys of configs/*.yaml) shared by every cell
+    datasets:                             # name -> data config keys, merged over base.data
+      cuhk03_market: {dataset: market_layout, root: ../shared/data/cuhk03_market}
+    compare: [cuhk03_market]              # datasets of the in-domain table (default: all)
+    baselines: [resnet50, resnet34, {arch: resnet18, epochs: 40, set: {train.lr: 0.001}}]
+    epochs: 24                            # baseline training epochs (default: base.train.epochs)
+    lr_steps: [0.6, 0.85]                 # learning-rate steps as fractions of the epochs
+    prune_arch: resnet50
+    methods: [haoli, {name: fpgm, label: FPGM soft, options: {mode: soft}, set: {prune.scope: all}}]
+    budgets: [match:resnet18, 0.5]        # fractions of prune_arch's MACs kept
+    finetune_epochs: 6
+    seeds: [0, 1, 2]
+    cross_domain: [{source: synthetic, target: cuhk03_market, methods: [haoli]}]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import yaml
+
+from .backbone import build_model
+from .checkpoint import apply_widths, load_model, read_checkpoint, save_checkpoint
+from .config import Config, ConfigError, DataConfig, _merge, _nest, parse_override, validate
+from .engine import evaluate_checkpoint, prepare_dataset, train
+from .engine.prune_run import prune_checkpoint, pruner_from_config
+from .engine.trainer import seed_everything
+from .evaluation import complexity, measure_latency
+from .pruners import PLANNED
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+METHOD_LABELS = {"haoli": "HaoLi", "fpgm": "FPGM", "psfp": "PSFP", "molchanov": "Molchanov", "entropy": "Entropy",
+                 "autobalanced": "AutoBalanced", "thinet": "ThiNet", "channel_pruning": "Channel Pruning",
+                 "afp_prc": "AFP+PRC"}
+BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
+              "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain")
+# Settings that change how fast a cell runs, not what it computes: left out of the cell key.
+UNHASHED = {"output": None, "data": ("workers", "eval_batch_size"), "eval": ("latency", "latency_batch_sizes")}
+METRICS = ("mAP", "rank1", "rank5", "mINP")
+DONE = "result.json"
+PLOT_NOTE = "pareto.png not written: matplotlib is not installed (pip install 'reid-prune[plot]')"
+
+
+# ---------------------------------------------------------------------------------------------- the bench file
+
+
+@dataclass
+class Baseline:
+    """An architecture trained from the base config; ``overrides`` are nested config keys (its ``set``)."""
+
+    arch: str
+    epochs: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """A pruning method: registered ``name``, display ``label`` and nested config ``overrides``."""
+
+    name: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CrossDomain:
+    """Train on ``source``, prune and fine-tune with source or target data, evaluate on ``target``."""
+
+    source: str
+    target: str
+    methods: list[str]  # labels of the methods run in this scenario
+
+
+@dataclass
+class Bench:
+    """A parsed bench file. ``raw`` is the file's mapping after ``--set`` overrides."""
+
+    name: str
+    output: str
+    input_size: tuple[int, int] | None
+    base: dict[str, Any]
+    datasets: dict[str, dict[str, Any]]
+    compare: list[str]
+    baselines: list[Baseline]
+    lr_steps: list[float] | None
+    prune_arch: str
+    methods: list[Method]
+    budgets: list[str | float]
+    finetune_epochs: int
+    seeds: list[int]
+    cross_domain: list[CrossDomain]
+    latency_batch_sizes: list[int]  # base.eval.latency_batch_sizes; empty when base.eval.latency is false
+    raw: dict[str, Any]
+
+    def data_config(self, dataset: str) -> DataConfig:
+        """base.data, then the dataset's keys, then input_size."""
+        data = DataConfig()
+        _merge(data, self.base.get("data", {}), "base.data.")
+        _merge(data, self.datasets[dataset], f"datasets.{dataset}.")
+        if self.input_size is not None:
+            data.height, data.width = self.input_size
+        return data
+
+    def run_config(self, dataset: str, baseline: Baseline, seed: int, method: Method | None = None,
+                   target_macs: float | None = None) -> Config:
+        """The resolved run config of one cell: a baseline trained on ``dataset``, or its pruning with ``method``."""
+        where = f"bench dataset {dataset}, {baseline.arch}, seed {seed}" + (f", method {method.label}" if method else "")
+        try:
+            cfg = Config()
+            _merge(cfg, self.base, "base.")
+            cfg.data = self.data_config(dataset)
+            _merge(cfg, {"model": {"arch": baseline.arch}, "train": {"epochs": baseline.epochs, "seed": seed}})
+            _merge(cfg, baseline.overrides)
+            if self.lr_steps is not None:
+                cfg.train.milestones = [round(f * cfg.train.epochs) for f in self.lr_steps]
+            if method is not None:
+                _merge(cfg, {"prune": {"method": method.name, "rate": None, "target_params": None,
+                                       "target_macs": target_macs, "finetune_epochs": self.finetune_epochs}})
+                _merge(cfg, method.overrides)
+            cfg.eval.latency = False  # the bench measures CPU latency itself, once per model
+            return validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def baseline(self, arch: str) -> Baseline:
+        return next(b for b in self.baselines if b.arch == arch)
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"bench key {key}: {message}")
+
+
+def _mapping(value: Any, key: str, allowed: Sequence[str]) -> dict[str, Any]:
+    """Check that ``value`` is a mapping whose keys are all in ``allowed``."""
+    if not isinstance(value, dict):
+        _fail(key, f"expected a mapping, got {value!r}")
+    for name in value:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(allowed)}"
+            _fail(f"{key}.{name}" if key else str(name), f"not a valid key{hint}")
+    return value
+
+
+def _int(value: Any, key: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(key, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    """A list (a single value counts as a list of one)."""
+    if value is None:
+        _fail(key, "expected a list, got nothing")
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _dotted(value: Any, key: str) -> dict[str, Any]:
+    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}`` (nested mappings are kept as they are)."""
+    if not isinstance(value, dict):
+        _fail(key, f"expected a mapping of config keys, e.g. {{train.lr: 0.001}}, got {value!r}")
+    nested: dict[str, Any] = {}
+    for path, item in value.items():
+        _deep_update(nested, _nest(str(path).split("."), item))
+    return nested
+
+
+def _deep_update(target: dict[str, Any], values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if isinstance(value, dict) and isinstance(target.get(name), dict):
+            _deep_update(target[name], value)
+        else:
+            target[name] = value
+
+
+def _arch(value: Any, key: str) -> str:
+    if value not in ARCHS:
+        _fail(key, f"expected one of {', '.join(ARCHS)}, got {value!r}")
+    return value
+
+
+def parse_bench(raw: dict[str, Any], name: str) -> Bench:
+    """Check a bench mapping and build a :class:`Bench`; errors name the key (``ConfigError``)."""
+    raw = _mapping(raw, "", BENCH_KEYS)
+    base = _mapping(raw.get("base", {}), "base", [f.name for f in dataclasses.fields(Config)])
+    defaults = Config()  # the base config alone: types checked here, ranges per cell
+    _merge(defaults, base, "base.")
+    epochs = _int(raw.get("epochs", defaults.train.epochs), "epochs", 1)
+
+    input_size = raw.get("input_size")
+    if input_size is not None:
+        if not (isinstance(input_size, (list, tuple)) and len(input_size) == 2
+                and all(isinstance(v, int) and v > 0 for v in input_size)):
+            _fail("input_size", f"expected [height, width] in pixels, e.g. [256, 128], got {input_size!r}")
+        input_size = tuple(input_size)
+
+    datasets = raw.get("datasets") or {}
+    if not isinstance(datasets, dict) or not datasets:
+        _fail("datasets", "name at least one dataset, e.g. {market1501: {dataset: market1501, root: data/Market-1501}}")
+    for ds_name, values in datasets.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(ds_name)):
+            _fail(f"datasets.{ds_name}", "dataset names may hold only letters, digits, '_', '.' and '-'")
+        _merge(DataConfig(), values if values is not None else {}, f"datasets.{ds_name}.")
+        datasets[ds_name] = values or {}
+    compare = [str(d) for d in _list(raw.get("compare", list(datasets)), "compare")]
+    for i, ds_name in enumerate(compare):
+        if ds_name not in datasets:
+            _fail(f"compare[{i}]", f"{ds_name!r} is not in datasets ({', '.join(datasets)})")
+
+    baselines = []
+    for i, entry in enumerate(_list(raw.get("baselines", list(ARCHS)), "baselines")):
+        key = f"baselines[{i}]"
+        entry = {"arch": entry} if isinstance(entry, str) else _mapping(entry, key, ("arch", "epochs", "set"))
+        overrides = _dotted(entry.get("set", {}), f"{key}.set")
+        _merge(copy.deepcopy(defaults), overrides, f"{key}.set.")
+        baselines.append(Baseline(arch=_arch(entry.get("arch"), f"{key}.arch"),
+                                  epochs=_int(entry.get("epochs", epochs), f"{key}.epochs", 1), overrides=overrides))
+    archs = [b.arch for b in baselines]
+    if len(set(archs)) != len(archs):
+        _fail("baselines", f"each architecture may appear once, got {archs}")
+    prune_arch = _arch(raw.get("prune_arch", "resnet50"), "prune_arch")
+    if prune_arch not in archs:
+        _fail("prune_arch", f"{prune_arch} must also be a baseline (the pruned model is that trained baseline); "
+                            f"baselines are {', '.join(archs)}")
+
+    lr_steps = raw.get("lr_steps")
+    if lr_steps is not None:
+        lr_steps = _list(lr_steps, "lr_steps")
+        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in lr_steps) or lr_steps != sorted(lr_steps):
+            _fail("lr_steps", f"expected increasing fractions of the epochs in (0, 1), e.g. [0.6, 0.85], got {lr_steps!r}")
+
+    methods = []
+    for i, entry in enumerate(_list(raw.get("methods", []), "methods")):
+        key = f"methods[{i}]"
+        entry = {"name": entry} if isinstance(entry, str) else _mapping(entry, key, ("name", "label", "options", "set"))
+        method = entry.get("name")
+        if method not in PLANNED:
+            close = difflib.get_close_matches(str(method), PLANNED, n=1)
+            _fail(f"{key}.name", f"unknown pruning method {method!r}" + (f"; did you mean {close[0]}?" if close
+                                                                         else f"; valid: {', '.join(PLANNED)}"))
+        overrides = _dotted(entry.get("set", {}), f"{key}.set")
+        options = entry.get("options", {})
+        if not isinstance(options, dict):
+            _fail(f"{key}.options", f"expected a mapping of method settings, got {options!r}")
+        _deep_update(overrides, {"prune": {"options": options}})
+        _merge(copy.deepcopy(defaults), overrides, f"{key}.set.")
+        methods.append(Method(name=method, label=str(entry.get("label", METHOD_LABELS.get(method, method))),
+                              overrides=overrides))
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        _fail("methods", f"labels must differ (give the same method twice with a label each), got {labels}")
+
+    budgets = []
+    for i, budget in enumerate(_list(raw.get("budgets", ["match:resnet18"]), "budgets")):
+        if isinstance(budget, str) and budget.startswith("match:"):
+            _arch(budget.removeprefix("match:"), f"budgets[{i}]")
+        elif not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and 0 < budget <= 1):
+            _fail(f"budgets[{i}]", f"expected a fraction of {prune_arch}'s MACs kept in (0, 1] or match:ARCH "
+                                   f"(e.g. match:resnet18), got {budget!r}")
+        budgets.append(budget)
+
+    seeds = [_int(s, f"seeds[{i}]", 0) for i, s in enumerate(_list(raw.get("seeds", [0]), "seeds"))]
+    if len(set(seeds)) != len(seeds):
+        _fail("seeds", f"seeds must differ, got {seeds}")
+
+    cross = []
+    for i, entry in enumerate(_list(raw.get("cross_domain", []), "cross_domain")):
+        key = f"cross_domain[{i}]"
+        entry = _mapping(entry, key, ("source", "target", "methods"))
+        for side in ("source", "target"):
+            if entry.get(side) not in datasets:
+                _fail(f"{key}.{side}", f"{entry.get(side)!r} is not in datasets ({', '.join(datasets)})")
+        if entry["source"] == entry["target"]:
+            _fail(key, "source and target must be different datasets")
+        chosen = [str(m) for m in _list(entry.get("methods", labels), f"{key}.methods")]
+        for j, label in enumerate(chosen):
+            if label not in labels:
+                _fail(f"{key}.methods[{j}]", f"{label!r} is not the label of a method in methods ({', '.join(labels)})")
+        cross.append(CrossDomain(source=entry["source"], target=entry["target"], methods=chosen))
+    if not compare and not cross:
+        _fail("compare", "nothing to run: compare lists no dataset and there is no cross_domain scenario")
+
+    name = str(raw.get("name", name))
+    return Bench(name=name, output=str(raw.get("output", f"runs/bench/{name}")), input_size=input_size, base=base,
+                 datasets=datasets, compare=compare, baselines=baselines, lr_steps=lr_steps, prune_arch=prune_arch,
+                 methods=methods, budgets=budgets,
+                 finetune_epochs=_int(raw.get("finetune_epochs", 0), "finetune_epochs", 0), seeds=seeds,
+                 cross_domain=cross,
+                 latency_batch_sizes=list(defaults.eval.latency_batch_sizes) if defaults.eval.latency else [],
+                 raw=raw)
+
+
+def load_bench(path: str | Path, overrides: Sequence[str] = ()) -> Bench:
+    """Read a bench YAML file, apply ``key.path=value`` overrides (e.g. ``seeds=[0,1]``) and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bench file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bench file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"bench file {str(path)!r}: expected a mapping of bench keys ({', '.join(BENCH_KEYS)})")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for depth, name in enumerate(keys[:-1]):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is not a mapping")
+        node[keys[-1]] = value
+    return parse_bench(raw, path.stem)
+
+
+# ---------------------------------------------------------------------------------------------- cells and rows
+
+
+@dataclass
+class Cell:
+    """One trained model: a baseline (``kind="train"``) or a pruned and fine-tuned one (``kind="prune"``)."""
+
+    key: str
+    kind: str
+    cfg: Config
+    dataset: str  # the data it was trained or fine-tuned on
+    pretrain: str  # the data its starting model was trained on (= dataset for baselines)
+    seed: int
+    arch: str
+    method: Method | None = None
+    budget: str = ""
+    target_macs: float | None = None
+    parent: Cell | None = None
+
+    def describe(self) -> str:
+        if self.kind == "train":
+            return f"train {self.arch} on {self.dataset} (seed {self.seed})"
+        source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
+        return (f"prune {source}{self.arch} with {self.method.label} to {self.target_macs:.3f} of its MACs, "
+                f"fine-tune on {self.dataset} (seed {self.seed})")
+
+
+@dataclass
+class RowSpec:
+    """One line of the results: a cell evaluated on ``dataset``."""
+
+    scenario: str  # in_domain | cross_domain
+    name: str
+    cell: Cell
+    dataset: str
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    rows: list[RowSpec]
+    budgets: dict[str, float]  # budget label -> fraction of prune_arch's MACs kept
+
+
+def _hashed(cfg: Config) -> dict[str, Any]:
+    values = cfg.to_dict()
+    for section, keys in UNHASHED.items():
+        if keys is None:
+            values.pop(section)
+        else:
+            for key in keys:
+                values[section].pop(key)
+    return values
+
+
+def _cell_key(prefix: str, spec: dict[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', prefix)}-{digest}"
+
+
+def budget_label(budget: str | float) -> str:
+    return budget if isinstance(budget, str) else f"{budget:g}"
+
+
+def resolve_budgets(bench: Bench) -> dict[str, float]:
+    """Budget label -> fraction of ``prune_arch``'s MACs kept; ``match:ARCH`` counts both nets at the input size."""
+    cfg = bench.run_config(bench.compare[0] if bench.compare else bench.cross_domain[0].source,
+                           bench.baseline(bench.prune_arch), bench.seeds[0])
+    size = (cfg.data.height, cfg.data.width)
+    m = cfg.model
+
+    def macs(arch: str) -> int:
+        net = build_model(arch, last_stride=m.last_stride, pooling=m.pooling, neck=m.neck, embedding_dim=m.embedding_dim)
+        return complexity(net, size)["macs"]
+
+    reference = macs(bench.prune_arch)
+    return {budget_label(b): round(macs(b.removeprefix("match:")) / reference, 4) if isinstance(b, str) else float(b)
+            for b in bench.budgets}
+
+
+def plan_bench(bench: Bench) -> Plan:
+    """Every cell (in run order, each once) and every result row of the bench."""
+    budgets = resolve_budgets(bench)
+    cells: dict[str, Cell] = {}
+    rows: list[RowSpec] = []
+
+    def trained(dataset: str, arch: str, seed: int) -> Cell:
+        cfg = bench.run_config(dataset, bench.baseline(arch), seed)
+        key = _cell_key(f"train-{dataset}-{arch}-s{seed}", {"kind": "train", "config": _hashed(cfg)})
+        return cells.setdefault(key, Cell(key, "train", cfg, dataset, dataset, seed, arch))
+
+    def pruned(pretrain: str, dataset: str, method: Method, budget: str, seed: int) -> Cell:
+        parent = trained(pretrain, bench.prune_arch, seed)
+        cfg = bench.run_config(dataset, bench.baseline(bench.prune_arch), seed, method, budgets[budget])
+        source = f"{pretrain}-to-" if pretrain != dataset else ""
+        key = _cell_key(f"prune-{source}{dataset}-{method.label}-{budget}-s{seed}",
+                        {"kind": "prune", "config": _hashed(cfg), "parent": parent.key})
+        return cells.setdefault(key, Cell(key, "prune", cfg, dataset, pretrain, seed, bench.prune_arch, method,
+                                          budget, budgets[budget], parent))
+
+    def method_name(method: Method, budget: str) -> str:
+        return method.label if len(budgets) == 1 else f"{method.label} @ {budget}"
+
+    for seed in bench.seeds:
+        for dataset in bench.compare:
+            for baseline in bench.baselines:
+                rows.append(RowSpec("in_domain", _arch_label(baseline.arch), trained(dataset, baseline.arch, seed),
+                                    dataset))
+            for method in bench.methods:
+                for budget in budgets:
+                    rows.append(RowSpec("in_domain", method_name(method, budget),
+                                        pruned(dataset, dataset, method, budget, seed), dataset))
+        for scenario in bench.cross_domain:
+            a, b = scenario.source, scenario.target
+            rows.append(RowSpec("cross_domain", _arch_label(bench.prune_arch), trained(a, bench.prune_arch, seed), b))
+            for method in (m for m in bench.methods if m.label in scenario.methods):
+                for budget in budgets:
+                    for finetune in (a, b):
+                        rows.append(RowSpec("cross_domain", method_name(method, budget),
+                                            pruned(a, finetune, method, budget, seed), b))
+    return Plan(list(cells.values()), rows, budgets)
+
+
+def check_plan(plan: Plan, *, verbose: bool = False) -> None:
+    """Fail before any training: every dataset must parse and every method must accept its settings."""
+    seen = set()
+    for cell in plan.cells:
+        data = json.dumps(dataclasses.asdict(cell.cfg.data), sort_keys=True)
+        if data not in seen:
+            seen.add(data)
+            try:
+                prepare_dataset(cell.cfg.data, verbose=verbose)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"bench dataset {cell.dataset}: {exc}") from exc
+        if cell.kind == "prune":
+            try:
+                pruner = pruner_from_config(cell.cfg)
+            except (ValueError, NotImplementedError) as exc:
+                raise ConfigError(f"bench method {cell.method.label}: {exc}") from exc
+            if pruner.requires == "training" and cell.cfg.prune.finetune_epochs < 1:
+                raise ConfigError(f"bench method {cell.method.label}: {cell.method.name} prunes during fine-tuning; "
+                                  "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
+
+
+def _arch_label(arch: str) -> str:
+    return arch.replace("resnet", "ResNet")
+
+
+# ---------------------------------------------------------------------------------------------- running cells
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a crash never leaves a half-written marker."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cell_checkpoint(cell: Cell, folder: Path) -> Path:
+    """The model file a finished cell leaves: the last epoch of training, or the pruned model."""
+    return folder / "run" / "last.pt" if cell.kind == "train" else folder / "pruned.pt"
+
+
+def model_cost(checkpoint: Path, input_size: tuple[int, int]) -> dict[str, int]:
+    """Parameters of the deployed network (the identity classifier is used only in training), and MACs."""
+    model = load_model(checkpoint)
+    cost = complexity(model, input_size)
+    classifier = sum(p.numel() for p in model.classifier.parameters()) if model.classifier is not None else 0
+    return {"params": cost["params"] - classifier, "macs": cost["macs"], "classifier_params": classifier}
+
+
+def _run_train(cell: Cell, folder: Path, progress: bool) -> dict[str, Any]:
+    run = folder / "run"
+    resume = (run / "last.pt").is_file()
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)  # a stop before the first epoch's checkpoint: start clean
+    train(cell.cfg, output=run, resume=resume, progress=progress)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    final = records[-1]  # the last epoch is always evaluated; the bench reports it (no pick of the best epoch)
+    return {"metrics": {k: final[k] for k in METRICS},
+            # Sum of epoch times: counts the epochs of every attempt once, even across resumes.
+            "wall_seconds": round(sum(r["seconds"] for r in records), 1)}
+
+
+def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Path) -> Path:
+    """A copy of ``checkpoint`` whose identity classifier is new, for the identities of another dataset."""
+    ckpt = read_checkpoint(checkpoint)
+    config = dict(ckpt["model_config"], num_classes=num_classes)
+    seed_everything(seed)
+    model = build_model(**config)  # initialises the classifier as training does
+    apply_widths(model, {k: w for k, w in ckpt["widths"].items() if not k.startswith("classifier")})
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise ValueError(f"{checkpoint}: weights do not match the architecture ({missing + unexpected})")
+    return save_checkpoint(path, model, config)
+
+
+def _run_prune(cell: Cell, folder: Path, parent_folder: Path, progress: bool) -> dict[str, Any]:
+    shutil.rmtree(folder, ignore_errors=True)  # pruning is not resumable: redo an interrupted one
+    folder.mkdir(parents=True)
+    start = cell_checkpoint(cell.parent, parent_folder)
+    started = time.perf_counter()
+    if cell.dataset != cell.pretrain and cell.cfg.loss.id_weight > 0:
+        # Fine-tuning on other people: the identity loss needs a classifier over the new identities.
+        num_classes = prepare_dataset(cell.cfg.data, verbose=False).num_train_pids
+        start = _with_new_classifier(start, num_classes, cell.seed, folder / "start.pt")
+    report = prune_checkpoint(cell.cfg, start, output=folder, progress=progress)
+    final = report["finetuned"] or report["pruned"]
+    after_cut = report["pruned"]
+    return {"metrics": {k: final[k] for k in METRICS},
+            "pruned_metrics": {k: after_cut[k] for k in METRICS} if after_cut else None,
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True) -> tuple[dict[str, Any], bool]:
+    """Run ``cell`` unless it is finished. Returns (its result, whether it was cached)."""
+    folder = cells_dir / cell.key
+    done = _read_json(folder / DONE)
+    if done is not None:
+        return done, True
+    if cell.kind == "train":
+        result = _run_train(cell, folder, progress)
+    else:
+        result = _run_prune(cell, folder, cells_dir / cell.parent.key, progress)
+    result.update(model_cost(cell_checkpoint(cell, folder), (cell.cfg.data.height, cell.cfg.data.width)))
+    result["key"] = cell.key
+    result["config"] = cell.cfg.to_dict()
+    _write_json(folder / DONE, result)  # last: the marker that the cell is finished
+    return result, False
+
+
+def evaluate_on(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """mAP/rank-k of a finished cell's model on another dataset (cached beside the cell)."""
+    digest = hashlib.sha1(json.dumps(dataclasses.asdict(data), sort_keys=True).encode()).hexdigest()[:10]
+    path = cells_dir / cell.key / f"eval-{dataset}-{digest}.json"
+    cached = _read_json(path)
+    if cached is not None:
+        return cached
+    cfg = copy.deepcopy(cell.cfg)
+    cfg.data = data
+    report = evaluate_checkpoint(cfg, cell_checkpoint(cell, cells_dir / cell.key), progress=progress)
+    result = {k: report[k] for k in METRICS}
+    _write_json(path, result)
+    return result
+
+
+def cell_latency(cell: Cell, cells_dir: Path, batch_sizes: Sequence[int]) -> dict[str, float]:
+    """CPU milliseconds per image at each batch size (measured once, then cached beside the cell)."""
+    path = cells_dir / cell.key / "latency.json"
+    cached = _read_json(path)
+    if cached is not None and [int(b.removeprefix("batch")) for b in cached["latency_ms"]] == list(batch_sizes):
+        return cached["latency_ms"]
+    model = load_model(cell_checkpoint(cell, cells_dir / cell.key))
+    latency = measure_latency(model, (cell.cfg.data.height, cell.cfg.data.width), batch_sizes=tuple(batch_sizes),
+                              device="cpu")
+    _write_json(path, {"latency_ms": latency, "threads": torch.get_num_threads()})
+    return latency
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool = True,
+              log: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
+    """Run every unfinished cell of ``bench``, then write the results under ``output``.
+
+    Returns the content of ``results.json``: {"rows": [...], "budgets": {...}, ...}.
+    """
+    out = Path(output or bench.output)
+    plan = plan_bench(bench)
+    check_plan(plan, verbose=progress)
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    (out / "bench.yaml").write_text(yaml.safe_dump(bench.raw, sort_keys=False))
+    results: dict[str, dict[str, Any]] = {}
+    evaluations: dict[tuple[str, str], dict[str, Any]] = {}
+    latencies: dict[str, dict[str, float]] = {}
+    for i, cell in enumerate(plan.cells, 1):
+        log(f"[{i}/{len(plan.cells)}] {cell.describe()}")
+        results[cell.key], cached = run_cell(cell, cells_dir, progress=progress)
+        if cached:
+            log("    finished earlier (cached)")
+        else:
+            metrics = results[cell.key]["metrics"]
+            log(f"    done in {results[cell.key]['wall_seconds'] / 60:.1f} min: mAP {metrics['mAP']:.1f}, "
+                f"rank-1 {metrics['rank1']:.1f}")
+        for row in plan.rows:
+            if row.cell is cell and row.dataset != cell.dataset and (cell.key, row.dataset) not in evaluations:
+                evaluations[cell.key, row.dataset] = evaluate_on(cell, row.dataset, bench.data_config(row.dataset),
+                                                                 cells_dir, progress=progress)
+        write_results(bench, plan, out, results, evaluations, latencies, command=command, plot=False)
+    if bench.latency_batch_sizes:
+        log(f"measuring the CPU latency of {len(plan.cells)} models "
+            f"(batch {', '.join(map(str, bench.latency_batch_sizes))})")
+        for cell in plan.cells:
+            latencies[cell.key] = cell_latency(cell, cells_dir, bench.latency_batch_sizes)
+    summary = write_results(bench, plan, out, results, evaluations, latencies, command=command, plot=True)
+    log(f"wrote {out / 'results.md'}, results.csv, results.json"
+        + (", pareto.png" if summary["plot"] else f"; {PLOT_NOTE}"))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+def result_rows(plan: Plan, results: dict[str, dict[str, Any]], evaluations: dict[tuple[str, str], dict[str, Any]],
+                latencies: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One flat record per result row whose cell has finished."""
+    rows = []
+    for spec in plan.rows:
+        cell, result = spec.cell, results.get(spec.cell.key)
+        if result is None or (spec.dataset != cell.dataset and (cell.key, spec.dataset) not in evaluations):
+            continue
+        metrics = result["metrics"] if spec.dataset == cell.dataset else evaluations[cell.key, spec.dataset]
+        pruned = result.get("pruned_metrics") if spec.dataset == cell.dataset else None
+        row = {
+            "scenario": spec.scenario, "name": spec.name, "kind": "baseline" if cell.kind == "train" else "pruned",
+            "arch": cell.arch, "method": cell.method.name if cell.method else "", "budget": cell.budget,
+            "target_macs": cell.target_macs, "pretrain": cell.pretrain,
+            "finetune": cell.dataset if cell.kind == "prune" else "", "dataset": spec.dataset, "seed": cell.seed,
+            "params": result["params"], "macs": result["macs"],
+        }
+        row.update({f"latency_ms_{batch}": ms for batch, ms in latencies.get(cell.key, {}).items()})
+        row.update({k: round(metrics[k], 2) for k in METRICS})
+        row.update({f"pruned_{k}": round(pruned[k], 2) if pruned else None for k in ("mAP", "rank1")})
+        row["wall_seconds"] = result["wall_seconds"]
+        row["cell"] = cell.key
+        rows.append(row)
+    return rows
+
+
+def _stat(values: Sequence[float], digits: int) -> str:
+    """Mean, and ± the sample standard deviation when there are several values that differ."""
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    if len(values) > 1 and len(set(values)) > 1:
+        return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def _groups(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, list[dict[str, Any]]]:
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return groups
+
+
+def _cost_cells(rows: list[dict[str, Any]], latency_key: str | None) -> list[str]:
+    cells = [_stat([r["params"] / 1e6 for r in rows], 2), _stat([r["macs"] / 1e9 for r in rows], 3)]
+    if latency_key:
+        cells.append(_stat([r[latency_key] for r in rows if r.get(latency_key) is not None], 2))
+    return cells
+
+
+def _markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, command: str, plot: bool,
+                    pending: int) -> str:
+    """results.md: the in-domain table in the survey's Table 5 shape, then one table per cross-domain pair."""
+    height, width = plan.cells[0].cfg.data.height, plan.cells[0].cfg.data.width
+    latency_key = f"latency_ms_batch{bench.latency_batch_sizes[0]}" if bench.latency_batch_sizes else None
+    if not any(latency_key in r for r in rows):
+        latency_key = None  # not measured yet: the latency phase comes after every cell
+    cost_headers = ["Parameters (M)", "GMACs"]
+    if latency_key:
+        cost_headers.append(f"CPU ms/image (batch {bench.latency_batch_sizes[0]})")
+    seeds = len(bench.seeds)
+    lines = [f"# Benchmark {bench.name}", ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    lines += [
+        f"Input {height}x{width}. mAP and R-1 (rank-1) in %, on each dataset's query/gallery split (Market-1501 "
+        f"protocol), of the model after its last epoch; "
+        + (f"mean ± sample standard deviation over {seeds} seeds ({', '.join(map(str, bench.seeds))})."
+           if seeds > 1 else f"one seed ({bench.seeds[0]}): differences of a point or two are within noise."),
+        "GMACs: multiply-accumulates per image at batch 1 (GFLOPs = 2 x GMACs). Parameters: the deployed network, "
+        "without the identity classifier used only in training."
+        + (" CPU latency: median milliseconds per image, measured by the bench after training." if latency_key else ""),
+        "Budgets: " + ", ".join(f"{label} = {value:.3f} of {_arch_label(bench.prune_arch)}'s MACs kept"
+                                for label, value in plan.budgets.items()) + ".",
+        "",
+    ]
+    if pending:
+        lines += [f"**Partial results: {pending} of {len(plan.cells)} cells are not finished yet.**", ""]
+    in_domain = [r for r in rows if r["scenario"] == "in_domain"]
+    if in_domain:
+        headers = ["Networks", *cost_headers] + [f"{d} {m}" for d in bench.compare for m in ("mAP", "R-1")]
+        table = []
+        for name, group in _groups(in_domain, lambda r: r["name"]).items():
+            by_dataset = _groups(group, lambda r: r["dataset"])
+            scores = []
+            for dataset in bench.compare:
+                runs = by_dataset.get(dataset, [])
+                scores += [_stat([r["mAP"] for r in runs], 1), _stat([r["rank1"] for r in runs], 1)]
+            table.append([name, *_cost_cells(group, latency_key), *scores])
+        lines += ["## Baselines and pruned models (survey Table 5 layout)", "", _markdown_table(headers, table), ""]
+    for scenario in bench.cross_domain:
+        a, b = scenario.source, scenario.target
+        group_rows = [r for r in rows if r["scenario"] == "cross_domain" and r["pretrain"] == a and r["dataset"] == b]
+        if not group_rows:
+            continue
+        table = []
+        for (name, finetune), group in _groups(group_rows, lambda r: (r["name"], r["finetune"])).items():
+            how = f"no pruning, no fine-tuning (trained on {a})" if not finetune else f"pruned and fine-tuned on {finetune}"
+            table.append([name, how, *_cost_cells(group, latency_key), _stat([r["mAP"] for r in group], 1),
+                          _stat([r["rank1"] for r in group], 1)])
+        headers = ["Networks", "adaptation", *cost_headers, f"{b} mAP", f"{b} R-1"]
+        lines += [f"## Cross-domain: trained on {a}, evaluated on {b}", "", _markdown_table(headers, table), ""]
+    hours = sum({r["cell"]: r["wall_seconds"] for r in rows}.values()) / 3600
+    lines += [f"Compute: {hours:.2f} h of training, pruning and fine-tuning over {len({r['cell'] for r in rows})} "
+              "cells (per-model wall times in results.csv).", ""]
+    lines += ["![mAP against GMACs](pareto.png)" if plot else PLOT_NOTE, ""]
+    return "\n".join(lines)
+
+
+def pareto_plot(bench: Bench, rows: list[dict[str, Any]], path: Path) -> bool:
+    """mAP against GMACs, one panel per evaluation table, baselines joined as a curve. False without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    panels = [(f"{d} (in-domain)", [r for r in rows if r["scenario"] == "in_domain" and r["dataset"] == d])
+              for d in bench.compare]
+    panels += [(f"trained on {c.source}, evaluated on {c.target}",
+                [r for r in rows if r["scenario"] == "cross_domain" and r["pretrain"] == c.source
+                 and r["dataset"] == c.target]) for c in bench.cross_domain]
+    panels = [(title, group) for title, group in panels if group]
+    if not panels:
+        return False
+    fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
+    for ax, (title, group) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        points = []
+        for (name, finetune, kind), runs in _groups(group, lambda r: (r["name"], r["finetune"], r["kind"])).items():
+            maps = [r["mAP"] for r in runs]
+            points.append((statistics.fmean(r["macs"] for r in runs) / 1e9, statistics.fmean(maps),
+                           statistics.stdev(maps) if len(maps) > 1 else 0.0, name, finetune, kind))
+        baselines = sorted((p for p in points if p[5] == "baseline"), key=lambda p: p[0])
+        if baselines:
+            ax.errorbar([p[0] for p in baselines], [p[1] for p in baselines], yerr=[p[2] for p in baselines],
+                        fmt="-o", color="black", capsize=3, label="baselines")
+            for x, y, _, name, _, _ in baselines:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+        for x, y, err, name, finetune, kind in (p for p in points if p[5] == "pruned"):
+            label = name if title.endswith("(in-domain)") else f"{name}, fine-tuned on {finetune}"
+            ax.errorbar([x], [y], yerr=[err], fmt="s" if finetune == group[0]["dataset"] else "^", capsize=3,
+                        label=label)
+        ax.set(title=title, xlabel="GMACs per image", ylabel="mAP (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def write_results(bench: Bench, plan: Plan, out: Path, results: dict[str, dict[str, Any]],
+                  evaluations: dict[tuple[str, str], dict[str, Any]], latencies: dict[str, dict[str, float]], *,
+                  command: str = "", plot: bool = True) -> dict[str, Any]:
+    """Write results.csv, results.json, results.md (and pareto.png when ``plot``); returns the JSON content."""
+    rows = result_rows(plan, results, evaluations, latencies)
+    pending = sum(1 for cell in plan.cells if cell.key not in results)
+    plotted = bool(rows) and plot and pareto_plot(bench, rows, out / "pareto.png")
+    summary = {
+        "bench": bench.name, "command": command, "complete": pending == 0, "pending_cells": pending,
+        "budgets": plan.budgets, "seeds": bench.seeds,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                        "machine": platform.machine(), "python": platform.python_version()},
+        "plot": plotted, "rows": rows,
+    }
+    _write_json(out / "results.json", summary)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    fd, tmp = tempfile.mkstemp(prefix=".results.csv.", suffix=".tmp", dir=out)
+    with os.fdopen(fd, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out / "results.csv")
+    (out / "results.md").write_text(markdown_report(bench, plan, rows, command=command, plot=plotted, pending=pending))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+SUMMARY = "benchmark: train baselines, prune with every method at one budget, tables and a Pareto plot"
+DESCRIPTION = """\
+Runs the survey's comparison from a bench file (configs/bench/*.yaml, see
+docs/bench.md): trains the baseline architectures, prunes the prune_arch
+baseline (ResNet-50) with every listed method at each budget (match:resnet18 =
+ResNet-18's MACs), fine-tunes and evaluates each, optionally runs the
+cross-domain scenario (train on A; prune and fine-tune with A or with B;
+evaluate on B), and measures every model's CPU latency.
+
+DIR gets results.csv and results.json (one row per model: params, MACs, CPU
+latency, mAP, rank-1, wall time), results.md (the survey's Table 5 layout,
+mean ± std over seeds) and pareto.png (needs matplotlib: the plot extra).
+Each model is cached in DIR/cells/: run the same command again after a stop
+and only unfinished models are computed (an interrupted training continues
+from its last epoch).
+
+examples:
+  reid-prune bench --config configs/bench/synthetic_tiny.yaml --output runs/bench-tiny
+  reid-prune bench --config configs/bench/cuhk03_cpu.yaml --dry-run
+  reid-prune bench --config configs/bench/cuhk03_cpu.yaml --output runs/bench/cuhk03 --set seeds=[0,1,2]
+  reid-prune bench --config configs/bench/market1501_gpu.yaml --set datasets.market1501.root=/data/Market-1501
+"""
+
+
+def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand to the ``reid-prune`` parser (its function: :func:`cmd_bench`)."""
+    parser = subparsers.add_parser("bench", help=SUMMARY, description=f"{SUMMARY}.\n\n{DESCRIPTION}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, metavar="YAML", help="bench file, e.g. configs/bench/cuhk03_cpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a bench key, e.g. --set seeds=[0,1] or --set base.train.max_batches=2 "
+                             "(repeatable)")
+    parser.add_argument("--output", metavar="DIR", help="results folder (default: the bench file's output key, "
+                                                        "else runs/bench/NAME)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the models the bench would compute and which are already finished, then stop")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
+    parser.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run (or with ``--dry-run`` list) the bench of ``args.config``."""
+    bench = load_bench(args.config, args.overrides)
+    output = Path(args.output or bench.output)
+    if args.dry_run:
+        plan = plan_bench(bench)
+        for i, cell in enumerate(plan.cells, 1):
+            folder = output / "cells" / cell.key
+            state = "finished" if (folder / DONE).is_file() else "started" if folder.exists() else "to run"
+            print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
+        print("budgets: " + ", ".join(f"{k} = {v:.3f} of {bench.prune_arch}'s MACs" for k, v in plan.budgets.items()))
+        return 0
+    command = f"reid-prune bench --config {args.config}" + "".join(f" --set {o}" for o in args.overrides)
+    command += f" --output {args.output}" if args.output else ""
+    run_bench(bench, output, progress=not args.quiet, command=command)
+    return 0

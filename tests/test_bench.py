@@ -1,0 +1,181 @@
+"""Benchmark harness: end to end on tiny synthetic data, resuming after a stop, caching, cross-domain, bench file errors."""
+
+import argparse
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid_prune import bench as bench_module
+from reid_prune import build_model, load_model
+from reid_prune.bench import PLOT_NOTE, add_bench_command, load_bench, plan_bench, run_bench
+from reid_prune.config import ConfigError
+from reid_prune.engine import evaluate_checkpoint
+from reid_prune.evaluation import complexity
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bench"
+TINY_FILE = CONFIGS / "synthetic_tiny.yaml"
+# synthetic_tiny.yaml shrunk to seconds: 2 batches of 4 x 2 images at 64x32, one epoch, ResNet50 and ResNet18.
+# Dataset B has more training identities than A, so fine-tuning on B needs a new identity classifier.
+TINY = [
+    "base.data.p=4", "base.data.k=2", "base.train.max_batches=2", "base.train.device=cpu",
+    "base.eval.latency_batch_sizes=[1]", "epochs=1", "finetune_epochs=1", "baselines=[resnet50, resnet18]",
+    "datasets.synthetic_a.synthetic={ids: 8, test_ids: 4, images_per_camera: 2, seed: 0}",
+    "datasets.synthetic_b.synthetic={ids: 12, test_ids: 4, images_per_camera: 2, seed: 1}",
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    bench = load_bench(TINY_FILE, TINY)
+    real_train, real_prune = bench_module.train, bench_module.prune_checkpoint
+    calls = {"train": 0, "prune": 0}
+
+    def stopped_at_fpgm(cfg, checkpoint, *, output, progress):
+        if cfg.prune.method == "fpgm":
+            raise KeyboardInterrupt  # as a Ctrl-C in the middle of the fourth cell
+        return real_prune(cfg, checkpoint, output=output, progress=progress)
+
+    # 1. Interrupted run: the cells before the stop are kept, the partial table says what is missing.
+    monkeypatch.setattr(bench_module, "prune_checkpoint", stopped_at_fpgm)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(bench, out, progress=False, log=_quiet)
+    finished = sorted(p.parent.name.split("-s0-")[0] for p in (out / "cells").glob("*/result.json"))
+    assert finished == ["prune-synthetic_a-HaoLi-match-resnet18", "train-synthetic_a-resnet18",
+                        "train-synthetic_a-resnet50"]
+    assert "Partial results: 2 of 5 cells are not finished yet" in (out / "results.md").read_text()
+
+    # 2. Rerun: trains nothing again, computes only the interrupted cell and the one after it.
+    def counted_train(*args, **kwargs):
+        calls["train"] += 1
+        return real_train(*args, **kwargs)
+
+    def counted_prune(*args, **kwargs):
+        calls["prune"] += 1
+        return real_prune(*args, **kwargs)
+
+    monkeypatch.setattr(bench_module, "train", counted_train)
+    monkeypatch.setattr(bench_module, "prune_checkpoint", counted_prune)
+    summary = run_bench(bench, out, progress=False, log=_quiet)
+    assert calls == {"train": 0, "prune": 2}
+    assert summary["complete"]
+
+    rows = summary["rows"]
+    assert [(r["scenario"], r["name"], r["finetune"], r["dataset"]) for r in rows] == [
+        ("in_domain", "ResNet50", "", "synthetic_a"),
+        ("in_domain", "ResNet18", "", "synthetic_a"),
+        ("in_domain", "HaoLi", "synthetic_a", "synthetic_a"),
+        ("in_domain", "FPGM", "synthetic_a", "synthetic_a"),
+        ("cross_domain", "ResNet50", "", "synthetic_b"),
+        ("cross_domain", "HaoLi", "synthetic_a", "synthetic_b"),
+        ("cross_domain", "HaoLi", "synthetic_b", "synthetic_b"),
+    ]
+    for row in rows:
+        assert 0 <= row["mAP"] <= 100 and 0 <= row["rank1"] <= 100
+        assert row["latency_ms_batch1"] > 0 and row["wall_seconds"] > 0
+
+    # Cost columns: the deployed network (no classifier) counted independently; the budget is ResNet-18's MACs.
+    r50, r18 = (build_model(arch, last_stride=1, neck="bnneck") for arch in ("resnet50", "resnet18"))
+    by_name = {r["name"]: r for r in rows if r["scenario"] == "in_domain"}
+    assert by_name["ResNet18"]["params"] == sum(p.numel() for p in r18.parameters())
+    assert by_name["ResNet50"]["macs"] == complexity(r50, (64, 32))["macs"]
+    budget = complexity(r18, (64, 32))["macs"] / complexity(r50, (64, 32))["macs"]
+    assert summary["budgets"]["match:resnet18"] == pytest.approx(budget, abs=1e-4)
+    for name in ("HaoLi", "FPGM"):
+        kept = by_name[name]["macs"] / by_name["ResNet50"]["macs"]
+        assert kept == pytest.approx(budget, abs=0.02), name
+
+    # Cross-domain: the model fine-tuned on A is the in-domain cell, scored on B; the one fine-tuned on B got a
+    # classifier over B's 12 training identities.
+    direct, on_a, on_b = rows[4:]
+    assert direct["cell"] == by_name["ResNet50"]["cell"] and on_a["cell"] == by_name["HaoLi"]["cell"]
+    cfg_b = plan_bench(bench).rows[5].cell.cfg
+    cfg_b.data = bench.data_config("synthetic_b")
+    rescored = evaluate_checkpoint(cfg_b, out / "cells" / on_a["cell"] / "pruned.pt", progress=False)
+    assert on_a["mAP"] == round(rescored["mAP"], 2)
+    assert load_model(out / "cells" / on_b["cell"] / "pruned.pt").classifier.out_features == 12
+    assert load_model(out / "cells" / on_a["cell"] / "pruned.pt").classifier.out_features == 8
+
+    # Files: csv = json rows; the table in the survey's layout; the plot, or a note without matplotlib.
+    with open(out / "results.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert [r["cell"] for r in csv_rows] == [r["cell"] for r in rows]
+    assert [float(r["mAP"]) for r in csv_rows] == [r["mAP"] for r in rows]
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    md = (out / "results.md").read_text()
+    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1) | synthetic_a mAP | synthetic_a R-1 |"
+            in md)
+    for line in ("| ResNet50 |", "| ResNet18 |", "| HaoLi |", "| FPGM |",
+                 "## Cross-domain: trained on synthetic_a, evaluated on synthetic_b",
+                 "| HaoLi | pruned and fine-tuned on synthetic_b |"):
+        assert line in md
+    assert "Partial results" not in md
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "pareto.png").stat().st_size > 0
+    else:
+        assert not (out / "pareto.png").exists() and PLOT_NOTE in md
+
+    # 3. Through the command: a finished bench trains, prunes, evaluates and times nothing, and writes the same rows.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished bench must not compute anything")
+
+    for name in ("train", "prune_checkpoint", "evaluate_checkpoint", "measure_latency"):
+        monkeypatch.setattr(bench_module, name, forbidden)
+    parser = argparse.ArgumentParser()
+    add_bench_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--config", str(TINY_FILE), "--output", str(out), "--quiet",
+                              *[a for o in TINY for a in ("--set", o)]])
+    assert args.func(args) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"] == rows and again["command"].startswith("reid-prune bench --config")
+
+
+def test_bad_method_option_fails_before_any_training(tmp_path):
+    bench = load_bench(TINY_FILE, TINY + ["methods=[{name: fpgm, options: {bogus: 1}}]", "cross_domain=[]"])
+    with pytest.raises(ConfigError, match="bench method FPGM: .*no option 'bogus'"):
+        run_bench(bench, tmp_path / "bench", progress=False, log=_quiet)
+    assert not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=1", "bench key seed: not a valid key; did you mean seeds?"),
+    ("base.train.lrr=0.1", "config key base.train.lrr is not a valid key; did you mean base.train.lr?"),
+    ("methods=[haoly]", r"bench key methods\[0\].name: unknown pruning method 'haoly'; did you mean haoli?"),
+    ("budgets=[match:resnet99]", r"bench key budgets\[0\]: expected one of resnet18, resnet34, resnet50"),
+    ("budgets=[1.5]", r"bench key budgets\[0\]: expected a fraction"),
+    ("baselines=[resnet18]", "bench key prune_arch: resnet50 must also be a baseline"),
+    ("cross_domain=[{source: synthetic_a, target: market}]",
+     r"bench key cross_domain\[0\].target: 'market' is not in datasets"),
+    ("baselines=[resnet50, {arch: resnet18, set: {train.epoch: 3}}]",
+     r"config key baselines\[1\].set.train.epoch is not a valid key; did you mean baselines\[1\].set.train.epochs?"),
+    ("lr_steps=[0.9, 0.5]", "bench key lr_steps: expected increasing fractions"),
+])
+def test_bench_file_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_bench(load_bench(TINY_FILE, [override]))
+
+
+def test_shipped_bench_files():
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        load_bench(path)
+    # The CPU protocol: equal epochs for the three baselines, learning-rate steps at 60% and 85%,
+    # ResNet-50 pruned to ResNet-18's MACs at 128x64.
+    plan = plan_bench(load_bench(CONFIGS / "cuhk03_cpu.yaml"))
+    trained = [c for c in plan.cells if c.kind == "train" and c.dataset == "cuhk03_market"]
+    assert {c.arch: (c.cfg.train.epochs, c.cfg.train.milestones) for c in trained} == {
+        arch: (24, [14, 20]) for arch in ("resnet50", "resnet34", "resnet18")}
+    r50, r18 = (complexity(build_model(arch), (128, 64))["macs"] for arch in ("resnet50", "resnet18"))
+    assert plan.budgets["match:resnet18"] == pytest.approx(r18 / r50, abs=1e-4)
+    assert all(c.cfg.data.height == 128 and c.cfg.data.width == 64 for c in plan.cells)
