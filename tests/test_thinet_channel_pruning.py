@@ -82,8 +82,9 @@ def test_contribution_gram_equals_the_gram_of_explicit_rows():
     patches = torch.randn(5, 3, 4, generator=gen)
     weight = torch.randn(2, 3, 2, 2, generator=gen)
     rows = _rows(patches.double(), weight.double())
-    gram = contribution_gram(patches, weight)
+    gram = contribution_gram(patches, weight, torch.float64)
     torch.testing.assert_close(gram, rows.T @ rows)
+    torch.testing.assert_close(contribution_gram(patches, weight), gram, rtol=1e-5, atol=1e-5)  # float32 products
     outputs = conv_outputs(patches, weight).reshape(-1)  # row sums are the outputs
     torch.testing.assert_close(rows.sum(dim=1), outputs)
     torch.testing.assert_close(gram.sum(), outputs.pow(2).sum())
@@ -108,7 +109,7 @@ def test_greedy_first_pick_is_the_brute_force_minimum_and_follows_the_reference_
     patches = torch.randn(6, 7, 9, generator=gen)
     weight = torch.randn(3, 7, 3, 3, generator=gen)
     rows = _rows(patches.double(), weight.double())
-    order = greedy_removal_order(contribution_gram(patches, weight))
+    order = greedy_removal_order(contribution_gram(patches, weight, torch.float64))
     energies = [float(rows[:, c].pow(2).sum()) for c in range(7)]
     assert int(order[0]) == int(np.argmin(energies))
     assert order[:6].tolist() == _thinet_reference(rows, 6)
@@ -122,7 +123,11 @@ def test_thinet_removes_a_channel_with_zero_contribution_first():
         model.layer1[0].conv2.weight[:, 37] = 0  # ... but channel 37 no longer reaches the next layer
     original = model.layer1[0].conv1.weight.detach().clone()
     pruner = get_pruner("thinet", layer_rates={"layer1.0.conv1": 1 / 64})
-    pruner.prune(model, PruneContext(data=_batches(), num_batches=2))
+    context = PruneContext(data=_batches(), num_batches=2)
+    pruner.setup(model)
+    scores = pruner.group_scores(model, context)  # one-shot scoring, as a benchmark would time it
+    assert len(scores) == 8 and int(scores["layer1.0.conv1"].argmin()) == 37
+    pruner.prune(model, context)
     kept = model.layer1[0].conv1.weight
     assert kept.shape[0] == 63
     assert not any(torch.equal(row, original[37]) for row in kept)

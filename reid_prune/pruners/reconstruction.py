@@ -7,8 +7,8 @@ ReLU), and output filter f computes::
 
     y_f = bias_f + sum_c x_fc,    x_fc = sum over the kernel of W[f, c] * X[c]
 
-A *row* is one (image, location, filter) triple and its vector x_f. (in_c,) of per-channel
-contributions. Pruning channels removes their terms from every row; a method picks the
+A *row* is one (image, location, filter) triple with its vector (x_f1 .. x_f,in_c) of
+per-channel contributions. Pruning channels removes their terms from every row; a method picks the
 channels whose removal changes the rows' sums least, then the consumer's kept weights are
 refit by least squares so that the pruned layer reproduces the original outputs.
 
@@ -154,33 +154,31 @@ def conv_outputs(patches: Tensor, weight: Tensor) -> Tensor:
     return patches.flatten(1).double() @ weight.detach().flatten(1).double().cpu().T
 
 
-def contribution_gram(patches: Tensor, weight: Tensor) -> Tensor:
+def contribution_gram(patches: Tensor, weight: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Gram matrix of the per-channel contributions over every row (patch p, output filter f).
 
     With x_pfc = sum_a W[f, c, a] X[p, c, a] (a over kernel positions)::
 
         G[c, d] = sum_{p, f} x_pfc x_pfd = sum_{a, b} (sum_f W[f, c, a] W[f, d, b]) (sum_p X[p, c, a] X[p, d, b])
 
-    The right-hand side never forms the (n * out_c, in_c) rows: it costs
-    (out_c + n) (in_c k)^2 multiply-adds instead of n out_c in_c^2.
+    The right-hand side is (W^T W) * (X^T X) on the flattened (in_c k) axes, summed over
+    each k x k block: it never forms the (n out_c, in_c) rows and costs (out_c + n) (in_c k)^2
+    multiply-adds instead of n out_c in_c^2.
 
     Args:
         patches: (n, in_c, k) consumer input patches, k = kh * kw.
         weight: (out_c, in_c, kh, kw) consumer weights.
+        dtype: precision of the products; float32 is ample to rank channels.
 
     Returns:
         (in_c, in_c) float64. The rows' sums y_pf (outputs minus bias) have sum_{p,f} y^2 = G.sum(),
         and ``G.sum(dim=1)[c]`` = sum_{p,f} x_pfc y_pf.
     """
     n, channels, k = patches.shape
-    x = patches.double()
-    w = weight.detach().double().cpu().reshape(weight.shape[0], channels, k)
-    gram = torch.zeros(channels, channels, dtype=torch.float64)
-    for a in range(k):
-        filters = torch.einsum("fc,fdb->cdb", w[:, :, a], w)  # (in_c, in_c, k)
-        inputs = torch.einsum("pc,pdb->cdb", x[:, :, a], x)
-        gram += (filters * inputs).sum(dim=2)
-    return gram
+    x = patches.reshape(n, channels * k).to(dtype)
+    w = weight.detach().reshape(weight.shape[0], channels * k).to(device="cpu", dtype=dtype)
+    products = (w.T @ w).mul_(x.T @ x)
+    return products.reshape(channels, k, channels, k).sum(dim=(1, 3)).double()
 
 
 def _ridge_fits(inputs: Tensor, residual: Tensor, alphas: Iterable[float]) -> Iterable[Tensor]:
@@ -265,7 +263,7 @@ def refit_weights(patches: Tensor, weight: Tensor, keep: Sequence[int] | Tensor,
     if how == "none":
         return sliced
     if how == "scale":
-        gram = contribution_gram(patches, weight)
+        gram = contribution_gram(patches, weight, torch.float64)
         # Normal equations of the rows: G_SS w = sum_{p,f} x_S y = G[S, :] 1.
         factors = torch.linalg.lstsq(gram[keep][:, keep], gram[keep].sum(dim=1, keepdim=True)).solution
         return sliced * factors.reshape(1, -1, 1, 1)
@@ -405,8 +403,8 @@ class ReconstructionPruner(Pruner):
                         rtol=1e-4, atol=1e-5 * float(sampled[1].abs().max().clamp_min(1e-12))
                     ):
                         follower = None  # not norm + ReLU in between: the follower gets its own pass
-                else:
-                    patches = carried
+                else:  # derived samples were not read from the network, so their own follower is not checked
+                    patches, follower = carried, None
                 kept_patches = self._prune_group(model, group, patches)
                 carried = follower_patches(model, kept_patches, follower) if follower is not None else None
             if steps and number < len(blocks) - 1:
