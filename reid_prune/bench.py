@@ -76,11 +76,12 @@ METHOD_LABELS = {"haoli": "HaoLi", "fpgm": "FPGM", "psfp": "PSFP", "molchanov": 
                  "autobalanced": "AutoBalanced", "thinet": "ThiNet", "channel_pruning": "Channel Pruning",
                  "afp_prc": "AFP+PRC"}
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
-              "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain")
+              "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
 # Settings that change how fast a cell runs, not what it computes: left out of the cell key.
 UNHASHED = {"output": None, "data": ("workers", "eval_batch_size"), "eval": ("latency", "latency_batch_sizes")}
 METRICS = ("mAP", "rank1", "rank5", "mINP")
 DONE = "result.json"
+LATENCY_ROUNDS = 5
 PLOT_NOTE = "pareto.png not written: matplotlib is not installed (pip install 'reid-prune[plot]')"
 
 
@@ -133,6 +134,7 @@ class Bench:
     seeds: list[int]
     cross_domain: list[CrossDomain]
     latency_batch_sizes: list[int]  # base.eval.latency_batch_sizes; empty when base.eval.latency is false
+    latency_threads: int  # CPU threads while timing; 0 = torch's default
     raw: dict[str, Any]
 
     def data_config(self, dataset: str) -> DataConfig:
@@ -330,6 +332,7 @@ def parse_bench(raw: dict[str, Any], name: str) -> Bench:
                  finetune_epochs=_int(raw.get("finetune_epochs", 0), "finetune_epochs", 0), seeds=seeds,
                  cross_domain=cross,
                  latency_batch_sizes=list(defaults.eval.latency_batch_sizes) if defaults.eval.latency else [],
+                 latency_threads=_int(raw.get("latency_threads", 1), "latency_threads", 0),
                  raw=raw)
 
 
@@ -499,6 +502,11 @@ def check_plan(plan: Plan, *, verbose: bool = False) -> None:
                                   "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
 
 
+def _threads(bench: Bench) -> str:
+    n = bench.latency_threads or torch.get_num_threads()
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
 def _arch_label(arch: str) -> str:
     return arch.replace("resnet", "ResNet")
 
@@ -607,17 +615,39 @@ def evaluate_on(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *, 
     return result
 
 
-def cell_latency(cell: Cell, cells_dir: Path, batch_sizes: Sequence[int]) -> dict[str, float]:
-    """CPU milliseconds per image at each batch size (measured once, then cached beside the cell)."""
-    path = cells_dir / cell.key / "latency.json"
-    cached = _read_json(path)
-    if cached is not None and [int(b.removeprefix("batch")) for b in cached["latency_ms"]] == list(batch_sizes):
-        return cached["latency_ms"]
-    model = load_model(cell_checkpoint(cell, cells_dir / cell.key))
-    latency = measure_latency(model, (cell.cfg.data.height, cell.cfg.data.width), batch_sizes=tuple(batch_sizes),
-                              device="cpu")
-    _write_json(path, {"latency_ms": latency, "threads": torch.get_num_threads()})
-    return latency
+def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence[int], threads: int, *,
+                   rounds: int = LATENCY_ROUNDS) -> dict[str, dict[str, float]]:
+    """CPU milliseconds per image of each cell's model at each batch size: {cell key: {"batchB": ms}}.
+
+    The models not measured before are timed in turns, ``rounds`` times each (3 timed passes
+    per turn, median of the turns), so that a change of machine load hits them all alike,
+    with ``threads`` CPU threads (0: torch's default); the numbers are then cached beside
+    each cell (``latency.json``).
+    """
+    wanted = {"batches": [f"batch{b}" for b in batch_sizes], "threads": threads}
+    latencies, models = {}, {}
+    for cell in cells:
+        cached = _read_json(cells_dir / cell.key / "latency.json")
+        if cached is not None and cached["setting"] == wanted:
+            latencies[cell.key] = cached["latency_ms"]
+        else:
+            models[cell.key] = (load_model(cell_checkpoint(cell, cells_dir / cell.key)),
+                                (cell.cfg.data.height, cell.cfg.data.width))
+    samples: dict[str, dict[str, list[float]]] = {key: {b: [] for b in wanted["batches"]} for key in models}
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        for _ in range(rounds):
+            for key, (model, size) in models.items():
+                for batch, ms in measure_latency(model, size, batch_sizes=tuple(batch_sizes), device="cpu", warmup=1,
+                                                 repeats=3).items():
+                    samples[key][batch].append(ms)
+    finally:
+        torch.set_num_threads(default_threads)
+    for key, per_batch in samples.items():
+        latencies[key] = {batch: round(statistics.median(times), 3) for batch, times in per_batch.items()}
+        _write_json(cells_dir / key / "latency.json", {"latency_ms": latencies[key], "setting": wanted})
+    return latencies
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -653,10 +683,9 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
                                                                  cells_dir, progress=progress)
         write_results(bench, plan, out, results, evaluations, latencies, command=command, plot=False)
     if bench.latency_batch_sizes:
-        log(f"measuring the CPU latency of {len(plan.cells)} models "
-            f"(batch {', '.join(map(str, bench.latency_batch_sizes))})")
-        for cell in plan.cells:
-            latencies[cell.key] = cell_latency(cell, cells_dir, bench.latency_batch_sizes)
+        log(f"measuring the CPU latency of {len(plan.cells)} models (batch {', '.join(map(str, bench.latency_batch_sizes))}"
+            f", {_threads(bench)})")
+        latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads)
     summary = write_results(bench, plan, out, results, evaluations, latencies, command=command, plot=True)
     log(f"wrote {out / 'results.md'}, results.csv, results.json"
         + (", pareto.png" if summary["plot"] else f"; {PLOT_NOTE}"))
@@ -692,12 +721,12 @@ def result_rows(plan: Plan, results: dict[str, dict[str, Any]], evaluations: dic
     return rows
 
 
-def _stat(values: Sequence[float], digits: int) -> str:
-    """Mean, and ± the sample standard deviation when there are several values that differ."""
+def _stat(values: Sequence[float], digits: int, *, spread: bool = True) -> str:
+    """Mean, and ± the sample standard deviation of several values when ``spread``."""
     if not values:
         return "–"
     mean = statistics.fmean(values)
-    if len(values) > 1 and len(set(values)) > 1:
+    if spread and len(values) > 1:
         return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
     return f"{mean:.{digits}f}"
 
@@ -710,14 +739,18 @@ def _groups(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) ->
 
 
 def _cost_cells(rows: list[dict[str, Any]], latency_key: str | None) -> list[str]:
-    cells = [_stat([r["params"] / 1e6 for r in rows], 2), _stat([r["macs"] / 1e9 for r in rows], 3)]
+    # Sizes follow from the architecture (the same for every seed of one-shot methods): means only.
+    cells = [_stat([r["params"] / 1e6 for r in rows], 2, spread=False),
+             _stat([r["macs"] / 1e9 for r in rows], 3, spread=False)]
     if latency_key:
         cells.append(_stat([r[latency_key] for r in rows if r.get(latency_key) is not None], 2))
     return cells
 
 
-def _markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+def _markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]], text_columns: int = 1) -> str:
+    """A markdown table: the first ``text_columns`` columns left-aligned, the numbers right-aligned."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(headers))]
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out)
 
@@ -731,7 +764,7 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
         latency_key = None  # not measured yet: the latency phase comes after every cell
     cost_headers = ["Parameters (M)", "GMACs"]
     if latency_key:
-        cost_headers.append(f"CPU ms/image (batch {bench.latency_batch_sizes[0]})")
+        cost_headers.append(f"CPU ms/image (batch {bench.latency_batch_sizes[0]}, {_threads(bench)})")
     seeds = len(bench.seeds)
     lines = [f"# Benchmark {bench.name}", ""]
     if command:
@@ -743,7 +776,8 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
            if seeds > 1 else f"one seed ({bench.seeds[0]}): differences of a point or two are within noise."),
         "GMACs: multiply-accumulates per image at batch 1 (GFLOPs = 2 x GMACs). Parameters: the deployed network, "
         "without the identity classifier used only in training."
-        + (" CPU latency: median milliseconds per image, measured by the bench after training." if latency_key else ""),
+        + (f" CPU latency: milliseconds per image with {_threads(bench)}, median of {LATENCY_ROUNDS} turns in which "
+           "the models are timed one after the other, after training." if latency_key else ""),
         "Budgets: " + ", ".join(f"{label} = {value:.3f} of {_arch_label(bench.prune_arch)}'s MACs kept"
                                 for label, value in plan.budgets.items()) + ".",
         "",
@@ -773,7 +807,7 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
             table.append([name, how, *_cost_cells(group, latency_key), _stat([r["mAP"] for r in group], 1),
                           _stat([r["rank1"] for r in group], 1)])
         headers = ["Networks", "adaptation", *cost_headers, f"{b} mAP", f"{b} R-1"]
-        lines += [f"## Cross-domain: trained on {a}, evaluated on {b}", "", _markdown_table(headers, table), ""]
+        lines += [f"## Cross-domain: trained on {a}, evaluated on {b}", "", _markdown_table(headers, table, 2), ""]
     hours = sum({r["cell"]: r["wall_seconds"] for r in rows}.values()) / 3600
     lines += [f"Compute: {hours:.2f} h of training, pruning and fine-tuning over {len({r['cell'] for r in rows})} "
               "cells (per-model wall times in results.csv).", ""]
@@ -782,7 +816,7 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
 
 
 def pareto_plot(bench: Bench, rows: list[dict[str, Any]], path: Path) -> bool:
-    """mAP against GMACs, one panel per evaluation table, baselines joined as a curve. False without matplotlib."""
+    """mAP against GMACs, one panel per results table, baselines joined as a curve. False without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -797,7 +831,8 @@ def pareto_plot(bench: Bench, rows: list[dict[str, Any]], path: Path) -> bool:
         return False
     fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
     for ax, (title, group) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        points = []
+        in_domain, target = group[0]["scenario"] == "in_domain", group[0]["dataset"]
+        points = []  # (GMACs, mean mAP, std mAP, name, fine-tuning data, kind): one per model over its seeds
         for (name, finetune, kind), runs in _groups(group, lambda r: (r["name"], r["finetune"], r["kind"])).items():
             maps = [r["mAP"] for r in runs]
             points.append((statistics.fmean(r["macs"] for r in runs) / 1e9, statistics.fmean(maps),
@@ -805,13 +840,13 @@ def pareto_plot(bench: Bench, rows: list[dict[str, Any]], path: Path) -> bool:
         baselines = sorted((p for p in points if p[5] == "baseline"), key=lambda p: p[0])
         if baselines:
             ax.errorbar([p[0] for p in baselines], [p[1] for p in baselines], yerr=[p[2] for p in baselines],
-                        fmt="-o", color="black", capsize=3, label="baselines")
+                        fmt="-o", color="black", capsize=3,
+                        label="baselines" if in_domain else f"not pruned, trained on {group[0]['pretrain']}")
             for x, y, _, name, _, _ in baselines:
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
-        for x, y, err, name, finetune, kind in (p for p in points if p[5] == "pruned"):
-            label = name if title.endswith("(in-domain)") else f"{name}, fine-tuned on {finetune}"
-            ax.errorbar([x], [y], yerr=[err], fmt="s" if finetune == group[0]["dataset"] else "^", capsize=3,
-                        label=label)
+        for x, y, err, name, finetune, _ in (p for p in points if p[5] == "pruned"):
+            ax.errorbar([x], [y], yerr=[err], fmt="s" if finetune == target else "^", capsize=3,
+                        label=name if in_domain else f"{name}, fine-tuned on {finetune}")
         ax.set(title=title, xlabel="GMACs per image", ylabel="mAP (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

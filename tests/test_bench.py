@@ -115,7 +115,7 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     assert [float(r["mAP"]) for r in csv_rows] == [r["mAP"] for r in rows]
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     md = (out / "results.md").read_text()
-    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1) | synthetic_a mAP | synthetic_a R-1 |"
+    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread) | synthetic_a mAP | synthetic_a R-1 |"
             in md)
     for line in ("| ResNet50 |", "| ResNet18 |", "| HaoLi |", "| FPGM |",
                  "## Cross-domain: trained on synthetic_a, evaluated on synthetic_b",
