@@ -20,6 +20,7 @@ from reid_prune.pruners.reconstruction import (
     conv_outputs,
     derives_samples,
     follower_patches,
+    _ridge,
     gather_patches,
     reconstruction_error,
     refit_weights,
@@ -248,6 +249,18 @@ def test_least_squares_lowers_reconstruction_error_on_samples_and_fresh_data():
     refit = refit_weights(fit, weight, keep, "weights")
     assert reconstruction_error(fresh, weight, keep, refit) < 0.5 * reconstruction_error(fresh, weight, keep, sliced)
     torch.testing.assert_close(refit_weights(fit, weight, keep, "none"), sliced.double())
+
+
+@pytest.mark.parametrize("rows", [5, 40])  # kernel form (fewer rows than unknowns) and normal equations
+def test_ridge_solutions_match_the_closed_form(rows):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(rows, 12, generator=gen, dtype=torch.float64)
+    r = torch.randn(rows, 3, generator=gen, dtype=torch.float64)
+    at = torch.randn(4, 12, generator=gen, dtype=torch.float64)
+    for alpha, solution, applied in zip((0.1, 2.0), _ridge(x, r, [0.1, 2.0]), _ridge(x, r, [0.1, 2.0], at=at)):
+        expected = torch.linalg.solve(x.T @ x + alpha * torch.eye(12, dtype=torch.float64), x.T @ r)
+        torch.testing.assert_close(solution, expected)
+        torch.testing.assert_close(applied, at @ expected)
 
 
 def test_refit_never_worse_on_samples_even_with_more_unknowns_than_rows():

@@ -139,7 +139,8 @@ def sample_patches(
             state.clear()
             state["seen"] = 0
             try:
-                model(images)
+                # Channels-last activations make the convolutions markedly faster on CPU (oneDNN).
+                model(images.contiguous(memory_format=torch.channels_last))
             except _StopForward:
                 continue
             raise RuntimeError(f"the forward pass never reached {', '.join(consumers)}")
@@ -181,20 +182,23 @@ def contribution_gram(patches: Tensor, weight: Tensor, dtype: torch.dtype = torc
     return products.reshape(channels, k, channels, k).sum(dim=(1, 3)).double()
 
 
-def _ridge_fits(inputs: Tensor, residual: Tensor, alphas: Iterable[float]) -> Iterable[Tensor]:
-    """argmin_D ||residual - inputs D||^2 + alpha ||D||^2 for each alpha: (n, m), (n, out) -> (m, out).
+def _ridge(inputs: Tensor, residual: Tensor, alphas: Iterable[float], at: Tensor | None = None) -> Iterable[Tensor]:
+    """For each alpha, D = argmin ||residual - inputs D||^2 + alpha ||D||^2 (m, out), or ``at @ D`` when given.
 
-    Cholesky on the m x m normal equations, or on the n x n kernel form
-    D = inputs^T (inputs inputs^T + alpha I)^-1 residual when there are fewer rows than unknowns.
+    Solved by Cholesky on the m x m normal equations, or on the n x n kernel form
+    D = inputs^T (inputs inputs^T + alpha I)^-1 residual when there are fewer rows n than
+    unknowns m; ``at`` (h, m) is then folded in once, before the loop.
     """
     n, m = inputs.shape
-    dual = n < m
-    matrix = inputs @ inputs.T if dual else inputs.T @ inputs
-    rhs = residual if dual else inputs.T @ residual
+    if n < m:
+        matrix, rhs = inputs @ inputs.T, residual
+        left = inputs.T if at is None else at @ inputs.T
+    else:
+        matrix, rhs, left = inputs.T @ inputs, inputs.T @ residual, at
     eye = torch.eye(len(matrix), dtype=matrix.dtype)
     for alpha in alphas:
         solved = torch.cholesky_solve(rhs, torch.linalg.cholesky(matrix + alpha * eye))
-        yield inputs.T @ solved if dual else solved
+        yield solved if left is None else left @ solved
 
 
 def ridge_correction(inputs: Tensor, residual: Tensor, holdout: float = 0.2) -> Tensor:
@@ -216,20 +220,19 @@ def ridge_correction(inputs: Tensor, residual: Tensor, holdout: float = 0.2) -> 
     """
     n, m = inputs.shape
     split = n - max(1, int(n * holdout))
-    no_correction = torch.zeros(m, residual.shape[1], dtype=torch.float64)
     if split < 1:
-        return no_correction
+        return torch.zeros(m, residual.shape[1], dtype=torch.float64)
     fit_x, fit_r, held_x, held_r = inputs[:split], residual[:split], inputs[split:], residual[split:]
     unit = max(float(fit_x.pow(2).sum()) / m, 1e-300)
     alphas = [unit * 10.0**power for power in range(-6, 1)]
     best_error, best_alpha = float(held_r.pow(2).sum()), None
-    for alpha, correction in zip(alphas, _ridge_fits(fit_x, fit_r, alphas)):
-        error = float((held_r - held_x @ correction).pow(2).sum())
+    for alpha, predicted in zip(alphas, _ridge(fit_x, fit_r, alphas, at=held_x)):
+        error = float((held_r - predicted).pow(2).sum())
         if error < best_error:
             best_error, best_alpha = error, alpha
     if best_alpha is None:
-        return no_correction
-    return next(iter(_ridge_fits(inputs, residual, [best_alpha * n / split])))
+        return torch.zeros(m, residual.shape[1], dtype=torch.float64)
+    return next(iter(_ridge(inputs, residual, [best_alpha * n / split])))
 
 
 def refit_weights(patches: Tensor, weight: Tensor, keep: Sequence[int] | Tensor, how: str = "weights") -> Tensor:
