@@ -51,13 +51,14 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 import yaml
@@ -149,7 +150,8 @@ class Bench:
     def run_config(self, dataset: str, baseline: Baseline, seed: int, method: Method | None = None,
                    target_macs: float | None = None) -> Config:
         """The resolved run config of one cell: a baseline trained on ``dataset``, or its pruning with ``method``."""
-        where = f"bench dataset {dataset}, {baseline.arch}, seed {seed}" + (f", method {method.label}" if method else "")
+        where = f"bench dataset {dataset}, {baseline.arch}, seed {seed}"
+        where += f", method {method.label}" if method else ""
         try:
             cfg = Config()
             _merge(cfg, self.base, "base.")
@@ -171,7 +173,7 @@ class Bench:
         return next(b for b in self.baselines if b.arch == arch)
 
 
-def _fail(key: str, message: str) -> None:
+def _fail(key: str, message: str) -> NoReturn:
     raise ConfigError(f"bench key {key}: {message}")
 
 
@@ -272,7 +274,8 @@ def parse_bench(raw: dict[str, Any], name: str) -> Bench:
     if lr_steps is not None:
         lr_steps = _list(lr_steps, "lr_steps")
         if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in lr_steps) or lr_steps != sorted(lr_steps):
-            _fail("lr_steps", f"expected increasing fractions of the epochs in (0, 1), e.g. [0.6, 0.85], got {lr_steps!r}")
+            _fail("lr_steps", f"expected increasing fractions of the epochs in (0, 1), e.g. [0.6, 0.85], "
+                              f"got {lr_steps!r}")
 
     methods = []
     for i, entry in enumerate(_list(raw.get("methods", []), "methods")):
@@ -430,7 +433,8 @@ def resolve_budgets(bench: Bench) -> dict[str, float]:
     m = cfg.model
 
     def macs(arch: str) -> int:
-        net = build_model(arch, last_stride=m.last_stride, pooling=m.pooling, neck=m.neck, embedding_dim=m.embedding_dim)
+        net = build_model(arch, last_stride=m.last_stride, pooling=m.pooling, neck=m.neck,
+                          embedding_dim=m.embedding_dim)
         return complexity(net, size)["macs"]
 
     reference = macs(bench.prune_arch)
@@ -600,7 +604,8 @@ def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True) -> tuple[dic
     return result, False
 
 
-def evaluate_on(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+def evaluate_on(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *,
+                progress: bool = True) -> dict[str, Any]:
     """mAP/rank-k of a finished cell's model on another dataset (cached beside the cell)."""
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(data), sort_keys=True).encode()).hexdigest()[:10]
     path = cells_dir / cell.key / f"eval-{dataset}-{digest}.json"
@@ -681,12 +686,12 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
             if row.cell is cell and row.dataset != cell.dataset and (cell.key, row.dataset) not in evaluations:
                 evaluations[cell.key, row.dataset] = evaluate_on(cell, row.dataset, bench.data_config(row.dataset),
                                                                  cells_dir, progress=progress)
-        write_results(bench, plan, out, results, evaluations, latencies, command=command, plot=False)
+        write_results(bench, plan, out, results, evaluations, latencies, command=command, final=False)
     if bench.latency_batch_sizes:
-        log(f"measuring the CPU latency of {len(plan.cells)} models (batch {', '.join(map(str, bench.latency_batch_sizes))}"
-            f", {_threads(bench)})")
+        batches = ", ".join(map(str, bench.latency_batch_sizes))
+        log(f"measuring the CPU latency of {len(plan.cells)} models (batch {batches}, {_threads(bench)})")
         latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads)
-    summary = write_results(bench, plan, out, results, evaluations, latencies, command=command, plot=True)
+    summary = write_results(bench, plan, out, results, evaluations, latencies, command=command)
     log(f"wrote {out / 'results.md'}, results.csv, results.json"
         + (", pareto.png" if summary["plot"] else f"; {PLOT_NOTE}"))
     return summary
@@ -756,7 +761,7 @@ def _markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]], text
 
 
 def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, command: str, plot: bool,
-                    pending: int) -> str:
+                    final: bool, pending: int) -> str:
     """results.md: the in-domain table in the survey's Table 5 shape, then one table per cross-domain pair."""
     height, width = plan.cells[0].cfg.data.height, plan.cells[0].cfg.data.width
     latency_key = f"latency_ms_batch{bench.latency_batch_sizes[0]}" if bench.latency_batch_sizes else None
@@ -803,7 +808,7 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
             continue
         table = []
         for (name, finetune), group in _groups(group_rows, lambda r: (r["name"], r["finetune"])).items():
-            how = f"no pruning, no fine-tuning (trained on {a})" if not finetune else f"pruned and fine-tuned on {finetune}"
+            how = f"pruned and fine-tuned on {finetune}" if finetune else f"no pruning, no fine-tuning (trained on {a})"
             table.append([name, how, *_cost_cells(group, latency_key), _stat([r["mAP"] for r in group], 1),
                           _stat([r["rank1"] for r in group], 1)])
         headers = ["Networks", "adaptation", *cost_headers, f"{b} mAP", f"{b} R-1"]
@@ -811,7 +816,10 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
     hours = sum({r["cell"]: r["wall_seconds"] for r in rows}.values()) / 3600
     lines += [f"Compute: {hours:.2f} h of training, pruning and fine-tuning over {len({r['cell'] for r in rows})} "
               "cells (per-model wall times in results.csv).", ""]
-    lines += ["![mAP against GMACs](pareto.png)" if plot else PLOT_NOTE, ""]
+    if plot:
+        lines += ["![mAP against GMACs](pareto.png)", ""]
+    else:
+        lines += [PLOT_NOTE if final else "pareto.png is drawn when the run ends.", ""]
     return "\n".join(lines)
 
 
@@ -856,15 +864,16 @@ def pareto_plot(bench: Bench, rows: list[dict[str, Any]], path: Path) -> bool:
 
 def write_results(bench: Bench, plan: Plan, out: Path, results: dict[str, dict[str, Any]],
                   evaluations: dict[tuple[str, str], dict[str, Any]], latencies: dict[str, dict[str, float]], *,
-                  command: str = "", plot: bool = True) -> dict[str, Any]:
-    """Write results.csv, results.json, results.md (and pareto.png when ``plot``); returns the JSON content."""
+                  command: str = "", final: bool = True) -> dict[str, Any]:
+    """Write results.csv, results.json, results.md and, when ``final``, pareto.png; returns the JSON content."""
     rows = result_rows(plan, results, evaluations, latencies)
     pending = sum(1 for cell in plan.cells if cell.key not in results)
-    plotted = bool(rows) and plot and pareto_plot(bench, rows, out / "pareto.png")
+    plotted = final and bool(rows) and pareto_plot(bench, rows, out / "pareto.png")
     summary = {
         "bench": bench.name, "command": command, "complete": pending == 0, "pending_cells": pending,
         "budgets": plan.budgets, "seeds": bench.seeds,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                        "latency_threads": bench.latency_threads or torch.get_num_threads(),
                         "machine": platform.machine(), "python": platform.python_version()},
         "plot": plotted, "rows": rows,
     }
@@ -876,7 +885,8 @@ def write_results(bench: Bench, plan: Plan, out: Path, results: dict[str, dict[s
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, out / "results.csv")
-    (out / "results.md").write_text(markdown_report(bench, plan, rows, command=command, plot=plotted, pending=pending))
+    (out / "results.md").write_text(markdown_report(bench, plan, rows, command=command, plot=plotted, final=final,
+                                                    pending=pending))
     return summary
 
 
@@ -910,7 +920,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand to the ``reid-prune`` parser (its function: :func:`cmd_bench`)."""
     parser = subparsers.add_parser("bench", help=SUMMARY, description=f"{SUMMARY}.\n\n{DESCRIPTION}",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, metavar="YAML", help="bench file, e.g. configs/bench/cuhk03_cpu.yaml")
+    parser.add_argument("--config", required=True, metavar="YAML",
+                        help="bench file, e.g. configs/bench/cuhk03_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a bench key, e.g. --set seeds=[0,1] or --set base.train.max_batches=2 "
                              "(repeatable)")
@@ -934,7 +945,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
         print("budgets: " + ", ".join(f"{k} = {v:.3f} of {bench.prune_arch}'s MACs" for k, v in plan.budgets.items()))
         return 0
-    command = f"reid-prune bench --config {args.config}" + "".join(f" --set {o}" for o in args.overrides)
-    command += f" --output {args.output}" if args.output else ""
+    command = shlex.join(["reid-prune", "bench", "--config", args.config,
+                          *[a for o in args.overrides for a in ("--set", o)],
+                          *(["--output", args.output] if args.output else [])])
     run_bench(bench, output, progress=not args.quiet, command=command)
     return 0

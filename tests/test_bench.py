@@ -1,4 +1,4 @@
-"""Benchmark harness: end to end on tiny synthetic data, resuming after a stop, caching, cross-domain, bench file errors."""
+"""Benchmark harness: end to end on tiny synthetic data, resuming after a stop, caching, cross-domain, file errors."""
 
 import argparse
 import csv
@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from reid_prune import bench as bench_module
 from reid_prune import build_model, load_model
@@ -115,8 +114,8 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     assert [float(r["mAP"]) for r in csv_rows] == [r["mAP"] for r in rows]
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     md = (out / "results.md").read_text()
-    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread) | synthetic_a mAP | synthetic_a R-1 |"
-            in md)
+    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread) "
+            "| synthetic_a mAP | synthetic_a R-1 |") in md
     for line in ("| ResNet50 |", "| ResNet18 |", "| HaoLi |", "| FPGM |",
                  "## Cross-domain: trained on synthetic_a, evaluated on synthetic_b",
                  "| HaoLi | pruned and fine-tuned on synthetic_b |"):
