@@ -10,12 +10,14 @@ import pytest
 
 from reid_prune import bench as bench_module
 from reid_prune import build_model, load_model
-from reid_prune.bench import PLOT_NOTE, add_bench_command, load_bench, plan_bench, run_bench
+from reid_prune.bench import PLOT_NOTE, add_bench_command, check_plan, load_bench, plan_bench, run_bench
 from reid_prune.config import ConfigError
 from reid_prune.engine import evaluate_checkpoint
 from reid_prune.evaluation import complexity
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bench"
+from conftest import REPO, shared_data
+
+CONFIGS = REPO / "configs" / "bench"
 TINY_FILE = CONFIGS / "synthetic_tiny.yaml"
 # synthetic_tiny.yaml shrunk to seconds: 2 batches of 4 x 2 images at 64x32, one epoch, ResNet50 and ResNet18.
 # Dataset B has more training identities than A, so fine-tuning on B needs a new identity classifier.
@@ -34,6 +36,12 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def _quiet(message: str) -> None:
     pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_bench_command(parser.add_subparsers(dest="command"))
+    return parser
 
 
 def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
@@ -132,9 +140,7 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
 
     for name in ("train", "prune_checkpoint", "evaluate_checkpoint", "measure_latency"):
         monkeypatch.setattr(bench_module, name, forbidden)
-    parser = argparse.ArgumentParser()
-    add_bench_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--config", str(TINY_FILE), "--output", str(out), "--quiet",
+    args = _parser().parse_args(["bench", "--config", str(TINY_FILE), "--output", str(out), "--quiet",
                               *[a for o in TINY for a in ("--set", o)]])
     assert args.func(args) == 0
     again = json.loads((out / "results.json").read_text())
@@ -178,3 +184,20 @@ def test_shipped_bench_files():
     r50, r18 = (complexity(build_model(arch), (128, 64))["macs"] for arch in ("resnet50", "resnet18"))
     assert plan.budgets["match:resnet18"] == pytest.approx(r18 / r50, abs=1e-4)
     assert all(c.cfg.data.height == 128 and c.cfg.data.width == 64 for c in plan.cells)
+
+
+def test_dry_run_lists_the_cells(tmp_path, capsys):
+    args = _parser().parse_args(["bench", "--config", str(CONFIGS / "cuhk03_cpu.yaml"), "--output", str(tmp_path),
+                                 "--dry-run"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 11 and all("to run" in line for line in lines[:10])
+    assert "train resnet50 on cuhk03_market (seed 0)" in lines[0]
+    assert "prune synthetic-trained resnet50 with HaoLi to 0.491 of its MACs, fine-tune on cuhk03_market" in lines[9]
+    assert not (tmp_path / "cells").exists()
+
+
+def test_cuhk03_cpu_bench_finds_its_data(monkeypatch):
+    shared_data("cuhk03_market")
+    monkeypatch.chdir(REPO)  # data.root is relative to the working directory
+    check_plan(plan_bench(load_bench(CONFIGS / "cuhk03_cpu.yaml")))
