@@ -278,7 +278,7 @@ def refit_weights(patches: Tensor, weight: Tensor, keep: Sequence[int] | Tensor,
 
 
 def reconstruction_error(patches: Tensor, weight: Tensor, keep: Sequence[int] | Tensor, new_weight: Tensor) -> float:
-    """Relative error ||Y - X_S W'^T|| / ||Y|| of the pruned consumer on the samples (Y = X W^T, the original outputs)."""
+    """Relative error ||Y - X_S W'^T|| / ||Y|| of the pruned consumer on the samples, Y = X W^T the original outputs."""
     keep = torch.as_tensor(keep, dtype=torch.long)
     target = conv_outputs(patches, weight)
     approx = conv_outputs(patches[:, keep], new_weight)
@@ -360,7 +360,8 @@ class ReconstructionPruner(Pruner):
         super().setup(model)
         for g in self.groups:
             if len(g.consumers) != 1:
-                raise ValueError(f"group {g.name!r} is read by {g.consumers}; {self.name} needs exactly one consumer conv")
+                raise ValueError(
+                    f"group {g.name!r} is read by {g.consumers}; {self.name} needs exactly one consumer conv")
             _check_consumer(g.consumers[0], model.get_submodule(g.consumers[0]))
 
     def group_scores(self, model: nn.Module, context: PruneContext) -> dict[str, Tensor]:
@@ -382,7 +383,8 @@ class ReconstructionPruner(Pruner):
         context = context or PruneContext()
         steps = self.opts["finetune_steps"]
         if steps and context.finetune is None:
-            raise ValueError(f"{self.name} option finetune_steps={steps} needs PruneContext(finetune=...) to train with")
+            raise ValueError(
+                f"{self.name} option finetune_steps={steps} needs PruneContext(finetune=...) to train with")
         batches = context.batches(self.name)
         self.setup(model)
         generator = torch.Generator().manual_seed(self.opts["seed"])
@@ -433,4 +435,5 @@ class ReconstructionPruner(Pruner):
 
     def summary(self) -> dict[str, Any]:
         """Relative reconstruction error of each consumer on the samples, with sliced and with refit weights."""
-        return {"reconstruction_error": {name: {k: round(v, 6) for k, v in e.items()} for name, e in self.errors.items()}}
+        errors = {name: {k: round(v, 6) for k, v in e.items()} for name, e in self.errors.items()}
+        return {"reconstruction_error": errors}
