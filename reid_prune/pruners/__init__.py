@@ -5,7 +5,7 @@
     >>> small = pruner.prune(model)            # physically smaller, same class of module
 """
 
-from . import afp_prc, autobalanced, entropy, fpgm, haoli, molchanov, psfp  # noqa: F401  (registration)
+from . import afp_prc, autobalanced, channel_pruning, entropy, fpgm, haoli, molchanov, psfp, thinet  # noqa: F401  (registration)
 from .base import PLANNED, PruneContext, Pruner, SoftPruner, available, get_pruner, prune, pruner_class, register
 
 __all__ = ["PLANNED", "PruneContext", "Pruner", "SoftPruner", "available", "get_pruner", "prune", "pruner_class",
