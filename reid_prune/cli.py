@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .bench import add_bench_command
 from .config import ConfigError, load_config
 from .report import format_table, metric_rows
 
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_config_args(p)
         if name not in ("synth", "export"):
             p.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
+    add_bench_command(sub)
     p_train, p_eval, p_prune, p_export, p_extract, p_synth = (
         sub.choices[n] for n in ("train", "eval", "prune", "export", "extract", "synth"))
     p_prune.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
@@ -319,8 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(args, exc)
         return 2
     except KeyboardInterrupt:
-        print(f"\nreid-prune {args.command}: interrupted; checkpoints written so far are kept "
-              "(continue a training run with --resume)", file=sys.stderr)
+        how = ("run the same command again: finished models are kept" if args.command == "bench"
+               else "continue a training run with --resume")
+        print(f"\nreid-prune {args.command}: interrupted; checkpoints written so far are kept ({how})",
+              file=sys.stderr)
         return 130
 
 
