@@ -28,6 +28,7 @@ from torchvision.models import resnet as tv_resnet
 ARCHS = ("resnet18", "resnet34", "resnet50")
 POOLINGS = ("avg", "max", "gem")
 NECKS = ("bnneck", "none")
+RETRIEVAL_FEATURES = ("after_neck", "before_neck")
 
 
 class GeneralizedMeanPool(nn.Module):
@@ -56,7 +57,8 @@ class ReIDNet(nn.Module):
     """A torchvision ResNet trunk with a re-ID head.
 
     ``forward(x)`` returns the retrieval feature (B, D): after the BNNeck when
-    there is one, as in "Bag of Tricks" (Luo et al. 2019). ``forward(x,
+    there is one, as in "Bag of Tricks" (Luo et al. 2019), or the pooled feature
+    before it with ``retrieval_feature="before_neck"``. ``forward(x,
     with_logits=True)`` returns ``(feature_for_metric_loss, logits)`` where the
     metric-loss feature is taken *before* the BNNeck and ``logits`` is None
     when the net has no classifier.
@@ -70,17 +72,20 @@ class ReIDNet(nn.Module):
         neck: str = "bnneck",
         embedding_dim: int = 0,
         num_classes: int = 0,
+        retrieval_feature: str = "after_neck",
     ) -> None:
         super().__init__()
         # The build_model arguments that recreate this architecture (checkpoints store them).
         self.build_config = {"arch": arch, "last_stride": last_stride, "pooling": pooling, "neck": neck,
-                             "embedding_dim": embedding_dim, "num_classes": num_classes}
+                             "embedding_dim": embedding_dim, "num_classes": num_classes,
+                             "retrieval_feature": retrieval_feature}
         if arch not in ARCHS:
             raise ValueError(f"model.arch: expected one of {list(ARCHS)}, got {arch!r}")
         if last_stride not in (1, 2):
             raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride!r}")
         if neck not in NECKS:
             raise ValueError(f"model.neck: expected one of {list(NECKS)}, got {neck!r}")
+        self.set_retrieval_feature(retrieval_feature)
         if embedding_dim < 0 or num_classes < 0:
             raise ValueError("model.embedding_dim and num_classes must be >= 0")
         trunk = getattr(tv_resnet, arch)(weights=None)
@@ -108,6 +113,13 @@ class ReIDNet(nn.Module):
         self.feature_dim = channels
         self._init_head()
 
+    def set_retrieval_feature(self, name: str) -> None:
+        """Choose what ``forward(x)`` returns: ``after_neck`` or ``before_neck`` (no weight changes)."""
+        if name not in RETRIEVAL_FEATURES:
+            raise ValueError(f"model.retrieval_feature: expected one of {list(RETRIEVAL_FEATURES)}, got {name!r}")
+        self.retrieval_feature = name
+        self.build_config["retrieval_feature"] = name
+
     def _init_head(self) -> None:
         for module in (self.embedding, self.classifier):
             if module is None:
@@ -127,7 +139,7 @@ class ReIDNet(nn.Module):
             feat = self.embedding(feat)
         neck_feat = self.neck(feat) if self.neck is not None else feat
         if not with_logits:
-            return neck_feat
+            return neck_feat if self.retrieval_feature == "after_neck" else feat
         logits = self.classifier(neck_feat) if self.classifier is not None else None
         return feat, logits
 
@@ -197,6 +209,7 @@ def build_model(
     neck: str = "bnneck",
     embedding_dim: int = 0,
     num_classes: int = 0,
+    retrieval_feature: str = "after_neck",
     pretrained: str = "none",
 ) -> ReIDNet:
     """Build a re-ID feature extractor.
@@ -208,13 +221,15 @@ def build_model(
         neck: ``bnneck`` (BatchNorm1d before the classifier) or ``none``.
         embedding_dim: size of an optional Linear+BN+ReLU embedding after pooling; 0 for none.
         num_classes: identity classifier outputs for the cross-entropy loss; 0 for none.
+        retrieval_feature: what ``model(x)`` returns: ``after_neck`` (the BNNeck output) or
+            ``before_neck`` (the pooled / embedded feature the metric loss sees).
         pretrained: ``none``, ``imagenet`` (torchvision weights API) or a path to a
             torchvision-format state_dict file.
 
     Returns:
         A :class:`ReIDNet` mapping (B, 3, H, W) images to (B, D) features.
     """
-    model = ReIDNet(arch, last_stride, pooling, neck, embedding_dim, num_classes)
+    model = ReIDNet(arch, last_stride, pooling, neck, embedding_dim, num_classes, retrieval_feature)
     if pretrained not in ("none", "", None):
         load_pretrained_trunk(model, arch, pretrained)
     return model

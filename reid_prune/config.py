@@ -75,6 +75,8 @@ class ModelConfig:
     pooling: str = _choice("avg", "avg", "max", "gem")
     neck: str = _choice("bnneck", "bnneck", "none")
     embedding_dim: int = 0
+    # What the model returns for retrieval: the BNNeck output, or the pooled feature before it.
+    retrieval_feature: str = _choice("after_neck", "after_neck", "before_neck")
     pretrained: str = "none"  # none | imagenet | path to a torchvision state_dict
 
 

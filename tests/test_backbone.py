@@ -198,3 +198,18 @@ def test_pretrained_imagenet_offline_says_what_to_do(tmp_path, monkeypatch):
     assert tv_resnet.ResNet18_Weights.DEFAULT.url in message
     assert str(tmp_path / "torch_home") in message
     assert "model.pretrained" in message
+
+
+def test_retrieval_feature_before_or_after_neck():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=5).eval()
+    with torch.no_grad():
+        model.neck.running_mean.normal_()
+        x = torch.randn(2, 3, 64, 32)
+        pooled, _ = model(x, with_logits=True)
+        after = model(x)
+        model.set_retrieval_feature("before_neck")
+        assert torch.equal(model(x), pooled) and not torch.allclose(after, pooled)
+    assert model.build_config["retrieval_feature"] == "before_neck"
+    with pytest.raises(ValueError, match="model.retrieval_feature"):
+        build_model("resnet18", retrieval_feature="middle")

@@ -59,7 +59,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
-    model_config = ckpt["model_config"]
+    model.set_retrieval_feature(cfg.model.retrieval_feature)  # an evaluation choice: the config decides
+    model_config = model.build_config
     dataset = prepare_dataset(cfg.data, verbose=progress)
     query, gallery = make_eval_loaders(cfg, dataset)
     train_loader = make_train_loader(cfg, dataset)

@@ -86,6 +86,7 @@ def model_config_for(cfg: Config, num_classes: int) -> dict[str, Any]:
     return {
         "arch": m.arch, "last_stride": m.last_stride, "pooling": m.pooling, "neck": m.neck,
         "embedding_dim": m.embedding_dim, "num_classes": num_classes if cfg.loss.id_weight > 0 else 0,
+        "retrieval_feature": m.retrieval_feature,
         "pretrained": m.pretrained,
     }
 
@@ -164,6 +165,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool =
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
+    # The retrieval feature is an evaluation choice, not a weight: the config decides it.
+    model.set_retrieval_feature(cfg.model.retrieval_feature)
     dataset = prepare_dataset(cfg.data, verbose=progress)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
     return model_report(model, cfg, query_loader, gallery_loader, progress=progress)
