@@ -65,7 +65,7 @@ import yaml
 
 from .backbone import build_model
 from .checkpoint import apply_widths, load_model, read_checkpoint, save_checkpoint
-from .config import Config, ConfigError, DataConfig, _merge, _nest, parse_override, validate
+from .config import Config, ConfigError, DataConfig, _merge, _nest, parse_override, read_yaml, validate
 from .engine import evaluate_checkpoint, prepare_dataset, train
 from .engine.prune_run import prune_checkpoint, pruner_from_config
 from .engine.trainer import seed_everything
@@ -342,12 +342,7 @@ def parse_bench(raw: dict[str, Any], name: str) -> Bench:
 def load_bench(path: str | Path, overrides: Sequence[str] = ()) -> Bench:
     """Read a bench YAML file, apply ``key.path=value`` overrides (e.g. ``seeds=[0,1]``) and check it."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"bench file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bench file {str(path)!r} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "bench file")
     if not isinstance(raw, dict):
         raise ConfigError(f"bench file {str(path)!r}: expected a mapping of bench keys ({', '.join(BENCH_KEYS)})")
     for text in overrides:
