@@ -10,6 +10,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# --set overrides for runs that take seconds: tiny synthetic data, ResNet-18 at 64x32, CPU.
+TINY_RUN = [
+    "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.workers=0", "data.eval_batch_size=64",
+    "data.synthetic.ids=12", "data.synthetic.test_ids=6", "data.synthetic.images_per_camera=2",
+    "model.arch=resnet18", "loss.id_weight=1.0", "train.device=cpu",
+]
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads():

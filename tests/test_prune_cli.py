@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_RUN
 from reid_prune import load_model
 from reid_prune.cli import main
 from reid_prune.config import load_config
@@ -13,12 +14,8 @@ from reid_prune.engine import train
 from reid_prune.pruners import available
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.workers=0", "data.eval_batch_size=64",
-    "data.synthetic.ids=12", "data.synthetic.test_ids=6", "data.synthetic.images_per_camera=2",
-    "model.arch=resnet18", "loss.id_weight=1.0", "train.warmup_epochs=0", "train.device=cpu",
-    "eval.latency_batch_sizes=[1]", "prune.data_batches=2", "train.max_batches=3",
-]
+TINY = TINY_RUN + ["train.warmup_epochs=0", "eval.latency_batch_sizes=[1]", "prune.data_batches=2",
+                   "train.max_batches=3"]
 # Method settings that keep each run to seconds on tiny data.
 OPTIONS = {
     "molchanov": ["finetune_steps=1"],

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_RUN
 from reid_prune import build_model, load_model
 from reid_prune.cli import main
 from reid_prune.config import load_config
@@ -15,12 +16,7 @@ from reid_prune.evaluation import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.workers=0", "data.eval_batch_size=64",
-    "data.synthetic.ids=12", "data.synthetic.test_ids=6", "data.synthetic.images_per_camera=2",
-    "model.arch=resnet18", "loss.id_weight=1.0", "train.warmup_epochs=1", "train.milestones=[2]",
-    "train.eval_every=1", "train.device=cpu", "eval.latency=false",
-]
+TINY = TINY_RUN + ["train.warmup_epochs=1", "train.milestones=[2]", "train.eval_every=1", "eval.latency=false"]
 
 
 @pytest.fixture(autouse=True)
