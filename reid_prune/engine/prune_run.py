@@ -17,10 +17,9 @@ from torch import nn
 from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
-from ..evaluation import evaluate
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
-from .trainer import Trainer, resolve_device
+from .trainer import Trainer, evaluate_with_config, resolve_device
 
 STAGES = ("before", "pruned", "finetuned")
 
@@ -78,8 +77,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         return net
 
     def validate(net: nn.Module) -> dict[str, Any]:
-        return evaluate(net, query, gallery, device=device, metric=cfg.eval.metric, flip=cfg.eval.flip,
-                        ap=cfg.eval.ap, progress=False)
+        return evaluate_with_config(net, cfg, query, gallery, device=device, progress=False)
 
     started = time.perf_counter()
     if pruner.requires == "training":

@@ -24,8 +24,8 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config, DataConfig, dump_config
 from ..data import ReIDDataset, build_dataset, build_eval_loader, build_train_loader, build_transforms, generate_synthetic
 from ..distributed import distributed_context, is_main_process, main_process_first
-from ..evaluation import complexity, evaluate, measure_latency
-from .trainer import Trainer, resolve_device, seed_everything
+from ..evaluation import complexity, measure_latency
+from .trainer import Trainer, evaluate_with_config, resolve_device, seed_everything
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -147,9 +147,7 @@ def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, galler
                  progress: bool = True, latency: bool | None = None) -> dict[str, Any]:
     """Rank metrics, parameters, MACs/FLOPs and (optionally) latency of ``model``: one number source for all."""
     device = resolve_device(cfg.train.device)
-    metrics = evaluate(model, query_loader, gallery_loader, device=device, metric=cfg.eval.metric,
-                       flip=cfg.eval.flip, ap=cfg.eval.ap, amp=cfg.train.amp and device.type == "cuda",
-                       progress=progress)
+    metrics = evaluate_with_config(model, cfg, query_loader, gallery_loader, device=device, progress=progress)
     size = (cfg.data.height, cfg.data.width)
     report: dict[str, Any] = {k: metrics[k] for k in METRIC_KEYS}
     report["num_valid_queries"] = metrics["num_valid_queries"]

@@ -76,6 +76,14 @@ def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.op
     return torch.optim.SGD(groups, lr=lr, momentum=train.momentum, nesterov=train.momentum > 0)
 
 
+def evaluate_with_config(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
+                         device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Rank metrics of ``model`` with the config's distance, flip, AP convention and mixed precision."""
+    e = cfg.eval
+    return evaluate(model, query_loader, gallery_loader, device=device, metric=e.metric, flip=e.flip, ap=e.ap,
+                    amp=cfg.train.amp and device.type == "cuda", progress=progress)
+
+
 class Trainer:
     """Train a re-ID model for ``train.epochs`` epochs.
 
@@ -284,9 +292,8 @@ class Trainer:
         """
         metrics = None
         if self.is_main:
-            e = self.cfg.eval
-            metrics = evaluate(unwrap(self.model), self.query_loader, self.gallery_loader, device=self.device,
-                               metric=e.metric, flip=e.flip, ap=e.ap, amp=self.amp, progress=self.progress)
+            metrics = evaluate_with_config(unwrap(self.model), self.cfg, self.query_loader, self.gallery_loader,
+                                           device=self.device, progress=self.progress)
         return broadcast_object(metrics)
 
 
