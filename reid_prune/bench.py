@@ -66,6 +66,7 @@ import yaml
 from .backbone import build_model
 from .checkpoint import apply_widths, load_model, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, DataConfig, _merge, _nest, parse_override, read_yaml, validate
+from .distributed import barrier, broadcast_object, env_world_size, is_main_process
 from .engine import evaluate_checkpoint, prepare_dataset, train
 from .engine.prune_run import prune_checkpoint, pruner_from_config
 from .engine.trainer import seed_everything
@@ -412,6 +413,10 @@ def _hashed(cfg: Config) -> dict[str, Any]:
 
 
 def _cell_key(prefix: str, spec: dict[str, Any]) -> str:
+    world = env_world_size()
+    if world > 1:
+        # N ranks train with a global batch of N x P x K images: another experiment than one process's.
+        spec = {**spec, "world_size": world}
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', prefix)}-{digest}"
 
@@ -538,12 +543,16 @@ def model_cost(checkpoint: Path, input_size: tuple[int, int]) -> dict[str, int]:
     return {"params": cost["params"] - classifier, "macs": cost["macs"], "classifier_params": classifier}
 
 
-def _run_train(cell: Cell, folder: Path, progress: bool) -> dict[str, Any]:
+def _run_train(cell: Cell, folder: Path, progress: bool) -> dict[str, Any] | None:
     run = folder / "run"
-    resume = (run / "last.pt").is_file()
-    if not resume:
+    # Under torchrun rank 0 looks at the files and decides for all ranks; only rank 0 returns the result.
+    resume = broadcast_object(is_main_process() and (run / "last.pt").is_file())
+    if not resume and is_main_process():
         shutil.rmtree(folder, ignore_errors=True)  # a stop before the first epoch's checkpoint: start clean
+    barrier()
     train(cell.cfg, output=run, resume=resume, progress=progress)
+    if not is_main_process():
+        return None
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     final = records[-1]  # the last epoch is always evaluated; the bench reports it (no pick of the best epoch)
     return {"metrics": {k: final[k] for k in METRICS},
@@ -552,7 +561,10 @@ def _run_train(cell: Cell, folder: Path, progress: bool) -> dict[str, Any]:
 
 
 def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Path) -> Path:
-    """A copy of ``checkpoint`` whose identity classifier is new, for the identities of another dataset."""
+    """A copy of ``checkpoint`` whose identity classifier is new, for the identities of another dataset.
+
+    Every rank builds the same model (the seed decides the classifier); rank 0 writes it.
+    """
     ckpt = read_checkpoint(checkpoint)
     config = dict(ckpt["model_config"], num_classes=num_classes)
     seed_everything(seed)
@@ -562,12 +574,17 @@ def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Pa
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("classifier.") for k in missing):
         raise ValueError(f"{checkpoint}: weights do not match the architecture ({missing + unexpected})")
-    return save_checkpoint(path, model, config)
+    if is_main_process():
+        save_checkpoint(path, model, config)
+    barrier()
+    return path
 
 
-def _run_prune(cell: Cell, folder: Path, parent_folder: Path, progress: bool) -> dict[str, Any]:
-    shutil.rmtree(folder, ignore_errors=True)  # pruning is not resumable: redo an interrupted one
-    folder.mkdir(parents=True)
+def _run_prune(cell: Cell, folder: Path, parent_folder: Path, progress: bool) -> dict[str, Any] | None:
+    if is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)  # pruning is not resumable: redo an interrupted one
+        folder.mkdir(parents=True)
+    barrier()
     start = cell_checkpoint(cell.parent, parent_folder)
     started = time.perf_counter()
     if cell.dataset != cell.pretrain and cell.cfg.loss.id_weight > 0:
@@ -575,6 +592,8 @@ def _run_prune(cell: Cell, folder: Path, parent_folder: Path, progress: bool) ->
         num_classes = prepare_dataset(cell.cfg.data, verbose=False).num_train_pids
         start = _with_new_classifier(start, num_classes, cell.seed, folder / "start.pt")
     report = prune_checkpoint(cell.cfg, start, output=folder, progress=progress)
+    if not is_main_process():
+        return None
     final = report["finetuned"] or report["pruned"]
     after_cut = report["pruned"]
     return {"metrics": {k: final[k] for k in METRICS},
@@ -583,36 +602,48 @@ def _run_prune(cell: Cell, folder: Path, parent_folder: Path, progress: bool) ->
 
 
 def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True) -> tuple[dict[str, Any], bool]:
-    """Run ``cell`` unless it is finished. Returns (its result, whether it was cached)."""
+    """Run ``cell`` unless it is finished. Returns (its result, whether it was cached).
+
+    Under torchrun every rank trains; rank 0 alone reads and writes the cell's files and
+    sends the result to the others.
+    """
     folder = cells_dir / cell.key
-    done = _read_json(folder / DONE)
+    done = broadcast_object(_read_json(folder / DONE) if is_main_process() else None)
     if done is not None:
         return done, True
     if cell.kind == "train":
         result = _run_train(cell, folder, progress)
     else:
         result = _run_prune(cell, folder, cells_dir / cell.parent.key, progress)
-    result.update(model_cost(cell_checkpoint(cell, folder), (cell.cfg.data.height, cell.cfg.data.width)))
-    result["key"] = cell.key
-    result["config"] = cell.cfg.to_dict()
-    _write_json(folder / DONE, result)  # last: the marker that the cell is finished
-    return result, False
+    if is_main_process():
+        result.update(model_cost(cell_checkpoint(cell, folder), (cell.cfg.data.height, cell.cfg.data.width)))
+        result["key"] = cell.key
+        result["config"] = cell.cfg.to_dict()
+        _write_json(folder / DONE, result)  # last: the marker that the cell is finished
+    return broadcast_object(result), False
 
 
 def evaluate_on(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *,
                 progress: bool = True) -> dict[str, Any]:
-    """mAP/rank-k of a finished cell's model on another dataset (cached beside the cell)."""
+    """mAP/rank-k of a finished cell's model on another dataset (cached beside the cell).
+
+    Under torchrun every rank calls this: rank 0 evaluates alone and sends the numbers.
+    """
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(data), sort_keys=True).encode()).hexdigest()[:10]
     path = cells_dir / cell.key / f"eval-{dataset}-{digest}.json"
-    cached = _read_json(path)
+    cached = broadcast_object(_read_json(path) if is_main_process() else None)
     if cached is not None:
         return cached
     cfg = copy.deepcopy(cell.cfg)
     cfg.data = data
-    report = evaluate_checkpoint(cfg, cell_checkpoint(cell, cells_dir / cell.key), progress=progress)
-    result = {k: report[k] for k in METRICS}
-    _write_json(path, result)
-    return result
+    parsed = prepare_dataset(data, verbose=False)  # on every rank: generating a dataset is a collective
+    result = None
+    if is_main_process():
+        report = evaluate_checkpoint(cfg, cell_checkpoint(cell, cells_dir / cell.key), progress=progress,
+                                     dataset=parsed)
+        result = {k: report[k] for k in METRICS}
+        _write_json(path, result)
+    return broadcast_object(result)
 
 
 def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence[int], threads: int, *,
@@ -657,17 +688,23 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
               log: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
     """Run every unfinished cell of ``bench``, then write the results under ``output``.
 
+    Under ``torchrun`` every rank trains and prunes each cell (DDP); rank 0 alone logs,
+    evaluates on other datasets, measures latency and writes files, and every rank
+    returns its summary.
+
     Returns the content of ``results.json``: {"rows": [...], "budgets": {...}, ...}.
     """
     out = Path(output or bench.output)
+    main = is_main_process()
+    log = log if main else _silent
     plan = plan_bench(bench)
     check_plan(plan, verbose=progress)
     cells_dir = out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    (out / "bench.yaml").write_text(yaml.safe_dump(bench.raw, sort_keys=False))
+    if main:
+        cells_dir.mkdir(parents=True, exist_ok=True)
+        (out / "bench.yaml").write_text(yaml.safe_dump(bench.raw, sort_keys=False))
     results: dict[str, dict[str, Any]] = {}
     evaluations: dict[tuple[str, str], dict[str, Any]] = {}
-    latencies: dict[str, dict[str, float]] = {}
     for i, cell in enumerate(plan.cells, 1):
         log(f"[{i}/{len(plan.cells)}] {cell.describe()}")
         results[cell.key], cached = run_cell(cell, cells_dir, progress=progress)
@@ -681,15 +718,23 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
             if row.cell is cell and row.dataset != cell.dataset and (cell.key, row.dataset) not in evaluations:
                 evaluations[cell.key, row.dataset] = evaluate_on(cell, row.dataset, bench.data_config(row.dataset),
                                                                  cells_dir, progress=progress)
-        write_results(bench, plan, out, results, evaluations, latencies, command=command, final=False)
-    if bench.latency_batch_sizes:
-        batches = ", ".join(map(str, bench.latency_batch_sizes))
-        log(f"measuring the CPU latency of {len(plan.cells)} models (batch {batches}, {_threads(bench)})")
-        latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads)
-    summary = write_results(bench, plan, out, results, evaluations, latencies, command=command)
-    log(f"wrote {out / 'results.md'}, results.csv, results.json"
-        + (", pareto.png" if summary["plot"] else f"; {PLOT_NOTE}"))
-    return summary
+        if main:
+            write_results(bench, plan, out, results, evaluations, {}, command=command, final=False)
+    summary = None
+    if main:
+        latencies: dict[str, dict[str, float]] = {}
+        if bench.latency_batch_sizes:
+            batches = ", ".join(map(str, bench.latency_batch_sizes))
+            log(f"measuring the CPU latency of {len(plan.cells)} models (batch {batches}, {_threads(bench)})")
+            latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads)
+        summary = write_results(bench, plan, out, results, evaluations, latencies, command=command)
+        log(f"wrote {out / 'results.md'}, results.csv, results.json"
+            + (", pareto.png" if summary["plot"] else f"; {PLOT_NOTE}"))
+    return broadcast_object(summary)  # the other ranks wait here while rank 0 times the models
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -868,6 +913,7 @@ def write_results(bench: Bench, plan: Plan, out: Path, results: dict[str, dict[s
         "bench": bench.name, "command": command, "complete": pending == 0, "pending_cells": pending,
         "budgets": plan.budgets, "seeds": bench.seeds,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                        "world_size": env_world_size(),
                         "latency_threads": bench.latency_threads or torch.get_num_threads(),
                         "machine": platform.machine(), "python": platform.python_version()},
         "plot": plotted, "rows": rows,
@@ -934,11 +980,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     output = Path(args.output or bench.output)
     if args.dry_run:
         plan = plan_bench(bench)
-        for i, cell in enumerate(plan.cells, 1):
-            folder = output / "cells" / cell.key
-            state = "finished" if (folder / DONE).is_file() else "started" if folder.exists() else "to run"
-            print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
-        print("budgets: " + ", ".join(f"{k} = {v:.3f} of {bench.prune_arch}'s MACs" for k, v in plan.budgets.items()))
+        if is_main_process():
+            for i, cell in enumerate(plan.cells, 1):
+                folder = output / "cells" / cell.key
+                state = "finished" if (folder / DONE).is_file() else "started" if folder.exists() else "to run"
+                print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
+            print("budgets: " + ", ".join(f"{k} = {v:.3f} of {bench.prune_arch}'s MACs"
+                                          for k, v in plan.budgets.items()))
         return 0
     command = shlex.join(["reid-prune", "bench", "--config", args.config,
                           *[a for o in args.overrides for a in ("--set", o)],

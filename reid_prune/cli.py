@@ -15,7 +15,7 @@ from .report import format_table, metric_rows
 # Mistakes a user can fix: reported in one line with exit code 2, without a traceback.
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError)
 # Commands that may run as several processes under torchrun; the others refuse to.
-DISTRIBUTED_COMMANDS = ("train", "prune")
+DISTRIBUTED_COMMANDS = ("train", "prune", "bench")
 
 
 def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise ValueError(f"{args.command} runs as one process; start it without torchrun "
-                             f"(torchrun is for {' and '.join(DISTRIBUTED_COMMANDS)})")
+                             f"(torchrun is for {', '.join(DISTRIBUTED_COMMANDS[:-1])} and {DISTRIBUTED_COMMANDS[-1]})")
         with process_group_from_env():
             return args.func(args)
     except USER_ERRORS as exc:

@@ -20,6 +20,7 @@ and buffer, only leaves room for kernels that round differently.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,7 +33,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from reid_prune import build_model
+from reid_prune import build_model, load_model
+from reid_prune.bench import load_bench, plan_bench
 from reid_prune.checkpoint import module_widths
 from reid_prune.cli import main
 from reid_prune.config import dump_config, load_config
@@ -205,6 +207,49 @@ def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
         assert torch.equal(mean["tensor"], torch.tensor([0.5, 1.0])) and mean["number"] == 0.5
         assert ranks[r]["collectives"]["broadcast"] == {"from": 0}
         assert "SyncBatchNorm runs on GPUs only" in ranks[r]["sync_bn_error"]
+
+
+# configs/bench/synthetic_tiny.yaml at its smallest: ResNet18 trained, pruned to half its MACs by HaoLi (one-shot)
+# and by soft FPGM (a training hook), and the cross-domain cell that fine-tunes with a new identity classifier.
+BENCH_TINY = [
+    "base.data.p=4", "base.data.k=2", "base.train.max_batches=2", "base.train.device=cpu",
+    "base.eval.latency_batch_sizes=[1]", "epochs=1", "finetune_epochs=1", "baselines=[resnet18]",
+    "prune_arch=resnet18", "budgets=[0.5]", "methods=[haoli, {name: fpgm, label: FPGM soft, options: {mode: soft}}]",
+    "datasets.synthetic_a.synthetic={ids: 8, test_ids: 4, images_per_camera: 2, seed: 0}",
+    "datasets.synthetic_b.synthetic={ids: 12, test_ids: 4, images_per_camera: 2, seed: 1}",
+]
+
+
+def test_bench_under_two_ranks_runs_each_cell_once_and_caches(cache, tmp_path):
+    """torchrun bench: every rank trains each cell, rank 0 alone logs and writes; a rerun computes nothing."""
+    out = tmp_path / "bench"
+    args = ["bench", "--config", str(Path(__file__).parents[1] / "configs" / "bench" / "synthetic_tiny.yaml"),
+            "--output", str(out), "--quiet", *[f"--set={o}" for o in BENCH_TINY]]
+    first = _torchrun(args, cache)
+    cells = 4  # train on A; HaoLi and FPGM soft fine-tuned on A; HaoLi fine-tuned on B
+    assert first.stdout.count(f"/{cells}] ") == cells and first.stdout.count("done in ") == cells
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["complete"] and summary["environment"]["world_size"] == WORLD
+    finished = sorted(p.parent for p in (out / "cells").glob("*/result.json"))
+    assert len(finished) == cells
+    # Two ranks train with twice the global batch: their cells are not the single-process bench's.
+    single = plan_bench(load_bench(Path(args[2]), BENCH_TINY))
+    assert not {c.key for c in single.cells} & {p.name for p in finished}
+    full = build_model("resnet18")
+    for folder in finished:
+        if folder.name.startswith("prune-"):
+            pruned = load_model(folder / "pruned.pt")
+            assert module_widths(pruned)["layer1.0.conv1"][0] < module_widths(full)["layer1.0.conv1"][0]
+    classes = {p.name.split("-s0-")[0]: load_model(p / "pruned.pt").classifier.out_features
+               for p in finished if p.name.startswith("prune-")}
+    assert classes == {"prune-synthetic_a-HaoLi-0.5": 8, "prune-synthetic_a-FPGM-soft-0.5": 8,
+                       "prune-synthetic_a-to-synthetic_b-HaoLi-0.5": 12}
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    again = _torchrun(args, cache)
+    assert again.stdout.count("finished earlier (cached)") == cells and "done in " not in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+    assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
 
 
 def test_sampler_ranks_deal_out_the_single_process_epoch():

@@ -158,13 +158,19 @@ def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, galler
     return report
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a saved model (pruned or not) on the configured dataset's query/gallery split."""
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool = True,
+                        dataset: ReIDDataset | None = None) -> dict[str, Any]:
+    """Evaluate a saved model (pruned or not) on the configured dataset's query/gallery split.
+
+    ``dataset``: the parsed ``cfg.data`` when the caller has it. Under torchrun, preparing a
+    dataset is a collective, so a caller that evaluates on rank 0 alone prepares it on all ranks first.
+    """
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
     # The retrieval feature is an evaluation choice, not a weight: the config decides it.
     model.set_retrieval_feature(cfg.model.retrieval_feature)
-    dataset = prepare_dataset(cfg.data, verbose=progress)
+    if dataset is None:
+        dataset = prepare_dataset(cfg.data, verbose=progress)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
     return model_report(model, cfg, query_loader, gallery_loader, progress=progress)
