@@ -11,7 +11,7 @@ one, every function here is a no-op, so the same code runs in one process.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TypeVar
@@ -104,6 +104,13 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Overwrite each tensor, in place, with rank ``src``'s values."""
+    if is_distributed():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=src)
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (BatchNorm running statistics) into every rank's ``module``, in place.
 
@@ -111,9 +118,7 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     after the last step of an epoch the ranks' statistics differ; this makes the
     ranks' models identical again before hooks score channels or surgery runs.
     """
-    if is_distributed():
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=src)
+    broadcast_tensors(module.buffers(), src)
 
 
 def all_reduce_mean(values: Mapping[str, torch.Tensor | float]) -> dict[str, torch.Tensor | float]:

@@ -44,7 +44,7 @@ from reid_prune.engine.run import make_train_loader, model_config_for, prepare_d
 from reid_prune.engine.schedule import lr_at
 from reid_prune.engine.trainer import Trainer, build_optimizer, resolve_device, seed_everything, shared_copy
 from reid_prune.losses import ReIDLoss
-from reid_prune.pruners import get_pruner
+from reid_prune.pruners import PruneContext, get_pruner
 
 WORLD = 2
 TOLERANCE = 1e-6
@@ -186,16 +186,21 @@ def _soft_fpgm_worker(rank: int, port: int, cache: str, out: str) -> None:
                     "collectives": collectives, "sync_bn_error": sync_bn_error}, Path(out) / f"rank{rank}.pt")
 
 
-def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
-    context = mp.start_processes(_soft_fpgm_worker, args=(_free_port(), str(cache), str(tmp_path)), nprocs=WORLD,
+def _spawn_ranks(worker, cache: Path, out: Path, what: str) -> list[dict]:
+    """Run ``worker(rank, port, cache, out)`` on 2 spawned ranks; returns what each saved as out/rank{r}.pt."""
+    context = mp.start_processes(worker, args=(_free_port(), str(cache), str(out)), nprocs=WORLD,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + 300
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail("the 2-rank soft FPGM run did not finish in 300 s")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+            pytest.fail(f"the 2-rank {what} run did not finish in 300 s")
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
+    ranks = _spawn_ranks(_soft_fpgm_worker, cache, tmp_path, "soft FPGM")
     assert ranks[0]["masks"] and any(ranks[0]["masks"].values())
     assert ranks[0]["masks"] == ranks[1]["masks"]
     assert ranks[0]["widths"] == ranks[1]["widths"]
@@ -207,6 +212,31 @@ def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
         assert torch.equal(mean["tensor"], torch.tensor([0.5, 1.0])) and mean["number"] == 0.5
         assert ranks[r]["collectives"]["broadcast"] == {"from": 0}
         assert "SyncBatchNorm runs on GPUs only" in ranks[r]["sync_bn_error"]
+
+
+def _thinet_worker(rank: int, port: int, cache: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
+    torch.set_num_threads(1)
+    with process_group_from_env():
+        cfg = load_config(None, TINY)
+        dataset = prepare_dataset(cfg.data, verbose=False)
+        seed_everything(0)
+        model = build_model(**model_config_for(cfg, dataset.num_train_pids)).eval()
+        loader = make_train_loader(cfg, dataset)  # each rank reads other identities
+        images = next(iter(loader))[0]
+        pruned = get_pruner("thinet", rate=0.3).prune(model, PruneContext(data=loader, num_batches=1))
+        torch.save({"state_dict": pruned.state_dict(), "widths": module_widths(pruned), "images": images},
+                   Path(out) / f"rank{rank}.pt")
+
+
+def test_thinet_under_two_ranks_keeps_the_same_channels_and_weights(cache, tmp_path):
+    """ThiNet samples each rank's own batch: scores are averaged and rank 0's least-squares refit is kept."""
+    ranks = _spawn_ranks(_thinet_worker, cache, tmp_path, "ThiNet")
+    assert not torch.equal(ranks[0]["images"], ranks[1]["images"])  # the ranks did see different data
+    assert ranks[0]["widths"] == ranks[1]["widths"]
+    assert ranks[0]["widths"]["layer1.0.conv1"][0] < module_widths(build_model("resnet18"))["layer1.0.conv1"][0]
+    assert _max_difference(ranks[0]["state_dict"], ranks[1]["state_dict"]) == 0.0
 
 
 # configs/bench/synthetic_tiny.yaml at its smallest: ResNet18 trained, pruned to half its MACs by HaoLi (one-shot)

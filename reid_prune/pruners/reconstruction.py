@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import broadcast_tensors
 from .base import PruneContext, Pruner, keep_top
 from .groups import ChannelGroup
 from .surgery import apply_plan
@@ -427,6 +428,9 @@ class ReconstructionPruner(Pruner):
         with torch.no_grad():
             target = model.get_submodule(consumer).weight
             target.copy_(new_weight.to(dtype=target.dtype, device=target.device))
+            # Under torchrun each rank refits on its own samples; rank 0's fit is kept, so every
+            # rank samples the next group from the same network.
+            broadcast_tensors([target])
         self.errors[group.name] = {
             "sliced": reconstruction_error(patches, weight, keep, weight[:, keep]),
             "refit": reconstruction_error(patches, weight, keep, new_weight),
