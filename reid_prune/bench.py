@@ -954,6 +954,8 @@ examples:
   reid-prune bench --config configs/bench/cuhk03_cpu.yaml --dry-run
   reid-prune bench --config configs/bench/cuhk03_cpu.yaml --output runs/bench/cuhk03 --set seeds=[0,1,2]
   reid-prune bench --config configs/bench/market1501_gpu.yaml --set datasets.market1501.root=/data/Market-1501
+  torchrun --nproc_per_node=4 -m reid_prune bench --config configs/bench/market1501_gpu.yaml \
+      --set datasets.market1501.root=/data/Market-1501      (each cell on 4 GPUs, docs/multi_gpu.md)
 """
 
 
