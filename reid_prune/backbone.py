@@ -201,6 +201,18 @@ _WEIGHTS_ENUM = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
 _TRUNK_PREFIXES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 
+def zero_residual_scales(model: ReIDNet) -> None:
+    """Set the scale of each residual block's last BatchNorm (bn3 of a Bottleneck, bn2 of a BasicBlock) to 0.
+
+    The same initialisation as torchvision's ``zero_init_residual=True``, applied after
+    construction so that the other weights (and the random stream) stay those of the default.
+    """
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            last = block.bn3 if isinstance(block, tv_resnet.Bottleneck) else block.bn2
+            nn.init.zeros_(last.weight)
+
+
 def build_model(
     arch: str = "resnet50",
     *,
@@ -211,6 +223,7 @@ def build_model(
     num_classes: int = 0,
     retrieval_feature: str = "after_neck",
     pretrained: str = "none",
+    zero_init_residual: bool = False,
 ) -> ReIDNet:
     """Build a re-ID feature extractor.
 
@@ -225,11 +238,16 @@ def build_model(
             ``before_neck`` (the pooled / embedded feature the metric loss sees).
         pretrained: ``none``, ``imagenet`` (torchvision weights API) or a path to a
             torchvision-format state_dict file.
+        zero_init_residual: start the last BatchNorm scale of every residual block at 0, so
+            each block is the identity at first (for training from scratch; pretrained
+            weights, when loaded, replace it).
 
     Returns:
         A :class:`ReIDNet` mapping (B, 3, H, W) images to (B, D) features.
     """
     model = ReIDNet(arch, last_stride, pooling, neck, embedding_dim, num_classes, retrieval_feature)
+    if zero_init_residual:
+        zero_residual_scales(model)
     if pretrained not in ("none", "", None):
         load_pretrained_trunk(model, arch, pretrained)
     return model

@@ -78,6 +78,9 @@ class ModelConfig:
     # What the model returns for retrieval: the BNNeck output, or the pooled feature before it.
     retrieval_feature: str = _choice("after_neck", "after_neck", "before_neck")
     pretrained: str = "none"  # none | imagenet | path to a torchvision state_dict
+    # From scratch: start each residual block's last BatchNorm scale at 0, so every block
+    # begins as the identity (Goyal et al. 2017). Deep nets then train faster on small data.
+    zero_init_residual: bool = False
 
 
 @dataclass

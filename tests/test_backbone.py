@@ -213,3 +213,25 @@ def test_retrieval_feature_before_or_after_neck():
     assert model.build_config["retrieval_feature"] == "before_neck"
     with pytest.raises(ValueError, match="model.retrieval_feature"):
         build_model("resnet18", retrieval_feature="middle")
+
+
+@pytest.mark.parametrize("arch, last_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_matches_torchvision_and_survives_a_checkpoint(tmp_path, arch, last_bn):
+    from reid_prune import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    ours = build_model(arch, zero_init_residual=True)
+    torch.manual_seed(0)
+    reference = getattr(tv_resnet, arch)(weights=None, zero_init_residual=True).state_dict()
+    trunk = {k: v for k, v in ours.state_dict().items() if k.startswith(TRUNK_PREFIXES)}
+    assert trunk.keys() <= reference.keys()
+    assert all(torch.equal(v, reference[k]) for k, v in trunk.items())  # every other weight as torchvision draws it
+    zeroed = [k for k, v in trunk.items() if k.endswith(f"{last_bn}.weight") and not v.any()]
+    assert len(zeroed) == sum(len(getattr(ours, f"layer{i}")) for i in range(1, 5))
+    # Only the initialisation changes: trained (here: random) scales are kept by save and load.
+    with torch.no_grad():
+        for name in zeroed:
+            ours.get_parameter(name).normal_()
+    save_checkpoint(tmp_path / "m.pt", ours, dict(ours.build_config, zero_init_residual=True))
+    loaded = load_model(tmp_path / "m.pt").eval()
+    assert torch.equal(loaded(images()), ours.eval()(images()))

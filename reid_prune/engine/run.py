@@ -87,7 +87,7 @@ def model_config_for(cfg: Config, num_classes: int) -> dict[str, Any]:
         "arch": m.arch, "last_stride": m.last_stride, "pooling": m.pooling, "neck": m.neck,
         "embedding_dim": m.embedding_dim, "num_classes": num_classes if cfg.loss.id_weight > 0 else 0,
         "retrieval_feature": m.retrieval_feature,
-        "pretrained": m.pretrained,
+        "pretrained": m.pretrained, "zero_init_residual": m.zero_init_residual,
     }
 
 
