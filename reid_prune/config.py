@@ -308,9 +308,16 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config (or start from the defaults), apply ``a.b=value`` overrides and validate."""
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
+                base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults), apply ``a.b=value`` overrides and validate.
+
+    ``base``: a nested dict (e.g. the config stored with a run) applied over the defaults
+    before the file and the overrides.
+    """
     cfg = Config()
+    if base is not None:
+        _merge(cfg, base)
     if path is not None:
         _merge(cfg, read_yaml(path))
     for text in overrides:
@@ -321,9 +328,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build a validated Config from a nested dict (for example one stored in a checkpoint)."""
-    cfg = Config()
-    _merge(cfg, values)
-    return validate(cfg)
+    return load_config(base=values)
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
