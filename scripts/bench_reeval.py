@@ -15,9 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from reid_prune.bench import load_bench
-from reid_prune.config import Config, load_config
-from reid_prune.engine import evaluate_checkpoint
+from reid_prune.bench import cell_checkpoint, load_bench, plan_bench
+from reid_prune.config import load_config
+from reid_prune.data import ReIDDataset
+from reid_prune.engine import evaluate_checkpoint, prepare_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,17 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     if not results.is_file():
         parser.error(f"{results} does not exist; run reid-prune bench --output {args.output} first")
     bench = load_bench(args.output / "bench.yaml")
+    cells = {cell.key: cell for cell in plan_bench(bench).cells}
     rows = json.loads(results.read_text())["rows"]
+    datasets: dict[str, ReIDDataset] = {}  # parsed once per dataset, not once per model
     print(f"{'scenario':13} {'model':10} {'fine-tuned on':14} {'evaluated on':14} "
           f"{'mAP':>6} {'R-1':>6}   {'re-scored mAP':>13} {'R-1':>6}   ({', '.join(args.overrides)})")
     for row in rows:
-        folder = args.output / "cells" / row["cell"]
-        cell = json.loads((folder / "result.json").read_text())
-        cfg: Config = load_config(None, args.overrides, base=cell["config"])
+        cell = cells[row["cell"]]
+        cfg = load_config(None, [*args.overrides, "eval.latency=false"], base=cell.cfg.to_dict())
         cfg.data = bench.data_config(row["dataset"])
-        checkpoint = folder / ("run/last.pt" if row["kind"] == "baseline" else "pruned.pt")
-        cfg.eval.latency = False
-        report = evaluate_checkpoint(cfg, checkpoint, progress=False)
+        if row["dataset"] not in datasets:
+            datasets[row["dataset"]] = prepare_dataset(cfg.data, verbose=False)
+        report = evaluate_checkpoint(cfg, cell_checkpoint(cell, args.output / "cells" / cell.key), progress=False,
+                                     dataset=datasets[row["dataset"]])
         print(f"{row['scenario']:13} {row['name']:10} {row['finetune'] or '-':14} {row['dataset']:14} "
               f"{row['mAP']:6.2f} {row['rank1']:6.2f}   {report['mAP']:13.2f} {report['rank1']:6.2f}")
     return 0
