@@ -71,12 +71,9 @@ from .engine import evaluate_checkpoint, prepare_dataset, train
 from .engine.prune_run import prune_checkpoint, pruner_from_config
 from .engine.trainer import seed_everything
 from .evaluation import complexity, measure_latency
-from .pruners import PLANNED
+from .pruners import available, get_method
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
-METHOD_LABELS = {"haoli": "HaoLi", "fpgm": "FPGM", "psfp": "PSFP", "molchanov": "Molchanov", "entropy": "Entropy",
-                 "autobalanced": "AutoBalanced", "thinet": "ThiNet", "channel_pruning": "Channel Pruning",
-                 "afp_prc": "AFP+PRC"}
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
               "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
 # Settings that change how fast a cell runs, not what it computes: left out of the cell key.
@@ -283,17 +280,17 @@ def parse_bench(raw: dict[str, Any], name: str) -> Bench:
         key = f"methods[{i}]"
         entry = {"name": entry} if isinstance(entry, str) else _mapping(entry, key, ("name", "label", "options", "set"))
         method = entry.get("name")
-        if method not in PLANNED:
-            close = difflib.get_close_matches(str(method), PLANNED, n=1)
+        if method not in available():
+            close = difflib.get_close_matches(str(method), available(), n=1)
             _fail(f"{key}.name", f"unknown pruning method {method!r}" + (f"; did you mean {close[0]}?" if close
-                                                                         else f"; valid: {', '.join(PLANNED)}"))
+                                                                         else f"; valid: {', '.join(available())}"))
         overrides = _dotted(entry.get("set", {}), f"{key}.set")
         options = entry.get("options", {})
         if not isinstance(options, dict):
             _fail(f"{key}.options", f"expected a mapping of method settings, got {options!r}")
         _deep_update(overrides, {"prune": {"options": options}})
         _merge(copy.deepcopy(defaults), overrides, f"{key}.set.")
-        methods.append(Method(name=method, label=str(entry.get("label", METHOD_LABELS.get(method, method))),
+        methods.append(Method(name=method, label=str(entry.get("label", get_method(method).label)),
                               overrides=overrides))
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from .bench import add_bench_command
 from .config import ConfigError, load_config
+from .pruners import ALLOCATIONS, available, get_method, get_pruner
 from .report import format_table, metric_rows
 
 # Mistakes a user can fix: reported in one line with exit code 2, without a traceback.
@@ -68,7 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _prune_overrides(args: argparse.Namespace) -> list[str]:
     """Map the prune flags onto prune.* config keys (flags win over the file and --set)."""
     flags = {"method": args.method, "rate": args.rate, "target_macs": args.target_macs,
-             "target_params": args.target_params, "scope": args.scope, "finetune_epochs": args.finetune_epochs}
+             "target_params": args.target_params, "scope": args.scope, "allocation": args.allocation,
+             "finetune_epochs": args.finetune_epochs}
     overrides = [f"prune.{k}={v}" for k, v in flags.items() if v is not None]
     if args.rate is not None or args.target_macs is not None or args.target_params is not None:
         # One target on the command line replaces any target the config file set.
@@ -191,8 +193,12 @@ removed: the saved model is smaller and faster), optionally fine-tunes, and
 writes DIR/pruned.pt and DIR/report.json (params, MACs, latency, mAP and rank-1
 before pruning, right after, and after fine-tuning). Rates are fractions
 PRUNED; --target-macs/--target-params are fractions KEPT of the whole model.
-Training-time methods (psfp, fpgm with mode=soft, ...) run their schedule inside
-the fine-tuning epochs. Method settings go through --option KEY=VALUE.
+Training-time methods (psfp, l2, fpgm with mode=soft, autobalanced, afp_prc) run
+their schedule inside the fine-tuning epochs. Method settings go through
+--option KEY=VALUE. --allocation decides how many channels each group keeps:
+uniform (one rate for every group), global (channels of all groups ranked
+together by the method's normalised scores) or the method's default (below);
+docs/pruners.md lists each method's rules, options and sources.
 
 examples:
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm --rate 0.4
@@ -200,6 +206,8 @@ examples:
       --target-macs 0.5 --scope all --finetune-epochs 4 --output runs/demo/haoli50
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method psfp --rate 0.3 \\
       --finetune-epochs 6
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \
+      --target-macs 0.5 --allocation global --finetune-epochs 4
 """),
     "export": (cmd_export, "export a checkpoint (pruned or not) to ONNX, check parity, compare CPU latency", """\
 Writes the model as ONNX (input 'images' Bx3xHxW normalised as in training,
@@ -238,6 +246,15 @@ example:
 }
 
 
+def _methods_table() -> str:
+    """The registered pruning methods, for ``prune --help``."""
+    rows = []
+    for name in available():
+        pruner = get_pruner(name, rate=0.5, scope=get_method(name).scopes[0])
+        rows.append([name, pruner.requires, pruner.allocation.kind, get_method(name).description])
+    return "methods:\n" + format_table(["method", "needs", "allocation", "what it does"], rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reid-prune",
@@ -259,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_train, p_eval, p_prune, p_export, p_extract, p_synth = (
         sub.choices[n] for n in ("train", "eval", "prune", "export", "extract", "synth"))
     p_prune.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
-    p_prune.add_argument("--method", help="pruning method (default: the config's prune.method); "
-                         "haoli, molchanov, entropy, autobalanced, psfp, fpgm, thinet, channel_pruning, afp_prc")
+    p_prune.add_argument("--method", help="pruning method (default: the config's prune.method); see the list below")
+    p_prune.add_argument("--allocation", choices=ALLOCATIONS,
+                         help="how many channels each group keeps (default: the method's own, listed below)")
+    p_prune.epilog = _methods_table()
     target = p_prune.add_mutually_exclusive_group()
     target.add_argument("--rate", type=float, help="fraction of channels pruned in every group, in [0, 1)")
     target.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs, e.g. 0.5")

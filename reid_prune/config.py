@@ -131,6 +131,8 @@ class PruneConfig:
     target_macs: float | None = None  # fraction of the model's MACs kept
     target_params: float | None = None  # fraction of the model's parameters kept
     scope: str = _choice("internal", "internal", "all")
+    # uniform | global | layer_rates; null = the method's own default (docs/pruners.md)
+    allocation: str | None = None
     include_stem: bool = True
     include_downsample: bool = True
     include_last_stage: bool = False
@@ -231,6 +233,11 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         setattr(obj, key, _coerce(value, hints[key], path))
 
 
+def merge_into(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Public form of the config's checked merge, for other typed schemas (a pruning method's options)."""
+    _merge(obj, values, prefix)
+
+
 def _check_choices(obj: Any, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -274,9 +281,24 @@ def validate(cfg: Config) -> Config:
         value = getattr(p, key)
         if value is not None:
             _require(0 < value <= 1, f"prune.{key}", f"a kept fraction must lie in (0, 1], got {value}")
+    _check_method(p)
     _require(p.min_channels >= 1, "prune.min_channels", f"must be >= 1, got {p.min_channels}")
     _require(p.round_to >= 1, "prune.round_to", f"must be >= 1, got {p.round_to}")
     return cfg
+
+
+def _check_method(p: PruneConfig) -> None:
+    """The method exists, its options have the declared names, types and ranges, the allocation is known."""
+    from .pruners import ALLOCATIONS, get_method  # the pruning layer imports this module
+    from .pruners.options import build_options
+
+    try:
+        method = get_method(p.method)
+    except ValueError as exc:
+        raise ConfigError(f"config key prune.method: {exc}") from None
+    build_options(method.options, p.options, "prune.options.")
+    _require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
+             f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -31,7 +31,8 @@ import torch
 
 from reid_prune import build_model
 from reid_prune.evaluation import complexity
-from reid_prune.pruners import PruneContext, available, get_pruner, pruner_class
+from reid_prune.pruners import PruneContext, available, get_method, get_pruner
+from reid_prune.pruners.criteria import score_groups
 
 BUDGET_SECONDS = {"haoli": 2.0, "fpgm": 2.0, "molchanov": 60.0, "entropy": 60.0, "thinet": 600.0,
                   "channel_pruning": 600.0}
@@ -120,7 +121,7 @@ def main() -> int:
     failed = []
     for method in methods:
         # Methods that judge a channel by one layer (entropy, thinet, ...) support only scope internal.
-        scope = args.scope if args.scope in pruner_class(method).scopes else "internal"
+        scope = args.scope if args.scope in get_method(method).scopes else "internal"
         pruner = get_pruner(method, target_macs=args.target_macs, scope=scope, round_to=args.round_to,
                             input_size=size)
         if pruner.requires == "training":
@@ -131,7 +132,7 @@ def main() -> int:
         started = time.perf_counter()
         if method in SCORE_ONLY:
             pruner.setup(model)
-            pruner.group_scores(model, context)
+            score_groups(pruner.criterion, model, pruner.groups, context)
             seconds = time.perf_counter() - started
             print(f"{method:<16}  scoring {len(batches) * 32} images: {seconds:.1f} s (iterative schedule not run)")
             if seconds > BUDGET_SECONDS[method]:

@@ -1,13 +1,17 @@
-"""The trainer's extension points. Soft and regularised pruners implement them.
+"""The trainer's extension points, and the small view of the training loop that hooks may use.
+
+Soft and regularised pruning schedules are hooks. They see the loop only through
+:class:`TrainingLoop`: the model being trained, the number of epochs, a way to evaluate
+and a way to rebuild the optimiser after surgery. They never read the trainer itself.
 
 The trainer calls, in order::
 
-    on_train_start(trainer)                       once, before the first epoch of this fit()
+    on_train_start(loop)                          once, before the first epoch of this fit()
     per batch:  loss + regularization_loss(model) -> backward
-                on_after_backward(trainer)        gradients exist: mask them here
+                on_after_backward(loop)           gradients exist: mask them here
                 optimiser step
-                on_batch_end(trainer)             weights updated: re-apply masks here
-    on_epoch_end(trainer, epoch)                  soft zeroing, rate schedules (epoch is 0-based)
+                on_batch_end(loop)                weights updated
+    on_epoch_end(loop, epoch)                     soft zeroing, rate schedules (epoch is 0-based)
 
 ``state_dict`` / ``load_state_dict`` let ``--resume`` restore a hook's progress.
 Hard removal (``finalize``) is not a trainer event: it changes the model's
@@ -16,30 +20,49 @@ shapes, so the caller runs it after ``fit()`` returns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+class TrainingLoop(Protocol):
+    """What a hook may use of the loop that runs it."""
+
+    @property
+    def model(self) -> nn.Module:
+        """The network being trained (after any surgery a hook made)."""
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of this fit."""
+
+    @property
+    def can_evaluate(self) -> bool:
+        """Whether validation data was given."""
+
+    def evaluate(self) -> dict[str, Any]:
+        """Rank metrics (``mAP``, ``rank1``, ...) of the current model on the validation data."""
+
+    def rebuild_optimizer(self) -> None:
+        """Make a new optimiser over the model's current parameters (surgery replaced them)."""
 
 
 class TrainerHook:
     """Base class with no-op events; override what a method needs."""
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, loop: TrainingLoop) -> None:
         pass
 
     def regularization_loss(self, model: nn.Module) -> Tensor | None:
         return None
 
-    def on_after_backward(self, trainer: Trainer) -> None:
+    def on_after_backward(self, loop: TrainingLoop) -> None:
         pass
 
-    def on_batch_end(self, trainer: Trainer) -> None:
+    def on_batch_end(self, loop: TrainingLoop) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, loop: TrainingLoop, epoch: int) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:

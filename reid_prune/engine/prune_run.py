@@ -19,6 +19,7 @@ from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
+from .finetune import StepFinetuner
 from .trainer import Trainer, evaluate_with_config, resolve_device
 
 STAGES = ("before", "pruned", "finetuned")
@@ -31,7 +32,7 @@ def pruner_from_config(cfg: Config) -> Pruner:
         p.method, rate=p.rate, target_macs=p.target_macs, target_params=p.target_params, scope=p.scope,
         include_stem=p.include_stem, include_downsample=p.include_downsample,
         include_last_stage=p.include_last_stage, min_channels=p.min_channels, round_to=p.round_to,
-        input_size=(cfg.data.height, cfg.data.width), **p.options,
+        input_size=(cfg.data.height, cfg.data.width), allocation=p.allocation, **p.options,
     )
 
 
@@ -71,16 +72,16 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     }
     report["before"] = model_report(model, cfg, query, gallery, progress=progress)
 
-    def finetune(net: nn.Module, steps: int) -> nn.Module:
-        schedule = dataclasses.replace(finetune_schedule(cfg, 1), max_batches=steps)
-        Trainer(cfg, net, model_config, train_loader, train=schedule, progress=progress).fit()
-        return net
-
     def validate(net: nn.Module) -> dict[str, Any]:
         return evaluate_with_config(net, cfg, query, gallery, device=device, progress=False)
 
+    # Between rounds the fine-tuning continues one stream of batches instead of restarting epoch 0.
+    context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=device,
+                           finetune=StepFinetuner(cfg, train_loader, model_config, finetune_schedule(cfg, 1)),
+                           evaluate=validate)
     started = time.perf_counter()
     if pruner.requires == "training":
+        pruner.context = context  # criteria that read data score on the training split
         # Soft and regularised methods run their schedule inside the fine-tuning epochs.
         trainer = Trainer(cfg, model, model_config, train_loader, query, gallery, hooks=[pruner],
                           train=finetune_schedule(cfg, epochs), progress=progress)
@@ -90,8 +91,6 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         report["pruned"] = None  # pruned during fine-tuning: only the final state exists
         report["finetuned"] = model_report(model, cfg, query, gallery, progress=progress)
     else:
-        context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=device,
-                               finetune=finetune, evaluate=validate)
         model = pruner.prune(model.to(device).eval(), context)
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = model_report(model, cfg, query, gallery, progress=progress)
@@ -103,7 +102,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
             report["finetuned"] = model_report(model, cfg, query, gallery, progress=progress)
         else:
             report["finetuned"] = None
-    report.update(pruner.summary() if hasattr(pruner, "summary") else {})
+    report.update(pruner.summary())
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     if is_main_process():
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),

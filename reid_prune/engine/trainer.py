@@ -139,6 +139,7 @@ class Trainer:
         self.global_step = 0
         self.best: dict[str, Any] = {"mAP": -1.0, "epoch": -1}
         self.last_metrics: dict[str, Any] = {}
+        self.loop = _Loop(self)
         self.rebuild_optimizer()
 
     # ------------------------------------------------------------------ state
@@ -199,13 +200,13 @@ class Trainer:
         """Run the remaining epochs. Returns {"best": {...}, "last": {...}}."""
         epochs = self.train_cfg.epochs
         for hook in self.hooks:
-            hook.on_train_start(self)
+            hook.on_train_start(self.loop)
         for epoch in range(self.start_epoch, epochs):
             self.epoch = epoch
             started = time.perf_counter()
             train_stats = self.train_epoch(epoch)
             for hook in self.hooks:
-                hook.on_epoch_end(self, epoch)
+                hook.on_epoch_end(self.loop, epoch)
             record: dict[str, Any] = {"epoch": epoch, **train_stats}
             if self.query_loader is not None and ((epoch + 1) % self.train_cfg.eval_every == 0 or epoch + 1 == epochs):
                 metrics = self.evaluate()
@@ -275,11 +276,11 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         for hook in self.hooks:
-            hook.on_after_backward(self)
+            hook.on_after_backward(self.loop)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         for hook in self.hooks:
-            hook.on_batch_end(self)
+            hook.on_batch_end(self.loop)
         self.global_step += 1
         parts["loss"] = float(loss.detach())
         return parts
@@ -295,6 +296,31 @@ class Trainer:
             metrics = evaluate_with_config(unwrap(self.model), self.cfg, self.query_loader, self.gallery_loader,
                                            device=self.device, progress=self.progress)
         return broadcast_object(metrics)
+
+
+class _Loop:
+    """The :class:`~.hooks.TrainingLoop` view of a Trainer: all that hooks may use of it."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    @property
+    def model(self) -> nn.Module:
+        return self._trainer.model
+
+    @property
+    def epochs(self) -> int:
+        return self._trainer.train_cfg.epochs
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self._trainer.query_loader is not None
+
+    def evaluate(self) -> dict[str, Any]:
+        return self._trainer.evaluate()
+
+    def rebuild_optimizer(self) -> None:
+        self._trainer.rebuild_optimizer()
 
 
 def shared_copy(model: nn.Module) -> nn.Module:

@@ -1,12 +1,18 @@
-"""Structured pruning: channel groups, surgery, budgets and the pruning methods behind one interface.
+"""Structured pruning: channel groups, surgery, budgets, and the methods behind one interface.
+
+A method composes a criterion (what to cut), a schedule (when) and an allocation (how much
+per group); see :mod:`.base`.
 
     >>> from reid_prune.pruners import available, get_pruner
     >>> pruner = get_pruner("fpgm", rate=0.3, scope="all")
     >>> small = pruner.prune(model)            # physically smaller, same class of module
 """
 
-from . import afp_prc, autobalanced, channel_pruning, entropy, fpgm, haoli, molchanov, psfp, thinet  # noqa: F401  (registration)
-from .base import PLANNED, PruneContext, Pruner, SoftPruner, available, get_pruner, prune, pruner_class, register
+from . import methods  # noqa: F401  (registers every method)
+from .allocation import ALLOCATIONS, Allocation, Target
+from .base import Pruner, get_pruner, prune
+from .criteria import PruneContext
+from .registry import Method, available, get_method, register
 
-__all__ = ["PLANNED", "PruneContext", "Pruner", "SoftPruner", "available", "get_pruner", "prune", "pruner_class",
-           "register"]
+__all__ = ["ALLOCATIONS", "Allocation", "Method", "PruneContext", "Pruner", "Target", "available", "get_method",
+           "get_pruner", "prune", "register"]

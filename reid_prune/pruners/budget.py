@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -166,6 +167,19 @@ def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str
     return positions
 
 
+def kept(channels: int, rate: float | Fraction) -> int:
+    """The one rounding rule for kept counts: a group of C channels pruned at ``rate`` keeps floor(C (1 - rate)).
+
+    This is ThiNet's ``int(C * compression_rate)`` and the L1-norm reference's
+    ``int(C * (1 - prune_prob))``; SFP / FPGM's code prunes ``int(C * rate)`` instead, which
+    keeps one more channel when C * rate is fractional (docs/pruners.md). The rate is read as
+    the decimal it prints as (a Fraction exactly), so 0.9 of 10 channels keeps exactly 1, not 0
+    through float error.
+    """
+    exact = rate if isinstance(rate, Fraction) else Fraction(repr(float(rate)))
+    return math.floor(channels * (1 - exact))
+
+
 def _bounds(channels: int, min_channels: int, round_to: int) -> int:
     """The fewest channels a group may keep: min_channels rounded up to a multiple of round_to, at most all."""
     return min(channels, math.ceil(max(min_channels, 1) / round_to) * round_to)
@@ -184,10 +198,10 @@ def _check_rounding(min_channels: int, round_to: int) -> None:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
 
 
-def _check_rate(rate: float, what: str) -> float:
+def _check_rate(rate: float | Fraction, what: str) -> float | Fraction:
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
         raise ValueError(f"{what}: a prune rate is the fraction of channels removed, in [0, 1); got {rate!r}")
-    return float(rate)
+    return rate
 
 
 def keep_counts_for_rate(
@@ -199,7 +213,7 @@ def keep_counts_for_rate(
 ) -> dict[str, int]:
     """Channels each group keeps when a fraction ``rate`` of them is pruned.
 
-    ``keep = channels - floor(rate * channels)``, then rounded to the NEAREST multiple of
+    ``keep = floor(channels * (1 - rate))`` (:func:`kept`), then rounded to the NEAREST multiple of
     ``round_to`` (a tie rounds up, keeping more), and clamped to
     ``[min_channels rounded up to a multiple of round_to, channels]``: never zero, never more
     than the group has. A group whose width is not a multiple of ``round_to`` may keep all
@@ -229,7 +243,7 @@ def keep_counts_for_rate(
         rates = dict.fromkeys((g.name for g in groups), _check_rate(rate, "rate"))
     counts = {}
     for g in groups:
-        keep = g.channels - math.floor(rates.get(g.name, 0.0) * g.channels)
+        keep = kept(g.channels, rates.get(g.name, 0.0))
         counts[g.name] = _round_keep(keep, g.channels, min_channels, round_to)
     return counts
 
@@ -270,6 +284,57 @@ def keep_counts_for_budget(
             to ``cost``, or a target that cannot be reached even with every group at its
             minimum (the message gives the smallest reachable fraction).
     """
+    problem = budget_problem(groups, cost, target_macs=target_macs, target_params=target_params,
+                             min_channels=min_channels, round_to=round_to, tolerance=tolerance)
+
+    def at(rate: float) -> dict[str, int]:
+        return keep_counts_for_rate(groups, rate, min_channels=min_channels, round_to=round_to)
+
+    low, high = 0.0, math.nextafter(1.0, 0.0)  # fraction(at(low)) >= target >= fraction(at(high)) when reachable
+    for _ in range(60):
+        mid = (low + high) / 2
+        if problem.fraction(at(mid)) > problem.target:
+            low = mid
+        else:
+            high = mid
+    return problem.adjust(min((at(low), at(high)), key=problem.error))
+
+
+@dataclass
+class BudgetProblem:
+    """A checked MACs or params budget over some groups: what to measure and how close to land.
+
+    Attributes:
+        what: ``"MACs"`` or ``"params"``. target: the fraction to keep.
+        fraction: keep counts -> the model's fraction of ``what`` kept.
+        lowest: the fewest channels each group may keep (min_channels and round_to applied).
+    """
+
+    groups: Sequence[ChannelGroup]
+    what: str
+    target: float
+    fraction: Callable[[Mapping[str, int]], float]
+    lowest: dict[str, int]
+    round_to: int
+    tolerance: float
+
+    def error(self, counts: Mapping[str, int]) -> float:
+        return abs(self.fraction(counts) - self.target)
+
+    def adjust(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Move single groups one ``round_to`` step at a time toward the target until within tolerance."""
+        return _adjust(self.groups, dict(counts), self.lowest, self.round_to, self.fraction, self.target,
+                       self.tolerance, self.what)
+
+
+def budget_problem(groups: Sequence[ChannelGroup], cost: CostModel, *, target_macs: float | None = None,
+                   target_params: float | None = None, min_channels: int = 1, round_to: int = 1,
+                   tolerance: float = 0.02) -> BudgetProblem:
+    """Check a budget (arguments as :func:`keep_counts_for_budget`) and that it can be met at all.
+
+    Raises:
+        ValueError: as :func:`keep_counts_for_budget`.
+    """
     _check_rounding(min_channels, round_to)
     if (target_macs is None) == (target_params is None):
         raise ValueError("give exactly one of target_macs and target_params (the fraction of the model to keep)")
@@ -292,19 +357,7 @@ def keep_counts_for_budget(
             f"keeps {fraction(lowest):.3f} of its {what}. Prune more layers (scope=all, include the stem, "
             "downsample or last stage) or lower min_channels / round_to"
         )
-
-    def at(rate: float) -> dict[str, int]:
-        return keep_counts_for_rate(groups, rate, min_channels=min_channels, round_to=round_to)
-
-    low, high = 0.0, math.nextafter(1.0, 0.0)  # fraction(at(low)) >= target >= fraction(at(high)) when reachable
-    for _ in range(60):
-        mid = (low + high) / 2
-        if fraction(at(mid)) > target:
-            low = mid
-        else:
-            high = mid
-    counts = min((at(low), at(high)), key=lambda c: abs(fraction(c) - target))
-    return _adjust(groups, counts, lowest, round_to, fraction, target, tolerance, what)
+    return BudgetProblem(list(groups), what, target, fraction, lowest, round_to, tolerance)
 
 
 def _adjust(groups, counts, lowest, round_to, fraction, target, tolerance, what) -> dict[str, int]:

@@ -178,17 +178,19 @@ def apply_plan(model: nn.Module, groups: Sequence[ChannelGroup],
     return model
 
 
-def zero_group(model: nn.Module, group: ChannelGroup, drop: Sequence[int] | Tensor) -> None:
-    """Silence channels ``drop`` of ``group`` without removing them (the soft counterpart of surgery).
+def zero_group(model: nn.Module, group: ChannelGroup, drop: Sequence[int] | Tensor, *, norms: bool = True) -> None:
+    """Zero channels ``drop`` of ``group`` without removing them (the soft counterpart of surgery).
 
-    Zeroes the producers' filters (weight rows and bias entries) and the affine weight and
-    bias of every norm on the group (the BN after each producer and, for the last stage, the
-    BNNeck). A zeroed channel is then exactly 0 after every BN, whatever the running
-    statistics, so removing it later with :func:`prune_group` leaves the outputs unchanged.
-    Consumers are not touched: they read zeros.
+    Zeroes the producers' filters (weight rows and bias entries) and, with ``norms``, the
+    affine weight and bias of every norm on the group (the BN after each producer and, for
+    the last stage, the BNNeck). With ``norms`` a zeroed channel is exactly 0 after every BN,
+    whatever the running statistics, so removing it later with :func:`prune_group` leaves the
+    outputs unchanged. Without it (what SFP's reference zeroes: the conv filter only) the BN
+    shift still gives the channel a constant, and the filter can regrow under training.
+    Consumers are not touched.
 
     Raises:
-        ValueError: a norm has no affine parameters (its channel could not be silenced).
+        ValueError: ``norms`` and a norm has no affine parameters (its channel could not be silenced).
         IndexError: an index is out of range.
     """
     index = _as_index(drop, group.channels, f"group {group.name!r}")
@@ -196,7 +198,7 @@ def zero_group(model: nn.Module, group: ChannelGroup, drop: Sequence[int] | Tens
     if index.numel() == 0:
         return
     with torch.no_grad():
-        for name in group.producers + group.norms:
+        for name in group.producers + (group.norms if norms else []):
             module = model.get_submodule(name)
             if isinstance(module, NORMS) and not module.affine:
                 raise ValueError(f"{name} has no affine weight and bias, so its channels cannot be zeroed")

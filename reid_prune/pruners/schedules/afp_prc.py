@@ -23,7 +23,7 @@ Two modules play against each other during the fine-tuning epochs:
     expected to fit: it stops, and the remaining epochs only fine-tune.
 
 The user gives the tolerance instead of a rate; the rate (or MAC/parameter target)
-given to the base class is the most each group may lose (``rate=0.9`` for a loose
+given to the pruner is the most each group may lose (``rate=0.9`` for a loose
 cap). :meth:`summary` reports the rate reached and every round. The paper's text
 could not be consulted here; this is a reconstruction, see docs/pruners.md.
 """
@@ -31,36 +31,29 @@ could not be consulted here; this is a reconstruction, see docs/pruners.md.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from .autobalanced import TrainingPruner, channel_norms
-from .base import keep_top, register
+from ...engine.hooks import TrainingLoop
+from ..criteria.base import keep_top, score_groups
+from ..criteria.magnitude import channel_norms
+from .base import Schedule, round_up
+
+if TYPE_CHECKING:
+    from ..base import Pruner
 
 
-@register
-class AFPPRCPruner(TrainingPruner):
-    name = "afp_prc"
-    options = {"tolerance": 2.0, "reg": 1e-4, "push_fraction": 0.1, "threshold": 0.05, "threshold_step": 0.05,
-               "patience": 2}
-    description = "L1 push on low-norm filters, threshold cuts, mAP-tolerance rate controller (Singh et al. 2019)"
+class PlayAndPrune(Schedule):
+    """AFP's sparsity push and threshold cuts, steered by PRC's accuracy tolerance (options as in the module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        o = self.opts
-        checks = {
-            "tolerance": (o["tolerance"], lambda v: v > 0, "a number > 0 (mAP points)"),
-            "reg": (o["reg"], lambda v: v >= 0, "a number >= 0"),
-            "push_fraction": (o["push_fraction"], lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-            "threshold": (o["threshold"], lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-            "threshold_step": (o["threshold_step"], lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-            "patience": (o["patience"], lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-        }
-        for key, (value, ok, expected) in checks.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                raise ValueError(f"afp_prc option {key}: expected {expected}, got {value!r}")
+    trains = True
+
+    def __init__(self, *, tolerance: float = 2.0, reg: float = 1e-4, push_fraction: float = 0.1,
+                 threshold: float = 0.05, threshold_step: float = 0.05, patience: int = 2) -> None:
+        self.tolerance, self.reg, self.push_fraction = tolerance, reg, push_fraction
+        self.initial_threshold, self.threshold_step, self.patience = threshold, threshold_step, patience
         self.baseline: float | None = None  # validation mAP E of the unpruned model
         self.lam = 0.0  # lambda_t
         self.threshold = 0.0  # W_t, relative to the mean L1 norm of a group's other channels; 0 while backing off
@@ -74,55 +67,55 @@ class AFPPRCPruner(TrainingPruner):
 
     # ------------------------------------------------------------- AFP
 
-    def select_unimportant(self, model: nn.Module) -> None:
+    def select_unimportant(self, pruner: Pruner, model: nn.Module) -> None:
         """U_g: the ``push_fraction`` lowest-L1 channels of each group that may still lose channels."""
         self.unimportant = {}
         if self.done or self.threshold == 0:
             return
-        with torch.no_grad():
-            for g in self.groups:
-                count = min(math.ceil(self.opts["push_fraction"] * g.channels), g.channels - self.floor[g.name])
-                if count > 0:
-                    keep = set(keep_top(channel_norms(model, g, 1), g.channels - count))
-                    self.unimportant[g.name] = [c for c in range(g.channels) if c not in keep]
+        importance = score_groups(pruner.criterion, model, pruner.session.groups, pruner.context)
+        for g in pruner.session.groups:
+            count = min(math.ceil(self.push_fraction * g.channels), g.channels - self.floor[g.name])
+            if count > 0:
+                keep = set(keep_top(importance[g.name], g.channels - count))
+                self.unimportant[g.name] = [c for c in range(g.channels) if c not in keep]
 
-    def regularization_loss(self, model: nn.Module) -> Tensor | None:
+    def regularization_loss(self, pruner: Pruner, model: nn.Module) -> Tensor | None:
         if self.lam == 0 or not self.unimportant:
             return None
         total = sum(channel_norms(model, g, 1, self.unimportant[g.name]).sum()
-                    for g in self.groups if g.name in self.unimportant)
+                    for g in pruner.session.groups if g.name in self.unimportant)
         return self.lam * total
 
-    def threshold_plan(self, model: nn.Module) -> dict[str, list[int]]:
+    def threshold_plan(self, pruner: Pruner, model: nn.Module) -> dict[str, list[int]]:
         """Keep lists that drop the unimportant channels under the threshold, within the rate cap."""
         plan = {}
-        with torch.no_grad():
-            for g in self.groups:
-                drop = self.unimportant.get(g.name)
-                if not drop:
-                    continue
-                l1 = channel_norms(model, g, 1)
-                others = torch.ones(g.channels, dtype=torch.bool, device=l1.device)
-                others[drop] = False
-                limit = self.threshold * l1[others].mean()
-                below = [c for c in drop if l1[c] <= limit]
-                keep = self.rounded_keep(max(g.channels - len(below), self.floor[g.name]), g.channels)
-                if keep < g.channels:
-                    score = torch.full_like(l1, math.inf)  # channels over the threshold stay;
-                    score[below] = l1[below]  # under it, the smallest go first
-                    plan[g.name] = keep_top(score, keep)
+        importance = score_groups(pruner.criterion, model, pruner.session.groups, pruner.context)
+        for g in pruner.session.groups:
+            drop = self.unimportant.get(g.name)
+            if not drop:
+                continue
+            l1 = importance[g.name]
+            others = torch.ones(g.channels, dtype=torch.bool)
+            others[drop] = False
+            limit = self.threshold * l1[others].mean()
+            below = [c for c in drop if l1[c] <= limit]
+            keep = round_up(max(g.channels - len(below), self.floor[g.name]), g.channels, pruner.min_channels,
+                            pruner.round_to)
+            if keep < g.channels:
+                score = torch.full_like(l1, math.inf)  # channels over the threshold stay;
+                score[below] = l1[below]  # under it, the smallest go first
+                plan[g.name] = keep_top(score, keep)
         return plan
 
     # ------------------------------------------------------------- PRC
 
     def control(self, drop: float) -> str:
         """Set lambda and the threshold from this round's mAP drop; returns what the controller did."""
-        tolerance = self.opts["tolerance"]
-        within = drop <= tolerance
-        self.lam = self.opts["reg"] * max(0.0, tolerance - drop) / tolerance
+        within = drop <= self.tolerance
+        self.lam = self.reg * max(0.0, self.tolerance - drop) / self.tolerance
         if self.threshold > 0:
             if within:
-                self.threshold = min(1.0, self.threshold + self.opts["threshold_step"])
+                self.threshold = min(1.0, self.threshold + self.threshold_step)
                 return "raise"
             self.backoffs += 1
             self.resume_threshold = self.threshold / 2
@@ -130,7 +123,7 @@ class AFPPRCPruner(TrainingPruner):
             return "back off"
         if not within:
             return "fine-tune"
-        if self.backoffs >= self.opts["patience"]:
+        if self.backoffs >= self.patience:
             self.done, self.lam = True, 0.0
             return "stop"
         self.threshold = self.resume_threshold
@@ -138,60 +131,61 @@ class AFPPRCPruner(TrainingPruner):
 
     # ------------------------------------------------------------- trainer events
 
-    def on_train_start(self, trainer: Any) -> None:
-        if trainer.query_loader is None:
+    def on_train_start(self, pruner: Pruner, loop: TrainingLoop) -> None:
+        if not loop.can_evaluate:
             raise ValueError(
                 "pruning method 'afp_prc' compares the validation mAP with a tolerance after every epoch: "
                 "give the Trainer query and gallery loaders (reid-prune prune passes them)"
             )
         if self.baseline is None:
-            self.setup(trainer.model)
-            self.start_channels = {g.name: g.channels for g in self.groups}
-            self.floor = dict(self.keep_counts)
-            self.baseline = float(trainer.evaluate()["mAP"])
-            self.lam, self.threshold = float(self.opts["reg"]), float(self.opts["threshold"])
-            self.select_unimportant(trainer.model)
+            pruner.setup(loop.model)
+            self.start_channels = pruner.session.widths()
+            self.floor = dict(pruner.keep_counts)
+            self.baseline = float(loop.evaluate()["mAP"])
+            self.lam, self.threshold = float(self.reg), float(self.initial_threshold)
+            self.select_unimportant(pruner, loop.model)
         else:  # resumed
-            self.find_groups(trainer.model)
+            pruner.setup(loop.model, plan=False)
 
-    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_end(self, pruner: Pruner, loop: TrainingLoop, epoch: int) -> None:
         if self.done:
             return
         lam, threshold = self.lam, self.threshold
-        before = sum(g.channels for g in self.groups)
+        before = sum(pruner.session.widths().values())
         if threshold > 0:
-            plan = self.threshold_plan(trainer.model)
+            plan = self.threshold_plan(pruner, loop.model)
             if plan:
-                self.cut_in_training(trainer, plan)
-        remaining = sum(g.channels for g in self.groups)
-        mAP = float(trainer.evaluate()["mAP"])
+                pruner.session.cut(loop.model, plan)
+                loop.rebuild_optimizer()
+        remaining = sum(pruner.session.widths().values())
+        mAP = float(loop.evaluate()["mAP"])
         action = self.control(self.baseline - mAP)
-        if not self.done and all(g.channels <= self.floor[g.name] for g in self.groups):
+        if not self.done and all(g.channels <= self.floor[g.name] for g in pruner.session.groups):
             self.done, self.lam, self.threshold, action = True, 0.0, 0.0, action + ", cap reached"
         self.rounds.append({"epoch": epoch, "mAP": round(mAP, 4), "drop": round(self.baseline - mAP, 4),
                             "lambda": lam, "threshold": threshold, "channels_cut": before - remaining,
                             "channels": remaining, "action": action})
-        self.select_unimportant(trainer.model)
+        self.select_unimportant(pruner, loop.model)
 
-    def finalize(self, model: nn.Module) -> nn.Module:
+    def finalize(self, pruner: Pruner, model: nn.Module) -> nn.Module:
         """The model was cut during training; return it (refusing a run that never trained)."""
         if self.baseline is None:
             raise ValueError(
                 "pruning method 'afp_prc' decides what to cut from the validation mAP during training: "
                 "run Trainer(..., hooks=[pruner]).fit() (or reid-prune prune --finetune-epochs N) before finalize"
             )
-        self.find_groups(model)
+        pruner.session.refresh(model)
         return model
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, pruner: Pruner) -> dict[str, Any]:
         """The prune fraction reached over all groups and per group, the baseline mAP and every round."""
         start = sum(self.start_channels.values())
-        now = {g.name: g.channels for g in self.groups}
+        now = pruner.session.widths() if pruner.session is not None else {}
         return {
             "reached_rate": round(1 - sum(now.values()) / start, 6) if start else 0.0,
             "group_rates": {k: round(1 - now.get(k, v) / v, 6) for k, v in self.start_channels.items()},
             "baseline_mAP": self.baseline,
-            "tolerance": self.opts["tolerance"],
+            "tolerance": self.tolerance,
             "rounds": [dict(r) for r in self.rounds],
         }
 

@@ -1,0 +1,28 @@
+"""AutoBalanced: Auto-balanced Filter Pruning (Ding et al., AAAI 2018).
+
+During fine-tuning, a balanced L2 regulariser graded by each channel's L1 norm against
+the round's threshold pushes the channels to be pruned toward zero and strengthens the
+others; every group is cut abreast in ``rounds`` rounds (see ``schedules/autobalanced.py``).
+"""
+
+from dataclasses import dataclass
+
+from ..criteria import ChannelL1
+from ..options import at_least, option
+from ..registry import Method, register
+from ..schedules import AutoBalanced
+
+
+@dataclass
+class Options:
+    rounds: int = option(3, check=at_least(1), expect="an integer >= 1")
+    strength: float = option(5e-4, check=at_least(0), expect="a number >= 0")  # alpha of the reimplementation
+
+
+register(Method(
+    name="autobalanced",
+    label="AutoBalanced",
+    description="auto-balanced graded L2 (+ on pruned, - on kept filters), rounds of cuts (Ding et al. 2018)",
+    options=Options,
+    build=lambda o: (ChannelL1(), AutoBalanced(rounds=o.rounds, strength=o.strength)),
+))

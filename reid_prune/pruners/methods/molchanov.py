@@ -1,0 +1,45 @@
+"""Molchanov: first-order Taylor importance, pruned iteratively with a global ranking.
+
+2017 (Molchanov et al., ICLR 2017): per-example |Taylor| of each feature map, L2-normalised
+per layer and ranked across all layers; the lowest are removed a few at a time with
+fine-tuning in between until the target is met, so the ranking decides the widths (the
+``global`` allocation). ``flops_penalty`` is the paper's FLOPs regularisation.
+2019 (Molchanov et al., CVPR 2019; NVlabs/Taylor_pruning): squared gate gradient, no
+normalisation, momentum 0.9 across pruning steps.
+"""
+
+from dataclasses import dataclass
+
+from ..criteria import Taylor
+from ..criteria.taylor import ABS_OF, VARIANTS
+from ..options import at_least, option
+from ..registry import Method, register
+from ..schedules import Iterative
+
+
+@dataclass
+class Options:
+    variant: str = option("2017", choices=VARIANTS)
+    abs_of: str = option("example", choices=ABS_OF)  # 2017: |t| per example (paper) or of the batch mean
+    channels_per_step: int | None = option(None, check=at_least(1), expect="an integer >= 1 or null")
+    rounds: int = option(10, check=at_least(1), expect="an integer >= 1")  # when channels_per_step is null
+    finetune_steps: int = option(30, check=at_least(0), expect="an integer >= 0")
+    momentum: float | None = option(None, check=lambda v: v is None or 0 <= v < 1, expect="a number in [0, 1)")
+    flops_penalty: float = option(0.0, check=at_least(0), expect="a number >= 0")
+
+
+def build(o: Options) -> tuple:
+    momentum = o.momentum if o.momentum is not None else (0.9 if o.variant == "2019" else 0.0)
+    return Taylor(o.variant, o.abs_of), Iterative(
+        channels_per_step=o.channels_per_step, rounds=o.rounds, finetune_steps=o.finetune_steps,
+        momentum=momentum, flops_penalty=o.flops_penalty)
+
+
+register(Method(
+    name="molchanov",
+    label="Molchanov",
+    description="first-order Taylor expansion on activations, iterative, global ranking (Molchanov et al. 2017, 2019)",
+    options=Options,
+    build=build,
+    allocation="global",
+))

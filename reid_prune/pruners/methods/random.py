@@ -1,0 +1,25 @@
+"""random: channels chosen uniformly at random, the control every pruning comparison needs.
+
+Same targets, allocations, surgery and fine-tuning as every other method; only the
+choice of channels is random (seeded, so a run repeats exactly).
+"""
+
+from dataclasses import dataclass
+
+from ..criteria import RandomScores
+from ..registry import Method, register
+from ..schedules import OneShot
+
+
+@dataclass
+class Options:
+    seed: int = 0
+
+
+register(Method(
+    name="random",
+    label="Random",
+    description="random channels at the same budget: the control (seeded)",
+    options=Options,
+    build=lambda o: (RandomScores(o.seed), OneShot()),
+))

@@ -1,0 +1,77 @@
+"""Layer-wise pruning (Entropy, ThiNet, Channel Pruning): one group at a time, in network order.
+
+Each group is selected on the current network, with the groups before it already cut
+(and refit, for reconstruction criteria), then cut. ``finetune_steps`` training steps
+through ``context.finetune`` follow each unit but the last: each group (``unit="group"``,
+Luo & Wu's entropy method) or each residual block (``unit="block"``, ThiNet fine-tunes
+after each ResNet block). The final fine-tuning belongs to the caller. Groups that keep
+all their channels are skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..criteria.base import PruneContext, score_groups
+from ..groups import ChannelGroup
+from .base import Schedule
+
+if TYPE_CHECKING:
+    from ..base import Pruner
+
+UNITS = ("group", "block")
+
+
+def block_of(group: ChannelGroup) -> str:
+    """The residual block a group's producer belongs to (``layer2.0`` for ``layer2.0.conv1``)."""
+    return group.producers[0].rpartition(".")[0]
+
+
+class LayerWise(Schedule):
+    """Select and cut one group at a time; fine-tune between units.
+
+    Args:
+        unit: ``"group"`` or ``"block"``: what is pruned between two fine-tunings.
+        finetune_steps: training steps after each unit but the last (0: none).
+
+    Raises:
+        ValueError (at run time): ``finetune_steps`` > 0 without ``context.finetune``.
+    """
+
+    def __init__(self, *, unit: str = "group", finetune_steps: int = 0) -> None:
+        if unit not in UNITS:
+            raise ValueError(f"unit: expected one of {UNITS}, got {unit!r}")
+        self.unit, self.finetune_steps = unit, finetune_steps
+        self.units_pruned = 0
+
+    def run(self, pruner: Pruner, model: nn.Module, context: PruneContext) -> nn.Module:
+        """Returns ``model`` (or what ``context.finetune`` returned), physically pruned, in its train/eval mode."""
+        if self.finetune_steps and context.finetune is None:
+            raise ValueError(f"{pruner.name} option finetune_steps={self.finetune_steps} needs "
+                             "PruneContext(finetune=...) to train with")
+        was_training = model.training
+        pruner.setup(model)
+        session, criterion = pruner.session, pruner.criterion
+        counts = pruner.keep_counts
+        if pruner.allocation.needs_scores:  # ranked once, on the unpruned network
+            counts = pruner.keep_counts = pruner.allocate(model, score_groups(criterion, model, session.groups,
+                                                                              context))
+        cut = [g for g in session.groups if counts[g.name] < g.channels]
+        criterion.begin(model, cut, context)
+        key = block_of if self.unit == "block" else (lambda g: g.name)
+        units = [[g.name for g in members] for _, members in itertools.groupby(cut, key=key)]
+        self.units_pruned = 0
+        for number, names in enumerate(units):
+            for name in names:
+                group = session.group(name)  # at its current width: earlier cuts may have changed its readers
+                session.cut(model, criterion.select(model, [group], counts, context))
+            self.units_pruned += 1
+            if self.finetune_steps and number < len(units) - 1:
+                model = context.finetune(model, self.finetune_steps)
+        return model.train(was_training)
+
+    def summary(self, pruner: Pruner) -> dict[str, Any]:
+        return {"units_pruned": self.units_pruned}
