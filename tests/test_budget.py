@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from reid_prune import build_model
-from reid_prune.pruners.budget import CostModel, keep_counts_for_budget, keep_counts_for_rate
+from reid_prune.pruners.budget import CostModel, keep_counts_for_budget, keep_counts_for_rate, kept
 from reid_prune.pruners.groups import ChannelGroup, find_channel_groups
 from reid_prune.pruners.surgery import apply_plan
 
@@ -31,19 +31,21 @@ def resnet50_cost():
     return model, CostModel(model, (256, 128))
 
 
-def test_rate_keeps_channels_minus_floor():
+def test_rate_keeps_the_floor_of_the_kept_share():
     groups = [_group("a", 64), _group("b", 100), _group("c", 3)]
-    # 64 - floor(19.2) = 45; 100 - floor(30.0) = 70; 3 - floor(0.9) = 3.
-    assert keep_counts_for_rate(groups, 0.3) == {"a": 45, "b": 70, "c": 3}
+    # floor(64 x 0.7) = floor(44.8) = 44, ThiNet's int(C * compression_rate); floor(70.0) = 70; floor(2.1) = 2.
+    assert keep_counts_for_rate(groups, 0.3) == {"a": 44, "b": 70, "c": 2}
     assert keep_counts_for_rate(groups, 0.0) == {"a": 64, "b": 100, "c": 3}
-    # Never zero: 64 - floor(63.36) = 1.
+    # Never zero: floor(0.64) = 0 -> 1; floor(100 x 0.01) = 1 exactly, despite 1 - 0.99 < 0.01 in floats.
     assert keep_counts_for_rate(groups, 0.99) == {"a": 1, "b": 1, "c": 1}
+    assert kept(10, 0.9) == 1 and kept(10, 0.7) == 3 and kept(64, 0.3) == 44
     assert keep_counts_for_rate(groups, 0.99, min_channels=4) == {"a": 4, "b": 4, "c": 3}
 
 
 def test_round_to_goes_to_the_nearest_multiple_within_bounds():
     groups = [_group("a", 64), _group("b", 100), _group("c", 6), _group("d", 104)]
-    # a: 45 -> 48; b: 70 -> 72; c: 5 -> the lower bound 8 is above its 6 channels -> 6; d: 73 -> 72.
+    # a: 44 -> 48 (5.5 x 8, ties round up); b: 70 -> 72; c: 4 -> the lower bound 8 is above its 6 channels -> 6;
+    # d: floor(72.8) = 72.
     assert keep_counts_for_rate(groups, 0.3, round_to=8) == {"a": 48, "b": 72, "c": 6, "d": 72}
     # b: 50 -> 48; d: 52 = 6.5 x 8 -> 56 (ties round up).
     assert keep_counts_for_rate(groups, 0.5, round_to=8) == {"a": 32, "b": 48, "c": 6, "d": 56}

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 import reid_prune
-import reid_prune.pruners.entropy  # noqa: F401  (registers "entropy")
-import reid_prune.pruners.molchanov  # noqa: F401  (registers "molchanov")
 from reid_prune import build_model
 from reid_prune.checkpoint import load_model, save_checkpoint
+from reid_prune.config import ConfigError
+from reid_prune.evaluation import complexity
 from reid_prune.pruners import PruneContext, get_pruner
-from reid_prune.pruners.entropy import channel_entropy
-from reid_prune.pruners.surgery import zero_group
+from reid_prune.pruners.criteria import comparable, score_groups
+from reid_prune.pruners.criteria.entropy import channel_entropy
+from reid_prune.pruners.groups import find_channel_groups
+from reid_prune.pruners.surgery import prune_group, zero_group
 
 SIZE = (64, 32)
 
@@ -37,7 +39,7 @@ def _params(model):
 # ------------------------------------------------------------------------- molchanov
 
 
-@pytest.mark.parametrize("variant, abs_of", [("2017", "example"), ("2017", "batch"), ("2019", "example")])
+@pytest.mark.parametrize("variant, abs_of", [(2017, "example"), (2017, "batch"), (2019, "example")])
 def test_taylor_scores_a_dead_channel_zero(variant, abs_of):
     model = _model()
     pruner = get_pruner("molchanov", rate=0.5, scope="all", variant=variant, abs_of=abs_of, input_size=SIZE)
@@ -46,7 +48,7 @@ def test_taylor_scores_a_dead_channel_zero(variant, abs_of):
     stream = next(g for g in pruner.groups if g.name == "stream.layer2")
     zero_group(model, internal, [5])  # filter and BN affine zero: the BN output is exactly 0
     zero_group(model, stream, [9])  # every conv and BN writing stream channel 9
-    scores = pruner.group_scores(model, _context(_batches()))
+    scores = score_groups(pruner.criterion, model, pruner.groups, _context(_batches()))
     assert scores[internal.name][5].item() == 0.0
     assert scores[stream.name][9].item() == 0.0
     assert (scores[internal.name] > 0).sum() > internal.channels // 2  # most live channels matter
@@ -77,14 +79,14 @@ def _brute_force_taylor(model, groups, batches, variant, abs_of):
             for p in g.producers:
                 a = acts[bn_of[p]]
                 product = (a * a.grad).double()
-                total = total + (product.mean(dim=(2, 3)) if variant == "2017" else product.sum(dim=(2, 3)))
+                total = total + (product.mean(dim=(2, 3)) if variant == 2017 else product.sum(dim=(2, 3)))
             per_batch[g.name].append(total)  # (images, channels)
     for h in handles:
         h.remove()
     expected = {}
     for g in groups:
         terms = per_batch[g.name]
-        if variant == "2019":
+        if variant == 2019:
             expected[g.name] = torch.stack([t.sum(dim=0) ** 2 for t in terms]).mean(dim=0) / len(g.producers)
         else:
             t = torch.cat(terms)
@@ -93,15 +95,16 @@ def _brute_force_taylor(model, groups, batches, variant, abs_of):
     return expected
 
 
-@pytest.mark.parametrize("variant, abs_of", [("2017", "example"), ("2017", "batch"), ("2019", "example")])
+@pytest.mark.parametrize("variant, abs_of", [(2017, "example"), (2017, "batch"), (2019, "example")])
 def test_taylor_scores_equal_brute_force(variant, abs_of):
     model = _model()
     batches = _batches(2)
     pruner = get_pruner("molchanov", rate=0.5, scope="all", variant=variant, abs_of=abs_of, input_size=SIZE)
     pruner.setup(model)
     assert {g.kind for g in pruner.groups} == {"internal", "stream"}
-    scores = pruner.group_scores(model, _context(batches))
+    raw = score_groups(pruner.criterion, model, pruner.groups, _context(batches))
     assert all(p.grad is None for p in model.parameters())  # scoring computes no weight gradients
+    scores = comparable(pruner.criterion, raw)  # 2017: the paper's layer-wise L2 normalisation; 2019: none
     expected = _brute_force_taylor(model, pruner.groups, batches, variant, abs_of)
     for g in pruner.groups:
         scale = expected[g.name].max().item()  # float32 sums: small scores are exact only up to the largest
@@ -117,10 +120,11 @@ def test_iterative_schedule_ends_at_keep_counts():
         rounds.append(steps)
         return net
 
-    pruner = get_pruner("molchanov", rate=0.5, input_size=SIZE, channels_per_step=400, finetune_steps=7)
+    pruner = get_pruner("molchanov", rate=0.5, input_size=SIZE, channels_per_step=400, finetune_steps=7,
+                        allocation="uniform")
     pruned = pruner.prune(model, _context(_batches(), finetune=finetune))
     total_cut = sum(g.channels for g in pruner.groups)  # half of 1920 internal channels -> 960 = 3 rounds
-    assert total_cut == 960 and pruner.rounds == 3
+    assert total_cut == 960 and pruner.schedule.rounds_done == 3
     assert rounds == [7, 7]  # between rounds, not after the last
     assert {g.name: g.channels for g in pruner.groups} == pruner.keep_counts
     assert pruned.layer1[0].conv1.out_channels == 32 and pruned.layer1[0].conv2.in_channels == 32
@@ -129,7 +133,7 @@ def test_iterative_schedule_ends_at_keep_counts():
 
 def test_2019_ranks_globally_but_keeps_min_channels():
     model = _model()
-    pruner = get_pruner("molchanov", rate=0.25, variant="2019", min_channels=2, input_size=SIZE, channels_per_step=120)
+    pruner = get_pruner("molchanov", rate=0.25, variant=2019, min_channels=2, input_size=SIZE, channels_per_step=120)
     pruner.setup(model)
     by_name = {g.name: g for g in pruner.groups}
     zero_group(model, by_name["layer1.0.conv1"], range(64))  # a whole dead layer: every score is 0
@@ -139,7 +143,7 @@ def test_2019_ranks_globally_but_keeps_min_channels():
     widths = {g.name: g.channels for g in pruner.groups}
     pruned = pruner.prune(model, _context(_batches()))
     after = {g.name: g.channels for g in pruner.groups}
-    assert sum(widths.values()) - sum(after.values()) == sum(widths[k] - pruner.keep_counts[k] for k in widths)
+    assert sum(widths.values()) - sum(after.values()) == 1920 - 1440  # keeps floor(1920 x 0.75) in all
     assert after["layer1.0.conv1"] == 2  # not zero: stopped at min_channels
     assert after["layer2.1.conv1"] == 2  # the tiny layer goes first, far past the 25% rate
     assert min(after.values()) >= 2
@@ -147,14 +151,47 @@ def test_2019_ranks_globally_but_keeps_min_channels():
 
 
 def test_molchanov_options_are_checked():
-    with pytest.raises(ValueError, match="variant: expected '2017' or '2019'"):
-        get_pruner("molchanov", rate=0.3, variant="2020")
-    with pytest.raises(ValueError, match="abs_of"):
+    with pytest.raises(ConfigError, match="prune.options.variant: expected one of 2017, 2019, got 2020"):
+        get_pruner("molchanov", rate=0.3, variant=2020)
+    with pytest.raises(ConfigError, match="prune.options.abs_of"):
         get_pruner("molchanov", rate=0.3, abs_of="element")
-    with pytest.raises(ValueError, match="2019 ranks channels across groups.*round_to=1"):
-        get_pruner("molchanov", rate=0.3, variant="2019", round_to=8)
+    with pytest.raises(ConfigError, match="prune.options.momentum: expected a number in \\[0, 1\\)"):
+        get_pruner("molchanov", rate=0.3, momentum=1.5)
     with pytest.raises(ValueError, match="scores channels on data: pass data="):
         reid_prune.prune(_model(), "molchanov", rate=0.3, input_size=SIZE)
+
+
+def test_global_ranking_and_round_to_give_uneven_multiples():
+    model = _model()
+    pruner = get_pruner("molchanov", target_macs=0.6, input_size=SIZE, channels_per_step=300, finetune_steps=0,
+                        round_to=8, min_channels=8)
+    pruner.prune(model, _context(_batches()))
+    widths = {g.name: g.channels for g in pruner.groups}
+    assert all(w % 8 == 0 and w >= 8 for w in widths.values()), widths
+    fractions = [w / c for w, c in zip(widths.values(), (64, 64, 128, 128, 256, 256, 512, 512))]
+    assert max(fractions) - min(fractions) > 0.05  # the ranking, not one rate, decided the widths
+    assert abs(complexity(model, SIZE)["macs"] / complexity(_model(), SIZE)["macs"] - 0.6) <= 0.02
+
+
+def test_flops_penalty_removes_the_costliest_channels_first():
+    # Brute force: the MACs one channel of each group costs, by removing it and counting with complexity().
+    base = complexity(_model(), SIZE)["macs"]
+    saved = {}
+    for g in find_channel_groups(_model()):
+        model = _model()
+        prune_group(model, next(h for h in find_channel_groups(model) if h.name == g.name), range(1, g.channels))
+        saved[g.name] = base - complexity(model, SIZE)["macs"]
+        assert saved[g.name] > 0
+    costliest = max(saved, key=saved.get)
+    model = _model()
+    before = {g.name: g.channels for g in find_channel_groups(model)}
+    pruner = get_pruner("molchanov", rate=0.01, input_size=SIZE, flops_penalty=1e6, allocation="uniform",
+                        channels_per_step=4, finetune_steps=0)
+    pruner.prune(model, _context(_batches()))
+    after = {g.name: g.channels for g in pruner.groups}
+    assert pruner.schedule.rounds_done >= 2
+    # The first round removed 4 channels, all from the costliest group (its floor allows 1% of its width).
+    assert before[costliest] - after[costliest] == before[costliest] - pruner.keep_counts[costliest]
 
 
 # ------------------------------------------------------------------------- entropy
@@ -195,7 +232,7 @@ def test_entropy_scores_match_brute_force_on_a_network():
         expected.append(-(p * np.log(p)).sum())
     pruner = get_pruner("entropy", rate=0.5, bins=5, input_size=SIZE)
     pruner.setup(model)
-    scores = pruner.group_scores(model, _context(batches))
+    scores = score_groups(pruner.criterion, model, pruner.groups, _context(batches))
     np.testing.assert_allclose(scores["layer1.0.conv1"].numpy(), expected, atol=1e-9)
 
 
@@ -208,7 +245,7 @@ def test_entropy_removes_a_channel_constant_across_images():
         model.layer1[0].bn1.bias[7] = 0.5  # after ReLU: 0.5 for every image and position
     pruner = get_pruner("entropy", layer_rates={"layer1.0.conv1": 1 / 64}, input_size=SIZE)
     pruner.setup(model)
-    scores = pruner.group_scores(model, _context(_batches()))["layer1.0.conv1"]
+    scores = score_groups(pruner.criterion, model, pruner.groups, _context(_batches()))["layer1.0.conv1"]
     assert scores[7].item() == 0.0 and torch.all(scores[torch.arange(64) != 7] > 0)
     bias = model.layer1[0].bn1.bias.detach().clone()
     pruned = pruner.prune(model, _context(_batches()))
@@ -222,14 +259,14 @@ def test_entropy_prunes_layer_by_layer_to_keep_counts():
     pruner = get_pruner("entropy", rate=0.5, input_size=SIZE, finetune_steps=3)
     pruned = pruner.prune(model, _context(_batches(), finetune=lambda net, n: steps.append(n) or net))
     assert {g.name: g.channels for g in pruner.groups} == pruner.keep_counts
-    assert pruner.layers_pruned == 8 and steps == [3] * 7  # after each group but the last
+    assert pruner.schedule.units_pruned == 8 and steps == [3] * 7  # after each group but the last
     assert pruned.layer4[1].conv1.out_channels == 256
 
 
 def test_entropy_refuses_residual_streams():
-    with pytest.raises(ValueError, match="entropy' supports scope 'internal' only.*residual-stream"):
+    with pytest.raises(ValueError, match="'entropy' supports scope internal, not 'all'.*residual-stream"):
         get_pruner("entropy", rate=0.3, scope="all")
-    with pytest.raises(ValueError, match="option bins"):
+    with pytest.raises(ConfigError, match="prune.options.bins"):
         get_pruner("entropy", rate=0.3, bins=1)
 
 
@@ -237,7 +274,7 @@ def test_entropy_refuses_residual_streams():
 
 
 @pytest.mark.parametrize("method, options", [("molchanov", {"channels_per_step": 600}),
-                                             ("molchanov", {"variant": "2019", "channels_per_step": 600}),
+                                             ("molchanov", {"variant": 2019, "channels_per_step": 600}),
                                              ("entropy", {})])
 def test_prunes_resnet18_end_to_end_and_round_trips(tmp_path, method, options):
     model = _model()

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..groups import ChannelGroup
 from .base import Criterion, PruneContext
 
-VARIANTS = ("2017", "2019")
+VARIANTS = (2017, 2019)
 ABS_OF = ("example", "batch")
 
 
@@ -49,7 +49,7 @@ class Taylor(Criterion):
     """First-order Taylor criterion on activations.
 
     Args:
-        variant: ``"2017"`` (per-example |t|, L2-normalised per group) or ``"2019"`` (squared
+        variant: ``2017`` (per-example |t|, L2-normalised per group) or ``2019`` (squared
             gate gradient per mini-batch, no normalisation).
         abs_of: 2017 only; ``"example"`` (the paper) or ``"batch"``.
     """
@@ -57,9 +57,9 @@ class Taylor(Criterion):
     name = "taylor"
     needs_data = True
 
-    def __init__(self, variant: str = "2017", abs_of: str = "example") -> None:
+    def __init__(self, variant: int = 2017, abs_of: str = "example") -> None:
         self.variant, self.abs_of = variant, abs_of
-        self.normalizer = "l2" if variant == "2017" else "none"
+        self.normalizer = "l2" if variant == 2017 else "none"
 
     def scores(self, model: nn.Module, groups: Sequence[ChannelGroup], context: PruneContext) -> dict[str, Tensor]:
         """Taylor importance (float64, CPU) of every channel of every group, on ``context``'s batches.
@@ -75,19 +75,19 @@ class Taylor(Criterion):
             gated = _gated_modules(model, groups, batches[0][0][:1])
             for images, pids in batches:
                 per_image = _taylor_terms(model, gated, lambda: context.loss(model, images, pids),
-                                          spatial_mean=self.variant == "2017")
+                                          spatial_mean=self.variant == 2017)
                 for name, terms in per_image.items():  # terms: (images, channels)
-                    if self.variant == "2019":
+                    if self.variant == 2019:
                         sums[name] += terms.sum(dim=0).double().cpu() ** 2
                     elif self.abs_of == "example":
                         sums[name] += terms.abs().sum(dim=0).double().cpu()
                     else:
                         sums[name] += terms.sum(dim=0).double().cpu()
-                count += 1 if self.variant == "2019" else images.shape[0]
+                count += 1 if self.variant == 2019 else images.shape[0]
         finally:
             model.train(was_training)
         producers = {g.name: len(g.producers) for g in groups}
-        if self.variant == "2019":  # producers share the stream's gate
+        if self.variant == 2019:  # producers share the stream's gate
             return {name: total / count / producers[name] for name, total in sums.items()}
         return {name: (total / count).abs() for name, total in sums.items()}
 

@@ -19,7 +19,7 @@ from ..schedules import Iterative
 
 @dataclass
 class Options:
-    variant: str = option("2017", choices=VARIANTS)
+    variant: int = option(2017, choices=VARIANTS)
     abs_of: str = option("example", choices=ABS_OF)  # 2017: |t| per example (paper) or of the batch mean
     channels_per_step: int | None = option(None, check=at_least(1), expect="an integer >= 1 or null")
     rounds: int = option(10, check=at_least(1), expect="an integer >= 1")  # when channels_per_step is null
@@ -29,7 +29,7 @@ class Options:
 
 
 def build(o: Options) -> tuple:
-    momentum = o.momentum if o.momentum is not None else (0.9 if o.variant == "2019" else 0.0)
+    momentum = o.momentum if o.momentum is not None else (0.9 if o.variant == 2019 else 0.0)
     return Taylor(o.variant, o.abs_of), Iterative(
         channels_per_step=o.channels_per_step, rounds=o.rounds, finetune_steps=o.finetune_steps,
         momentum=momentum, flops_penalty=o.flops_penalty)

@@ -13,6 +13,7 @@ network, so the ranking decides where the channels go (the paper's procedure).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,9 @@ class Iterative(Schedule):
 
     def run(self, pruner: Pruner, model: nn.Module, context: PruneContext) -> nn.Module:
         """Returns ``model`` (or what ``context.finetune`` returned), physically pruned, in its train/eval mode."""
+        if self.finetune_steps and context.finetune is None:
+            warnings.warn(f"{pruner.name}: no fine-tuning between rounds (finetune_steps={self.finetune_steps} "
+                          "needs PruneContext(finetune=...); reid-prune prune provides it)", stacklevel=3)
         was_training = model.training
         pruner.setup(model)
         session, criterion = pruner.session, pruner.criterion

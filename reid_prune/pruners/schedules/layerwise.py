@@ -11,6 +11,7 @@ all their channels are skipped.
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -37,21 +38,22 @@ class LayerWise(Schedule):
         unit: ``"group"`` or ``"block"``: what is pruned between two fine-tunings.
         finetune_steps: training steps after each unit but the last (0: none).
 
-    Raises:
-        ValueError (at run time): ``finetune_steps`` > 0 without ``context.finetune``.
+    Without ``context.finetune`` (a one-call ``reid_prune.prune``) no fine-tuning can run
+    between units: the schedule warns and goes on; the summary counts the steps trained.
     """
 
     def __init__(self, *, unit: str = "group", finetune_steps: int = 0) -> None:
         if unit not in UNITS:
             raise ValueError(f"unit: expected one of {UNITS}, got {unit!r}")
         self.unit, self.finetune_steps = unit, finetune_steps
-        self.units_pruned = 0
+        self.units_pruned = self.steps_trained = 0
 
     def run(self, pruner: Pruner, model: nn.Module, context: PruneContext) -> nn.Module:
         """Returns ``model`` (or what ``context.finetune`` returned), physically pruned, in its train/eval mode."""
-        if self.finetune_steps and context.finetune is None:
-            raise ValueError(f"{pruner.name} option finetune_steps={self.finetune_steps} needs "
-                             "PruneContext(finetune=...) to train with")
+        steps = self.finetune_steps if context.finetune is not None else 0
+        if self.finetune_steps and not steps:
+            warnings.warn(f"{pruner.name}: no fine-tuning between layers (finetune_steps={self.finetune_steps} "
+                          "needs PruneContext(finetune=...); reid-prune prune provides it)", stacklevel=3)
         was_training = model.training
         pruner.setup(model)
         session, criterion = pruner.session, pruner.criterion
@@ -63,15 +65,16 @@ class LayerWise(Schedule):
         criterion.begin(model, cut, context)
         key = block_of if self.unit == "block" else (lambda g: g.name)
         units = [[g.name for g in members] for _, members in itertools.groupby(cut, key=key)]
-        self.units_pruned = 0
+        self.units_pruned, self.steps_trained = 0, 0
         for number, names in enumerate(units):
             for name in names:
                 group = session.group(name)  # at its current width: earlier cuts may have changed its readers
                 session.cut(model, criterion.select(model, [group], counts, context))
             self.units_pruned += 1
-            if self.finetune_steps and number < len(units) - 1:
-                model = context.finetune(model, self.finetune_steps)
+            if steps and number < len(units) - 1:
+                model = context.finetune(model, steps)
+                self.steps_trained += steps
         return model.train(was_training)
 
     def summary(self, pruner: Pruner) -> dict[str, Any]:
-        return {"units_pruned": self.units_pruned}
+        return {"units_pruned": self.units_pruned, "finetune_steps_between_units": self.steps_trained}
