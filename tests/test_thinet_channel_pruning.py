@@ -8,26 +8,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import reid_prune.pruners.channel_pruning  # noqa: F401  (registers the method)
-import reid_prune.pruners.thinet  # noqa: F401
 from reid_prune import build_model
 from reid_prune.checkpoint import load_model, save_checkpoint
+from reid_prune.config import ConfigError
 from reid_prune.pruners import PruneContext, get_pruner
-from reid_prune.pruners.channel_pruning import lasso_path, lasso_select
-from reid_prune.pruners.groups import find_channel_groups
-from reid_prune.pruners.reconstruction import (
+from reid_prune.pruners.criteria.reconstruction import (
+    _ridge,
+    greedy_removal_order,
+    lasso_scores,
+    reconstruction_error,
+    refit_weights,
+    thinet_scores,
+)
+from reid_prune.pruners.criteria.sampling import (
     contribution_gram,
+    contribution_sums,
     conv_outputs,
     derives_samples,
     follower_patches,
-    _ridge,
     gather_patches,
-    reconstruction_error,
-    refit_weights,
     sample_patches,
 )
+from reid_prune.pruners.groups import find_channel_groups
 from reid_prune.pruners.surgery import apply_plan
-from reid_prune.pruners.thinet import greedy_removal_order
 
 
 def _batches(count=2, size=8, height=64, width=32, seed=0):
@@ -123,17 +126,17 @@ def test_thinet_removes_a_channel_with_zero_contribution_first():
         model.layer1[0].bn1.bias.fill_(1.0)  # no channel is dead after the ReLU ...
         model.layer1[0].conv2.weight[:, 37] = 0  # ... but channel 37 no longer reaches the next layer
     original = model.layer1[0].conv1.weight.detach().clone()
+    (patches,) = sample_patches(model, _batches(), ["layer1.0.conv2"], 10, torch.Generator().manual_seed(0))
+    gram = contribution_gram(patches, model.layer1[0].conv2.weight)
+    assert int(thinet_scores(gram, None, 0, 63).argmin()) == 37  # removed first
     pruner = get_pruner("thinet", layer_rates={"layer1.0.conv1": 1 / 64})
-    context = PruneContext(data=_batches(), num_batches=2)
-    pruner.setup(model)
-    scores = pruner.group_scores(model, context)  # one-shot scoring, as a benchmark would time it
-    assert len(scores) == 8 and int(scores["layer1.0.conv1"].argmin()) == 37
-    pruner.prune(model, context)
+    pruner.prune(model, PruneContext(data=_batches(), num_batches=2))
     kept = model.layer1[0].conv1.weight
     assert kept.shape[0] == 63
     assert not any(torch.equal(row, original[37]) for row in kept)
-    assert list(pruner.errors) == ["layer1.0.conv1"]  # the other groups were not touched
-    assert pruner.errors["layer1.0.conv1"]["sliced"] == pytest.approx(0.0, abs=1e-6)
+    errors = pruner.summary()["reconstruction_error"]
+    assert list(errors) == ["layer1.0.conv1"]  # the other groups were not touched
+    assert errors["layer1.0.conv1"]["sliced"] == pytest.approx(0.0, abs=1e-6)
     gram = torch.rand(5, 5, dtype=torch.float64)
     gram = gram @ gram.T
     gram[2], gram[:, 2] = 0, 0
@@ -143,52 +146,49 @@ def test_thinet_removes_a_channel_with_zero_contribution_first():
 # ------------------------------------------------------------------ LASSO
 
 
-def _lasso_brute_force(gram, corr, penalty):
-    """Minimum of 1/2 b'Gb - corr'b + penalty |b|_1 over every support and sign pattern's stationary point."""
-    best, best_value = np.zeros(len(corr)), 0.0
-    for signs in itertools.product((-1, 0, 1), repeat=len(corr)):
-        support = [i for i, s in enumerate(signs) if s]
-        if not support:
-            continue
-        s = np.array([signs[i] for i in support], dtype=float)
-        b_s = np.linalg.solve(gram[np.ix_(support, support)], corr[support] - penalty * s)
-        if np.any(np.sign(b_s) != s):
-            continue
-        b = np.zeros(len(corr))
-        b[support] = b_s
-        value = 0.5 * b @ gram @ b - corr @ b + penalty * np.abs(b).sum()
-        if value < best_value:
-            best, best_value = b, value
-    return best
+def _stats(z):
+    """(Gram, column sums, rows) of explicit contribution rows z (N, C)."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    return z.T @ z, z.sum(dim=0), z.shape[0]
 
 
-def test_lasso_path_points_are_the_brute_force_lasso_solutions():
+def test_lasso_with_an_intercept_ignores_a_constant_channel():
+    # Channel 0 is about the constant 5; channels 1 and 2 are zero-mean. With an intercept (the reference's
+    # scikit-learn Lasso default) the constant is absorbed by it, so keeping 2 keeps {1, 2}.
+    rng = np.random.default_rng(0)
+    z = np.column_stack([5 + 0.01 * rng.normal(size=200), rng.normal(size=200), 0.5 * rng.normal(size=200)])
+    z[:, 1:] -= z[:, 1:].mean(axis=0)
+    scores = lasso_scores(*_stats(z), keep=2)
+    assert set(torch.nonzero(scores).flatten().tolist()) == {1, 2}
+    # Without the intercept the constant dominates y = z 1 and is picked first (the departure this fixes).
+    from sklearn.linear_model import lasso_path
+
+    _, coefs, _ = lasso_path(z, z.sum(axis=1))
+    first = next(c for c in coefs.T if np.count_nonzero(c))
+    assert np.flatnonzero(first).tolist() == [0]
+
+
+def test_lasso_scores_satisfy_the_lasso_optimality_conditions():
     rng = np.random.default_rng(3)
-    z = rng.normal(size=(40, 4)) @ np.array([[1, 0.5, 0, 0], [0, 1, 0.3, 0], [0, 0, 1, -0.6], [0, 0, 0, 1.0]])
-    y = z @ np.array([2.0, -1.0, 0.2, 0.05]) + 0.1 * rng.normal(size=40)
-    gram, corr = z.T @ z / 40, z.T @ y / 40
-    penalties = []
-    for keep in (1, 2, 3, 4):
-        beta, penalty = lasso_path(torch.from_numpy(gram), torch.from_numpy(corr), keep)
+    z = rng.normal(size=(60, 6)) @ rng.normal(size=(6, 6)) + rng.normal(size=6)  # correlated, non-zero means
+    gram, sums, rows = _stats(z)
+    mean = sums / rows
+    covariance = gram / rows - torch.outer(mean, mean)
+    for keep in range(1, 6):
+        beta = lasso_scores(gram, sums, rows, keep)
         assert int(torch.count_nonzero(beta)) == keep
-        np.testing.assert_allclose(beta.numpy(), _lasso_brute_force(gram, corr, penalty), atol=1e-9)
-        penalties.append(penalty)
-    assert penalties == sorted(penalties, reverse=True)
-
-
-def test_lasso_path_handles_a_coefficient_that_leaves_the_active_set():
-    # Channel 3 ~ channel 0 + channel 1: on this path channel 3 joins, then leaves again before the others join.
-    rng = np.random.default_rng(22)
-    z = rng.normal(size=(30, 4))
-    z[:, 3] = z[:, 0] + z[:, 1] + 0.3 * rng.normal(size=30)
-    y = z @ rng.normal(size=4) + 0.3 * rng.normal(size=30)
-    gram, corr = z.T @ z / 30, z.T @ y / 30
-    assert set(np.flatnonzero(_lasso_brute_force(gram, corr, 1.64))) == {1, 3}
-    assert set(np.flatnonzero(_lasso_brute_force(gram, corr, 1.6))) == {1}
-    for keep in (1, 2, 3, 4):
-        beta, penalty = lasso_path(torch.from_numpy(gram), torch.from_numpy(corr), keep)
-        assert int(torch.count_nonzero(beta)) == keep
-        np.testing.assert_allclose(beta.numpy(), _lasso_brute_force(gram, corr, penalty), atol=1e-9)
+        # |beta| is returned: recover the signed solution by solving on the support, then check KKT.
+        support = beta > 0
+        covariance_n = covariance / covariance.diagonal().max()
+        corr = covariance_n.sum(dim=1)
+        signs = torch.sign(torch.linalg.solve(covariance_n[support][:, support], corr[support]))
+        # On the support the LASSO stationarity is C_SS b_S = c_S - lam s_S; find lam from |b| = |beta|.
+        b = beta[support] * signs
+        lam = ((corr[support] - covariance_n[support][:, support] @ b) / signs).mean()
+        torch.testing.assert_close(covariance_n[support][:, support] @ b, corr[support] - lam * signs,
+                                   atol=1e-8, rtol=0)
+        gradient_off = corr[~support] - covariance_n[~support][:, support] @ b
+        assert lam > 0 and bool(torch.all(gradient_off.abs() <= lam + 1e-9))
 
 
 def test_lasso_drops_channels_with_zero_contribution():
@@ -196,28 +196,27 @@ def test_lasso_drops_channels_with_zero_contribution():
     patches = torch.randn(60, 8, 1, generator=gen)
     weight = torch.randn(5, 8, 1, 1, generator=gen)
     weight[:, [1, 6]] = 0  # channels 1 and 6 contribute nothing
-    gram = contribution_gram(patches, weight)
+    gram, sums = contribution_gram(patches, weight, torch.float64), contribution_sums(patches, weight)
     for keep in (6, 4, 2):
-        scores = lasso_select(gram, keep)
+        scores = lasso_scores(gram, sums, 60 * 5, keep)
         assert int(torch.count_nonzero(scores)) == keep
         assert scores[1] == 0 and scores[6] == 0
-    beta, penalty = lasso_path(gram, gram.sum(dim=1), 7)  # more than the live channels
-    assert penalty == 0 and beta[1] == 0 and beta[6] == 0 and int(torch.count_nonzero(beta)) == 6
+
+
+def test_contribution_sums_equal_the_sums_of_explicit_rows():
+    gen = torch.Generator().manual_seed(9)
+    patches = torch.randn(7, 5, 9, generator=gen)
+    weight = torch.randn(3, 5, 3, 3, generator=gen)
+    torch.testing.assert_close(contribution_sums(patches, weight), _rows(patches.double(), weight.double()).sum(0))
 
 
 def test_lasso_penalty_reaches_every_exact_count():
     gen = torch.Generator().manual_seed(5)
     patches = torch.randn(80, 12, 9, generator=gen)
     weight = torch.randn(6, 12, 3, 3, generator=gen) * torch.linspace(0.2, 2.0, 12).reshape(1, 12, 1, 1)
-    gram = contribution_gram(patches, weight)
+    gram, sums = contribution_gram(patches, weight, torch.float64), contribution_sums(patches, weight)
     for keep in range(1, 12):
-        assert int(torch.count_nonzero(lasso_select(gram, keep))) == keep
-    g = gram / gram.diagonal().max()
-    beta, penalty = lasso_path(g, g.sum(dim=1), 7)
-    gradient = g @ beta - g.sum(dim=1)  # optimality: -gradient = penalty sign(b) on the support, |.| <= penalty off it
-    support = beta != 0
-    torch.testing.assert_close(-gradient[support], penalty * beta[support].sign(), atol=1e-10, rtol=0)
-    assert bool(torch.all(gradient[~support].abs() <= penalty + 1e-10))
+        assert int(torch.count_nonzero(lasso_scores(gram, sums, 80 * 6, keep))) == keep
 
 
 # ------------------------------------------------------------------ least-squares refit
@@ -331,15 +330,15 @@ def test_finetunes_between_pruned_blocks():
     pruner = get_pruner("thinet", layer_rates=rates, finetune_steps=3)
     pruner.prune(model, PruneContext(data=_batches(1), num_batches=1, finetune=finetune))
     assert calls == [(3, 128), (3, 64)]  # after layer1.0 and layer2.0, not after the last pruned block
-    with pytest.raises(ValueError, match="finetune_steps=3 needs PruneContext"):
+    with pytest.warns(UserWarning, match="no fine-tuning between layers.*finetune_steps=3"):
         get_pruner("thinet", rate=0.5, finetune_steps=3).prune(build_model("resnet18"), PruneContext(data=_batches(1)))
 
 
 def test_refuses_residual_streams_and_bad_options():
     for method in ("thinet", "channel_pruning"):
-        with pytest.raises(ValueError, match="scope 'internal' only.*residual add"):
+        with pytest.raises(ValueError, match="supports scope internal, not 'all'.*residual add"):
             get_pruner(method, rate=0.3, scope="all")
-        with pytest.raises(ValueError, match="refit"):
+        with pytest.raises(ConfigError, match="prune.options.refit"):
             get_pruner(method, rate=0.3, refit="exact")
         with pytest.raises(ValueError, match="scores channels on data"):
             get_pruner(method, rate=0.3).prune(build_model("resnet18"))
