@@ -182,7 +182,7 @@ def _soft_fpgm_worker(rank: int, port: int, cache: str, out: str) -> None:
             "mean": all_reduce_mean({"tensor": torch.tensor([1.0, 2.0]) * rank, "number": float(rank)}),
             "broadcast": broadcast_object({"from": rank}),
         }
-        torch.save({"masks": pruner.masks, "state_dict": pruned.state_dict(), "widths": module_widths(pruned),
+        torch.save({"masks": pruner.schedule.masks, "state_dict": pruned.state_dict(), "widths": module_widths(pruned),
                     "collectives": collectives, "sync_bn_error": sync_bn_error}, Path(out) / f"rank{rank}.pt")
 
 
@@ -236,6 +236,35 @@ def test_thinet_under_two_ranks_keeps_the_same_channels_and_weights(cache, tmp_p
     assert not torch.equal(ranks[0]["images"], ranks[1]["images"])  # the ranks did see different data
     assert ranks[0]["widths"] == ranks[1]["widths"]
     assert ranks[0]["widths"]["layer1.0.conv1"][0] < module_widths(build_model("resnet18"))["layer1.0.conv1"][0]
+    assert _max_difference(ranks[0]["state_dict"], ranks[1]["state_dict"]) == 0.0
+
+
+def _molchanov_worker(rank: int, port: int, cache: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
+    torch.set_num_threads(1)
+    with process_group_from_env():
+        cfg = load_config(None, TINY)
+        dataset = prepare_dataset(cfg.data, verbose=False)
+        seed_everything(0)
+        model = build_model(**model_config_for(cfg, dataset.num_train_pids)).eval()
+        loader = make_train_loader(cfg, dataset)  # each rank reads other identities
+        pruner = get_pruner("molchanov", rate=0.3, scope="all", channels_per_step=300, finetune_steps=0,
+                            input_size=(64, 32))
+        context = PruneContext(data=loader, num_batches=1)
+        pruner.setup(model)
+        own = pruner.criterion.scores(model, pruner.groups, context)  # this rank's scores, before the all-reduce
+        pruned = pruner.prune(model, context)
+        torch.save({"own": own, "widths": module_widths(pruned), "state_dict": pruned.state_dict()},
+                   Path(out) / f"rank{rank}.pt")
+
+
+def test_molchanov_under_two_ranks_averages_scores_before_cutting(cache, tmp_path):
+    ranks = _spawn_ranks(_molchanov_worker, cache, tmp_path, "Molchanov")
+    own = [ranks[r]["own"] for r in range(WORLD)]
+    assert any(not torch.allclose(own[0][k], own[1][k]) for k in own[0])  # the ranks' data give other scores
+    assert ranks[0]["widths"] == ranks[1]["widths"]
+    assert ranks[0]["widths"] != module_widths(build_model("resnet18"))
     assert _max_difference(ranks[0]["state_dict"], ranks[1]["state_dict"]) == 0.0
 
 
