@@ -83,11 +83,14 @@ def test_pruned_checkpoint_is_smaller_on_disk_and_resumes_in_train(trained, tmp_
     "extra, message",
     [
         (["--method", "haoli", "--rate", "1.0"], "prune.rate: a prune fraction must lie in [0, 1)"),
-        (["--method", "l1norm", "--rate", "0.3"], "unknown pruning method 'l1norm'; valid names: haoli"),
+        (["--method", "l1norm", "--rate", "0.3"], "unknown pruning method 'l1norm'; valid names: afp_prc"),
         (["--method", "haoli", "--target-macs", "0.05", "--set=prune.min_channels=64"], "cannot be met"),
         (["--method", "haoli", "--rate", "0.3", "--set=model.arch=resnet50"], "holds a resnet18 but the config"),
         (["--method", "psfp", "--rate", "0.3"], "prunes during training: give --finetune-epochs"),
-        (["--method", "fpgm", "--rate", "0.3", "--option", "mode=medium"], "fpgm option mode"),
+        (["--method", "fpgm", "--rate", "0.3", "--option", "mode=medium"],
+         "config key prune.options.mode: expected one of hard, soft, got 'medium'"),
+        (["--method", "haoli", "--rate", "0.3", "--set=prune.allocation=glob"],
+         "config key prune.allocation: expected one of uniform, global, layer_rates"),
     ],
 )
 def test_errors_are_clear_and_write_nothing(trained, tmp_path, monkeypatch, capsys, extra, message):
