@@ -44,9 +44,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
-    """Short distinct names of the runs: their folder names, or the paths when two folder names collide."""
-    names = [Path(r).name or str(r) for r in run_dirs]
-    return names if len(set(names)) == len(names) else [str(r) for r in run_dirs]
+    """Distinct names of the runs: their folder names, else their paths, else the paths numbered in order."""
+    for names in ([Path(r).name or str(r) for r in run_dirs], [str(r) for r in run_dirs]):
+        if len(set(names)) == len(names):
+            return names
+    return [f"{r} ({i})" for i, r in enumerate(run_dirs, 1)]
 
 
 def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
