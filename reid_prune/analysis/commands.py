@@ -43,7 +43,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .sensitivity import sensitivity_checkpoint
 
     cfg = load_config(args.config, list(args.overrides) + method_overrides(args))
-    target = args.target_macs if args.target_macs is not None else cfg.prune.target_macs or 0.5
+    target = args.target_macs if args.target_macs is not None else (cfg.prune.target_macs or 0.5)
     result = sensitivity_checkpoint(cfg, args.checkpoint, output=args.output, rates=args.rates, target_macs=target,
                                     subset_ids=args.subset_ids, seed=args.seed, progress=not args.quiet)
     rates = sorted({r["rate"] for r in result["rows"]})
@@ -58,6 +58,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(f"layer_rates.yaml keeps {allocation['macs_fraction']:.4f} of the MACs (target {target:g}); predicted mAP "
           f"drop {allocation['predicted_drop']:.2f} points")
     print(f"wrote {', '.join(result['files'])}" + ("" if result["plot"] else f"; {missing_note('sensitivity.png')}"))
+    print(f"next: reid-prune prune --config {args.config} --checkpoint {args.checkpoint} --method {cfg.prune.method} "
+          f"--scope {cfg.prune.scope} --layer-rates {Path(args.output) / 'layer_rates.yaml'}")
     return 0
 
 

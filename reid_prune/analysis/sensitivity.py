@@ -123,11 +123,11 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     def macs_fraction(keep: Mapping[str, int]) -> float:
         return cost.macs(keep) / full_macs
 
-    def kept(group_name: str, rate: float) -> int:
-        return keep_counts_for_rate([g for g in groups if g.name == group_name], {group_name: rate},
-                                    min_channels=p.min_channels, round_to=p.round_to)[group_name]
+    def kept(group, rate: float) -> int:
+        return keep_counts_for_rate([group], {group.name: rate}, min_channels=p.min_channels,
+                                    round_to=p.round_to)[group.name]
 
-    check_budget({g.name: kept(g.name, rates[-1]) for g in groups}, macs_fraction, target_macs)
+    check_budget({g.name: kept(g, rates[-1]) for g in groups}, macs_fraction, target_macs)
 
     dataset = prepare_dataset(cfg.data, verbose=progress)
     query, gallery = subset_split(dataset, subset_ids, seed)
@@ -149,7 +149,7 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     for group, rate in tqdm(pairs, desc="sensitivity", disable=not progress, dynamic_ncols=True):
         pruned = pruner_from_config(cfg, layer_rates={group.name: rate}).prune(copy.deepcopy(model), context)
         metrics = evaluate(pruned)
-        k = kept(group.name, rate)
+        k = kept(group, rate)
         rows.append({"group": group.name, "kind": group.kind, "stage": group.stage, "channels": group.channels,
                      "rate": rate, "kept": k, "macs_fraction": round(macs_fraction({group.name: k}), 6),
                      "mAP": round(metrics["mAP"], 4), "rank1": round(metrics["rank1"], 4),
