@@ -81,6 +81,9 @@ BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "ba
               "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
 # Settings that change how fast a cell runs, not what it computes: left out of the cell key.
 UNHASHED = {"output": None, "data": ("workers", "eval_batch_size"), "eval": ("latency", "latency_batch_sizes")}
+# Config keys added after the first benches ran: left out of the cell key while unset (None), so cells
+# cached before they existed keep their keys.
+LATER_KEYS = (("prune", "layer_rates"),)
 METRICS = ("mAP", "rank1", "rank5", "mINP")
 DONE = "result.json"
 LATENCY_ROUNDS = 5
@@ -409,9 +412,9 @@ def _hashed(cfg: Config) -> dict[str, Any]:
         else:
             for key in keys:
                 values[section].pop(key)
-    # prune.layer_rates came after the first benches: left out while unset, so their cached cells keep their keys.
-    if values["prune"]["layer_rates"] is None:
-        values["prune"].pop("layer_rates")
+    for section, key in LATER_KEYS:
+        if values[section][key] is None:
+            values[section].pop(key)
     return values
 
 
