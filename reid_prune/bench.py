@@ -78,6 +78,11 @@ BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "ba
               "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
 # Settings that change how fast a cell runs, not what it computes: left out of the cell key.
 UNHASHED = {"output": None, "data": ("workers", "eval_batch_size"), "eval": ("latency", "latency_batch_sizes")}
+# Config keys added after the first benches ran: left out of the cell key while unset (None), so cells
+# cached before they existed keep their keys.
+LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"))
+# Version of the pruning methods' rules, in every pruned cell's key: cells cut by older rules are not reused.
+PRUNING_RULES = 2
 METRICS = ("mAP", "rank1", "rank5", "mINP")
 DONE = "result.json"
 LATENCY_ROUNDS = 5
@@ -406,6 +411,9 @@ def _hashed(cfg: Config) -> dict[str, Any]:
         else:
             for key in keys:
                 values[section].pop(key)
+    for section, key in LATER_KEYS:
+        if values[section][key] is None:
+            values[section].pop(key)
     return values
 
 
@@ -455,7 +463,7 @@ def plan_bench(bench: Bench) -> Plan:
         cfg = bench.run_config(dataset, bench.baseline(bench.prune_arch), seed, method, budgets[budget])
         source = f"{pretrain}-to-" if pretrain != dataset else ""
         key = _cell_key(f"prune-{source}{dataset}-{method.label}-{budget}-s{seed}",
-                        {"kind": "prune", "config": _hashed(cfg), "parent": parent.key})
+                        {"kind": "prune", "config": _hashed(cfg), "parent": parent.key, "rules": PRUNING_RULES})
         return cells.setdefault(key, Cell(key, "prune", cfg, dataset, pretrain, seed, bench.prune_arch, method,
                                           budget, budgets[budget], parent))
 

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .analysis import commands as analysis_commands
+from .analysis.commands import method_overrides
+from .analysis.plotting import missing_note
 from .bench import add_bench_command
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, read_yaml
 from .pruners import ALLOCATIONS, available, get_method, get_pruner
 from .report import format_table, metric_rows
 
@@ -66,16 +69,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_layer_rates(path: str) -> dict[str, float]:
+    """The {group: rate} mapping of a --layer-rates file (e.g. layer_rates.yaml of reid-prune sensitivity)."""
+    rates = read_yaml(path, "--layer-rates file")
+    if not isinstance(rates, dict) or not rates:
+        raise ConfigError(f"--layer-rates file {path!r}: expected a mapping of group name to prune rate, "
+                          f"e.g. 'layer1.0.conv1: 0.3', got {rates!r}")
+    return rates
+
+
 def _prune_overrides(args: argparse.Namespace) -> list[str]:
     """Map the prune flags onto prune.* config keys (flags win over the file and --set)."""
-    flags = {"method": args.method, "rate": args.rate, "target_macs": args.target_macs,
-             "target_params": args.target_params, "scope": args.scope, "allocation": args.allocation,
-             "finetune_epochs": args.finetune_epochs}
-    overrides = [f"prune.{k}={v}" for k, v in flags.items() if v is not None]
-    if args.rate is not None or args.target_macs is not None or args.target_params is not None:
-        # One target on the command line replaces any target the config file set.
-        overrides += [f"prune.{k}=null" for k in ("rate", "target_macs", "target_params") if flags[k] is None]
-    overrides += [f"prune.options.{text}" for text in args.option]
+    targets = {"rate": args.rate, "target_macs": args.target_macs, "target_params": args.target_params,
+               "layer_rates": json.dumps(read_layer_rates(args.layer_rates)) if args.layer_rates else None}
+    overrides = method_overrides(args)
+    if args.allocation is not None:
+        overrides.append(f"prune.allocation={args.allocation}")
+    if any(v is not None for v in targets.values()):
+        # One target on the command line replaces any target the config file set (nulled first, so a
+        # mapping from the file is replaced rather than merged).
+        overrides += [f"prune.{k}=null" for k in targets]
+        overrides += [f"prune.{k}={v}" for k, v in targets.items() if v is not None]
+    if args.finetune_epochs is not None:
+        overrides.append(f"prune.finetune_epochs={args.finetune_epochs}")
     return overrides
 
 
@@ -98,7 +114,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         rows.append([f"latency {batch} ms"] + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
     print(f"\n{cfg.prune.method} ({cfg.prune.scope}) on {args.checkpoint}")
     print(format_table(["", *stages], rows))
-    print(f"wrote {output}/pruned.pt and {output}/report.json")
+    if report["widths_plot"]:
+        print(f"wrote {output}/pruned.pt, {output}/report.json and {output}/widths.png")
+    else:
+        print(f"wrote {output}/pruned.pt and {output}/report.json; {missing_note('widths.png')}")
     return 0
 
 
@@ -199,6 +218,10 @@ their schedule inside the fine-tuning epochs. Method settings go through
 uniform (one rate for every group), global (channels of all groups ranked
 together by the method's normalised scores) or the method's default (below);
 docs/pruners.md lists each method's rules, options and sources.
+--layer-rates takes per-group rates from a YAML file {group: rate}, such as the
+layer_rates.yaml of reid-prune sensitivity. DIR also gets widths.png: the kept
+fraction and width of every channel group (needs the plot extra; the numbers
+are in report.json under "widths").
 
 examples:
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm --rate 0.4
@@ -206,8 +229,10 @@ examples:
       --target-macs 0.5 --scope all --finetune-epochs 4 --output runs/demo/haoli50
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method psfp --rate 0.3 \\
       --finetune-epochs 6
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
       --target-macs 0.5 --allocation global --finetune-epochs 4
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
+      --layer-rates runs/demo/sensitivity/layer_rates.yaml --output runs/demo/haoli-sensitivity
 """),
     "export": (cmd_export, "export a checkpoint (pruned or not) to ONNX, check parity, compare CPU latency", """\
 Writes the model as ONNX (input 'images' Bx3xHxW normalised as in training,
@@ -264,15 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (func, summary, description) in COMMANDS.items():
+    for name, (func, summary, description) in {**COMMANDS, **analysis_commands.COMMANDS}.items():
         p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
-        if name not in ("synth", "export", "extract"):
+        if name not in ("synth", "export", "extract", "plot"):
             _add_config_args(p)
-        if name not in ("synth", "export"):
+        if name not in ("synth", "export", "plot"):
             p.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
     add_bench_command(sub)
+    analysis_commands.add_arguments(sub.choices)
     p_train, p_eval, p_prune, p_export, p_extract, p_synth = (
         sub.choices[n] for n in ("train", "eval", "prune", "export", "extract", "synth"))
     p_prune.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
@@ -284,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--rate", type=float, help="fraction of channels pruned in every group, in [0, 1)")
     target.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs, e.g. 0.5")
     target.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    target.add_argument("--layer-rates", metavar="YAML", help="per-group rates {group: rate}, e.g. the "
+                        "layer_rates.yaml of reid-prune sensitivity")
     p_prune.add_argument("--scope", choices=("internal", "all"),
                          help="internal: convs inside blocks; all: also residual streams (default: config)")
     p_prune.add_argument("--finetune-epochs", type=int, metavar="N", help="epochs of fine-tuning after pruning")

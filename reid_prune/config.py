@@ -128,6 +128,8 @@ class EvalConfig:
 class PruneConfig:
     method: str = "haoli"
     rate: float | None = None  # fraction of channels pruned in every group
+    # {group name: fraction pruned}, e.g. the layer_rates.yaml of reid-prune sensitivity; unnamed groups keep all
+    layer_rates: dict[str, float] | None = None
     target_macs: float | None = None  # fraction of the model's MACs kept
     target_params: float | None = None  # fraction of the model's parameters kept
     scope: str = _choice("internal", "internal", "all")
@@ -277,6 +279,9 @@ def validate(cfg: Config) -> Config:
              "at least one of loss.triplet_weight and loss.id_weight must be positive")
     if p.rate is not None:
         _require(0 <= p.rate < 1, "prune.rate", f"a prune fraction must lie in [0, 1), got {p.rate}")
+    for group, rate in (p.layer_rates or {}).items():
+        _require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1,
+                 f"prune.layer_rates.{group}", f"a prune fraction must lie in [0, 1), got {rate!r}")
     for key in ("target_macs", "target_params"):
         value = getattr(p, key)
         if value is not None:

@@ -11,7 +11,7 @@ import pytest
 from reid_prune import bench as bench_module
 from reid_prune import build_model, load_model
 from reid_prune.bench import PLOT_NOTE, add_bench_command, check_plan, load_bench, plan_bench, run_bench
-from reid_prune.config import ConfigError
+from reid_prune.config import ConfigError, load_config
 from reid_prune.engine import evaluate_checkpoint
 from reid_prune.evaluation import complexity
 
@@ -201,3 +201,9 @@ def test_cuhk03_cpu_bench_finds_its_data(monkeypatch):
     shared_data("cuhk03_market")
     monkeypatch.chdir(REPO)  # data.root is relative to the working directory
     check_plan(plan_bench(load_bench(CONFIGS / "cuhk03_cpu.yaml")))
+
+
+def test_config_keys_added_later_change_no_cell_key_while_unset():
+    assert "layer_rates" not in bench_module._hashed(load_config())["prune"]
+    rates = bench_module._hashed(load_config(None, ["prune.layer_rates={layer1.0.conv1: 0.3}"]))["prune"]["layer_rates"]
+    assert rates == {"layer1.0.conv1": 0.3}

@@ -1,7 +1,7 @@
 """The prune job: load a checkpoint, prune it with a method, fine-tune, report and save.
 
-Files are written only at the end (``pruned.pt`` atomically, then ``report.json``), so
-a bad rate, an unmeetable budget or an unknown method leaves nothing behind.
+Files are written only at the end (``pruned.pt`` atomically, ``widths.png``, then
+``report.json``), so a bad rate, an unmeetable budget or an unknown method leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 
-from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from ..analysis.widths import kept_widths, plot_widths
+from ..checkpoint import model_from_checkpoint, module_widths, read_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
 from ..pruners import PruneContext, Pruner, get_pruner
@@ -23,16 +24,23 @@ from .finetune import StepFinetuner
 from .trainer import Trainer, evaluate_with_config, resolve_device
 
 STAGES = ("before", "pruned", "finetuned")
+TARGET_KEYS = ("method", "scope", "rate", "layer_rates", "target_macs", "target_params")
 
 
-def pruner_from_config(cfg: Config) -> Pruner:
-    """The configured method with its target, scope and guards."""
+def pruner_from_config(cfg: Config, *, layer_rates: Mapping[str, float] | None = None) -> Pruner:
+    """The configured method with its target, scope and guards; ``layer_rates`` replaces the configured target."""
     p = cfg.prune
+    if layer_rates is not None:
+        target = {"layer_rates": layer_rates}
+    else:
+        target = {"rate": p.rate, "layer_rates": p.layer_rates, "target_macs": p.target_macs,
+                  "target_params": p.target_params}
     return get_pruner(
-        p.method, rate=p.rate, target_macs=p.target_macs, target_params=p.target_params, scope=p.scope,
+        p.method, **target, scope=p.scope,
         include_stem=p.include_stem, include_downsample=p.include_downsample,
         include_last_stage=p.include_last_stage, min_channels=p.min_channels, round_to=p.round_to,
-        input_size=(cfg.data.height, cfg.data.width), allocation=p.allocation, **p.options,
+        input_size=(cfg.data.height, cfg.data.width),
+        allocation="layer_rates" if layer_rates is not None else p.allocation, **p.options,
     )
 
 
@@ -44,10 +52,13 @@ def finetune_schedule(cfg: Config, epochs: int) -> TrainConfig:
 
 
 def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Prune ``checkpoint`` as ``cfg.prune`` says; write ``output/pruned.pt`` and ``output/report.json``.
+    """Prune ``checkpoint`` as ``cfg.prune`` says; write ``pruned.pt``, ``widths.png`` and ``report.json`` in ``output``.
 
     Returns the report: for each stage (before, pruned, finetuned) mAP, rank-k, mINP,
-    params, MACs, FLOPs and latency, plus the method, its target and the seconds spent.
+    params, MACs, FLOPs and latency, plus the method, its target, the seconds spent,
+    ``widths`` (per channel group: channels before, kept, fraction; see
+    :func:`~reid_prune.analysis.widths.kept_widths`) and ``widths_plot`` (whether
+    ``widths.png`` was drawn: False without matplotlib).
     """
     out = Path(output)
     if (out / "pruned.pt").exists():
@@ -61,15 +72,13 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     model = model_from_checkpoint(ckpt)
     model.set_retrieval_feature(cfg.model.retrieval_feature)  # an evaluation choice: the config decides
     model_config = model.build_config
+    original_widths = module_widths(model)
     dataset = prepare_dataset(cfg.data, verbose=progress)
     query, gallery = make_eval_loaders(cfg, dataset)
     train_loader = make_train_loader(cfg, dataset)
     device = resolve_device(cfg.train.device)
-    report: dict[str, Any] = {
-        "method": cfg.prune.method, "scope": cfg.prune.scope, "rate": cfg.prune.rate,
-        "target_macs": cfg.prune.target_macs, "target_params": cfg.prune.target_params,
-        "finetune_epochs": epochs, "checkpoint": str(checkpoint),
-    }
+    report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
+    report.update(finetune_epochs=epochs, checkpoint=str(checkpoint))
     report["before"] = model_report(model, cfg, query, gallery, progress=progress)
 
     def validate(net: nn.Module) -> dict[str, Any]:
@@ -105,8 +114,11 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report.update(pruner.summary())
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     if is_main_process():
+        report["widths"] = kept_widths(model, original_widths)
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
-                        prune={k: report[k] for k in ("method", "scope", "rate", "target_macs", "target_params")})
+                        prune={k: report[k] for k in TARGET_KEYS})
+        report["widths_plot"] = plot_widths(report["widths"], out / "widths.png",
+                                            title=f"{cfg.prune.method} ({cfg.prune.scope}): kept channels per group")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     barrier()
     return report

@@ -1,8 +1,10 @@
-"""Evaluation: feature extraction, distances, Market-1501 rank metrics, model complexity and latency."""
+"""Evaluation: feature extraction, distances, Market-1501 rank metrics, model complexity and latency,
+ranked-retrieval pictures."""
 
 from .complexity import complexity, measure_latency
 from .features import evaluate, extract_features, pairwise_distance
-from .metrics import rank_metrics, rank_metrics_loop
+from .metrics import rank_metrics, rank_metrics_loop, ranked_gallery
+from .visrank import visualize_ranked
 
 __all__ = [
     "complexity",
@@ -12,4 +14,6 @@ __all__ = [
     "pairwise_distance",
     "rank_metrics",
     "rank_metrics_loop",
+    "ranked_gallery",
+    "visualize_ranked",
 ]

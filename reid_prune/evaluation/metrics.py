@@ -161,9 +161,7 @@ def rank_metrics_loop(
     )
     aps, inps, first_ranks = [], [], []
     for q in range(distmat.shape[0]):
-        order = np.argsort(distmat[q], kind="stable")
-        kept = ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
-        hits = (g_pids[order] == q_pids[q])[kept]
+        hits = g_pids[ranked_gallery(distmat[q], q_pids[q], q_camids[q], g_pids, g_camids)] == q_pids[q]
         if not hits.any():
             continue
         num_hits = int(hits.sum())
@@ -178,6 +176,23 @@ def rank_metrics_loop(
         inps.append(num_hits / (hit_ranks[-1] + 1))
         first_ranks.append(hit_ranks[0])
     return _summarise(np.asarray(aps), np.asarray(inps), np.asarray(first_ranks), distmat.shape[0], max_rank)
+
+
+def ranked_gallery(distances, q_pid, q_camid, g_pids, g_camids) -> np.ndarray:
+    """Gallery indices of one query's ranked list under the protocol of the module docstring.
+
+    Args:
+        distances: (G,) distances of the query to every gallery item.
+        q_pid, q_camid: the query's person id and camera id.
+        g_pids, g_camids: (G,) gallery person ids and camera ids.
+
+    Returns:
+        (G - removed,) int64 indices into the gallery, nearest first: items with the query's
+        pid *and* camera are left out, ties keep gallery order (stable argsort).
+    """
+    distances, g_pids, g_camids = (_to_numpy(a).reshape(-1) for a in (distances, g_pids, g_camids))
+    order = np.argsort(distances, kind="stable")
+    return order[~((g_pids[order] == q_pid) & (g_camids[order] == q_camid))]
 
 
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, ap: str, max_rank: int):
