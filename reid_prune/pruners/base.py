@@ -160,11 +160,8 @@ class Pruner(TrainerHook):
         return self.schedule.finalize(self, model)
 
     def summary(self) -> dict[str, Any]:
-        """What the run did, for ``report.json``: allocation, kept widths and the schedule's and criterion's notes."""
-        out: dict[str, Any] = {"allocation": self.allocation.kind}
-        if self.session is not None:
-            out["widths"] = self.session.widths()
-        return {**out, **self.schedule.summary(self), **self.criterion.summary()}
+        """What the run did, for ``report.json``: the allocation and the schedule's and criterion's notes."""
+        return {"allocation": self.allocation.kind, **self.schedule.summary(self), **self.criterion.summary()}
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict()
