@@ -90,11 +90,11 @@ def test_rates_give_the_widths_back_through_keep_counts_for_rate():
         for keep in range(1, channels + 1, max(1, channels // 37)):
             rate = rate_for_keep(channels, keep)
             assert keep_counts_for_rate([group("g", channels)], {"g": rate})["g"] == keep
-    # The shortest decimal: floor(0.65 * 48) = 31 = 48 - 17, while 0.6 and 0.7 give 28 and 33.
-    assert rate_for_keep(48, 17) == 0.65
+    # The shortest decimal: floor(48 x 0.36) = 17, while 0.6 and 0.7 keep floor(19.2) = 19 and floor(14.4) = 14.
+    assert rate_for_keep(48, 17) == 0.64
     assert rate_for_keep(64, 32) == 0.5 and rate_for_keep(64, 64) == 0.0
-    # 0.57 * 100 floors to 56 in floating point and 0.58 prunes 58 as written: 0.571 is the shortest that agrees.
-    assert rate_for_keep(100, 43) == 0.571
+    # Rates are read as the decimals they print as: 0.57 keeps exactly 43 of 100 (not 44 through float error).
+    assert rate_for_keep(100, 43) == 0.57
 
 
 def test_round_to_widths_are_multiples():

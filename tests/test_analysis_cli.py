@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -96,7 +98,7 @@ def test_sensitivity_rates_are_accepted_by_prune_and_meet_the_target(cache, tmp_
     assert len(groups) == 11 and len(rows) == 22
     assert {float(r["rate"]) for r in rows} == {0.5, 0.9}
     layer4 = next(r for r in rows if r["group"] == "layer4.0.conv1" and r["rate"] == "0.9")
-    assert (layer4["channels"], layer4["kept"]) == ("512", str(512 - int(0.9 * 512)))
+    assert (layer4["channels"], layer4["kept"]) == ("512", str(512 // 10))  # floor(512 x (1 - 0.9)) = 51
     if HAS_PLOT:  # 5 panels (layer1..layer4 and the streams), 3 a row: 3 x 4.5 by 2 x 3.6 inches at 100 dpi.
         assert Image.open(out / "sensitivity.png").size == (1350, 720)
     else:
@@ -119,7 +121,8 @@ def test_sensitivity_rates_are_accepted_by_prune_and_meet_the_target(cache, tmp_
     assert len(widths) == 12
     for name in ("layer4.0.conv1", "layer2.1.conv1"):
         assert widths[name]["kept"] == model.get_submodule(name).out_channels
-        assert widths[name]["kept"] == widths[name]["channels"] - int(rates[name] * widths[name]["channels"])
+        # the rounding rule, floor(C (1 - rate)), with the rate as the decimal written in the YAML
+        assert widths[name]["kept"] == math.floor(widths[name]["channels"] * (1 - Fraction(str(rates[name]))))
 
 
 @needs_plot

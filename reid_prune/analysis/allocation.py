@@ -43,6 +43,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..pruners.budget import kept
+
 EPS = 1e-9
 KNAPSACK_BINS = 4000  # resolution of the summed-savings table
 
@@ -78,26 +80,22 @@ def check_budget(smallest: Mapping[str, int], macs_fraction: Callable[[Mapping[s
 
 
 def rate_for_keep(channels: int, keep: int) -> float:
-    """The shortest decimal ``rate`` that prunes ``channels - keep`` channels, exactly and in floating point.
+    """The shortest decimal ``rate`` that keeps exactly ``keep`` of ``channels`` channels.
 
-    Exactly: ``floor(rate * channels) == channels - keep`` for the decimal as written, so a
-    reader computes the same width; in floating point: the same holds for the float, as
-    :func:`~reid_prune.pruners.budget.keep_counts_for_rate` computes it (0.57 * 100 is
-    56.99999999999999 there, so 57 of 100 channels are pruned with 0.571, not 0.57).
+    Under the rounding rule :func:`~reid_prune.pruners.budget.kept`, floor(C (1 - rate)) with
+    the rate read as the decimal it prints as, so a reader of the YAML computes the same width.
 
     >>> rate_for_keep(64, 32), rate_for_keep(48, 17), rate_for_keep(100, 43)
-    (0.5, 0.65, 0.571)
+    (0.5, 0.64, 0.57)
     """
     if not 1 <= keep <= channels:
         raise ValueError(f"keep must be in 1..{channels}, got {keep}")
-    cut = channels - keep
-    for digits in range(1, 12):
+    for digits in range(0, 12):
         scale = 10**digits
-        first = -(-cut * scale // channels)  # the smallest n with n / scale * channels >= cut, in integers
-        for n in (first, first + 1):
-            if n * channels < (cut + 1) * scale and n < scale and math.floor(n / scale * channels) == cut:
-                return n / scale
-    raise ArithmeticError(f"no decimal rate prunes {cut} of {channels} channels")  # unreachable: 11 digits suffice
+        n = (channels - keep) * scale // channels  # the largest n / scale <= 1 - keep / C
+        if kept(channels, n / scale) == keep:
+            return n / scale
+    raise ArithmeticError(f"no decimal rate keeps {keep} of {channels} channels")  # unreachable: 11 digits suffice
 
 
 class _Curve:
