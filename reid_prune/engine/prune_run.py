@@ -1,7 +1,8 @@
 """The prune job: load a checkpoint, prune it with a method, fine-tune, report and save.
 
-Files are written only at the end (``pruned.pt`` atomically, then ``report.json``), so
-a bad rate, an unmeetable budget or an unknown method leaves nothing behind.
+The output folder is checked first, and files are written only at the end (``pruned.pt``
+atomically, then ``report.json``), so a bad rate, an unmeetable budget, an unknown method
+or an unwritable ``--output`` leaves nothing behind and costs no pruning time.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_temporaries, save_checkpoint
 from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
+from ..outputs import check_output_dir
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
 from .trainer import Trainer, evaluate_with_config, resolve_device
@@ -48,7 +50,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     Returns the report: for each stage (before, pruned, finetuned) mAP, rank-k, mINP,
     params, MACs, FLOPs and latency, plus the method, its target and the seconds spent.
     """
-    out = Path(output)
+    out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
         raise FileExistsError(f"{out / 'pruned.pt'} exists; choose another --output")
     pruner = pruner_from_config(cfg)  # validates method, rates and options before any work
@@ -106,6 +108,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report.update(pruner.summary() if hasattr(pruner, "summary") else {})
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     if is_main_process():
+        remove_stale_temporaries(out / "pruned.pt")  # left by a kill during an earlier write
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
                         prune={k: report[k] for k in ("method", "scope", "rate", "target_macs", "target_params")})
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

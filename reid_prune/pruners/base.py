@@ -16,6 +16,7 @@ targets are fractions **kept**.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping
@@ -362,12 +363,14 @@ def prune(
     data: Iterable | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Prune ``model`` in one call and return it, physically smaller.
+    """Prune a copy of ``model`` in one call and return it, physically smaller; ``model`` is left as it was.
 
     Example::
 
         model = reid_prune.load_model("runs/demo/best.pt")
-        small = reid_prune.prune(model, "fpgm", target_macs=0.5, input_size=(128, 64))
+        small = reid_prune.prune(model, "fpgm", target_macs=0.5, input_size=(128, 64))  # model unchanged
+
+    (``Pruner.prune`` itself works in place, to spare the memory of a copy.)
 
     Data-driven methods (molchanov, entropy, thinet, ...) need ``data``: an iterable of
     training batches ``(images, pids, ...)``. Methods that prune during training (psfp,
@@ -380,6 +383,5 @@ def prune(
     pruner = get_pruner(method, rate=rate, target_macs=target_macs, target_params=target_params, scope=scope,
                         input_size=input_size, **options)
     was_training = model.training
-    model.eval()
-    pruned = pruner.prune(model, context)
+    pruned = pruner.prune(copy.deepcopy(model).eval(), context)
     return pruned.train(was_training)
