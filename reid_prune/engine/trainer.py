@@ -229,6 +229,7 @@ class Trainer:
             train_stats = self.train_epoch(epoch)
             for hook in self.hooks:
                 hook.on_epoch_end(self, epoch)
+            self._check_weights()
             record: dict[str, Any] = {"epoch": epoch + 1, **train_stats}
             if self.query_loader is not None and ((epoch + 1) % self.train_cfg.eval_every == 0 or epoch + 1 == epochs):
                 metrics = self.evaluate()
@@ -238,12 +239,15 @@ class Trainer:
             self._save(record)
         return {"best": dict(self.best), "last": dict(self.last_metrics)}
 
-    def _save(self, record: dict[str, Any]) -> None:
+    def _check_weights(self) -> None:
+        """Stop when a weight or running statistic is non-finite: a finite loss can still come with an overflowing step."""
         bad = [name for name, t in unwrap(self.model).state_dict().items()
                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-        if bad:  # a finite loss can still come with an overflowing step
-            raise NonFiniteError(self._stopped(f"the weights ({bad[0]}, ...) became non-finite in epoch "
-                                               f"{self.epoch + 1}"))
+        if bad:
+            raise NonFiniteError(self._stopped(f"the weights became non-finite in epoch {self.epoch + 1} ({bad[0]}"
+                                               f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})"))
+
+    def _save(self, record: dict[str, Any]) -> None:
         improved = "mAP" in record and record["mAP"] > self.best["mAP"]
         if improved:
             self.best = {"mAP": record["mAP"], "rank1": record["rank1"], "epoch": record["epoch"]}
