@@ -56,7 +56,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp``; ints are accepted where numbers are expected."""
+    """Check ``value`` against annotation ``tp``; ints are accepted where numbers are expected, NaN and infinity nowhere."""
+    _check_finite(value, path)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -74,7 +75,6 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
-            _check_finite(value, path)
             return dict(value)
     elif tp is bool:
         if isinstance(value, bool):
@@ -84,7 +84,6 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            _check_finite(value, path)
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reid_prune.data import ImageDataset, Sample, build_dataset, check_dataset_images, generate_synthetic
+from reid_prune.data import ImageDataset, Sample, build_dataset, generate_synthetic
 
 RNG = np.random.default_rng(0)
 H, W = 4, 6
@@ -155,6 +155,8 @@ def _dataset_with_bad_images(tmp_path: Path) -> tuple[Path, list[str]]:
 
 
 def test_unreadable_images_are_found_up_front_and_named(tmp_path):
+    from reid_prune.data import check_dataset_images
+
     root, bad = _dataset_with_bad_images(tmp_path)
     dataset = build_dataset("market_layout", root)
     with pytest.raises(ValueError) as info:
@@ -166,6 +168,8 @@ def test_unreadable_images_are_found_up_front_and_named(tmp_path):
 
 
 def test_skip_leaves_unreadable_images_out_and_relabels(tmp_path):
+    from reid_prune.data import check_dataset_images
+
     root, bad = _dataset_with_bad_images(tmp_path)
     dataset = build_dataset("market_layout", root)
     # Also lose every training image of the first identity: labels must stay 0..N-1.

@@ -9,7 +9,6 @@ from conftest import TINY_RUN
 from reid_prune.cli import main
 from reid_prune.config import load_config
 from reid_prune.engine import prune_run, run, train
-from reid_prune.outputs import OutputPathError, check_output_dir, check_output_file
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_RUN + ["train.warmup_epochs=0", "eval.latency=false", "train.max_batches=2"]
@@ -46,6 +45,8 @@ def _config_args(*overrides: str) -> list[str]:
 
 
 def test_helpers_name_path_and_reason(tmp_path, blocked):
+    from reid_prune.outputs import OutputPathError, check_output_dir, check_output_file
+
     assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists()  # checks create nothing
     check_output_file(blocked)  # an existing file is replaced
@@ -59,6 +60,8 @@ def test_helpers_name_path_and_reason(tmp_path, blocked):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_folder_without_write_permission(tmp_path):
+    from reid_prune.outputs import OutputPathError, check_output_dir
+
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

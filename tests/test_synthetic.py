@@ -11,7 +11,6 @@ from PIL import Image
 
 from reid_prune.cli import main
 from reid_prune.data import build_dataset, generate_synthetic
-from reid_prune.data.synthetic import MARKER
 
 TINY = dict(num_ids=4, num_test_ids=2, images_per_camera=2, num_cameras=2, num_distractors=1, height=32, width=16)
 
@@ -52,6 +51,8 @@ def test_same_seed_same_bytes(tmp_path):
 
 
 def test_overwrite_replaces_only_a_dataset_synth_wrote(tmp_path):
+    from reid_prune.data.synthetic import MARKER
+
     root = tmp_path / "syn"
     root.mkdir()
     (root / "important.txt").write_text("user data")
