@@ -53,7 +53,7 @@ def test_huge_learning_rate_exits_2_and_leaves_no_nan_on_disk(tmp_path, capsys):
     """Issue 11: SGD at lr=1e6 went on with NaN, saved NaN weights and wrote NaN into metrics.jsonl."""
     out = tmp_path / "run"
     code = main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--quiet", "--output", str(out),
-                 *[f"--set={o}" for o in TINY + ["train.epochs=4", "train.optimizer=sgd", "train.lr=1e6"]]])
+                 *[f"--set={o}" for o in TINY + ["train.epochs=4", "train.optimizer=sgd", "train.lr=1000000"]]])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     # Here BatchNorm's running variance overflows first (the batch loss stays finite): stopped at that epoch's end.
