@@ -136,9 +136,10 @@ class EvalConfig:
 @dataclass
 class PruneConfig:
     method: str = "haoli"
-    rate: float | None = number_range(None, 0, 1, high_open=True, what="a prune fraction")  # of channels pruned in every group
-    target_macs: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")  # of the model's MACs
-    target_params: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")  # of its parameters
+    # Fraction of channels pruned in every group; or the fractions of MACs / parameters kept.
+    rate: float | None = number_range(None, 0, 1, high_open=True, what="a prune fraction")
+    target_macs: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
+    target_params: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
     scope: str = choice("internal", "internal", "all")
     include_stem: bool = True
     include_downsample: bool = True
@@ -146,7 +147,7 @@ class PruneConfig:
     min_channels: int = number_range(1, 1)
     round_to: int = number_range(1, 1)
     finetune_epochs: int = number_range(0, 0)
-    finetune_lr: float | None = number_range(None, 0, low_open=True)  # learning rate while fine-tuning (default: train.lr / 10)
+    finetune_lr: float | None = number_range(None, 0, low_open=True)  # while fine-tuning (default: train.lr / 10)
     data_batches: int = number_range(8, 1)  # training batches used by data-driven criteria
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 

@@ -56,7 +56,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp``; ints are accepted where numbers are expected, NaN and infinity nowhere."""
+    """Check ``value`` against annotation ``tp``: ints count as numbers; NaN and infinity are refused anywhere."""
     _check_finite(value, path)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

@@ -7,22 +7,16 @@ import torch
 
 from conftest import TINY_RUN
 from reid_prune.cli import main
-from reid_prune.config import load_config
 from reid_prune.data import generate_synthetic
-from reid_prune.engine import prune_run, train
+from reid_prune.engine import prune_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_RUN + ["train.warmup_epochs=0", "train.max_batches=2", "eval.latency_batch_sizes=[1]"]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_messages")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
-    train(load_config(None, TINY + ["train.epochs=1", "eval.latency=false"]), output=root / "run", progress=False)
-    yield root
-    mp.undo()
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run
 
 
 def _config_args(*overrides: str) -> list[str]:

@@ -171,7 +171,7 @@ def test_every_numeric_key_declares_its_range():
             value, path = getattr(obj, f.name), prefix + f.name
             if dataclasses.is_dataclass(value):
                 walk(value, path + ".")
-            elif any(t in (int, float, list[int], list[float]) for t in (hints[f.name], *typing.get_args(hints[f.name]))):
+            elif {hints[f.name], *typing.get_args(hints[f.name])} & {int, float, list[int], list[float]}:
                 if "range" not in f.metadata and path not in checked_elsewhere:
                     missing.append(path)
 

@@ -202,8 +202,9 @@ def test_camera_ids_of_two_digits_count_in_the_metrics(tmp_path):
     assert [s.camid for s in dataset.train] == [0, 9]
     assert {Path(s.path).name: s.camid for s in dataset.gallery}["0005_c12s1_001351_02.jpg"] == 11
     distances = np.array([[gallery[Path(s.path).name] for s in dataset.gallery]])
-    metrics = rank_metrics(distances, np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery]),
-                           np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery]))
+    query, gallery = dataset.query, dataset.gallery
+    metrics = rank_metrics(distances, np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
+                           np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
     # Both true matches are on other cameras, at ranks 1 and 4: AP = (1/1 + 2/4) / 2.
     assert metrics["mAP"] == pytest.approx(100 * (1 / 1 + 2 / 4) / 2)
 

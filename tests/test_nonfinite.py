@@ -45,7 +45,8 @@ def test_first_nan_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path, mon
     assert "last.pt keeps the weights of epoch 1" in message and "train.lr" in message
     assert len(calls) == 5  # stopped at once, not at the end of the epoch or the run
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1 and _all_finite(out / "last.pt")
-    records = [json.loads(line, parse_constant=pytest.fail) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=pytest.fail) for line in lines]  # strict JSON: no NaN
     assert [r["epoch"] for r in records] == [1]
 
 

@@ -7,21 +7,15 @@ import pytest
 
 from conftest import TINY_RUN
 from reid_prune.cli import main
-from reid_prune.config import load_config
-from reid_prune.engine import prune_run, run, train
+from reid_prune.engine import prune_run, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_RUN + ["train.warmup_epochs=0", "eval.latency=false", "train.max_batches=2"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outputs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
-    train(load_config(None, TINY + ["train.epochs=1"]), output=root / "run", progress=False)
-    yield root / "run" / "best.pt"
-    mp.undo()
+@pytest.fixture
+def checkpoint(tiny_run):
+    return tiny_run / "run" / "best.pt"
 
 
 @pytest.fixture

@@ -338,7 +338,8 @@ def generate_synthetic(
                     write("query" if shot == 0 else "bounding_box_test", pid, person, camid)
         for _ in range(num_distractors):
             write("bounding_box_test", DISTRACTOR_PID, _draw_identity(image_rng), int(image_rng.integers(num_cameras)))
-        (staging / MARKER).write_text(json.dumps({"generator": "reid_prune.data.generate_synthetic", **settings}) + "\n")
+        marker = {"generator": "reid_prune.data.generate_synthetic", **settings}
+        (staging / MARKER).write_text(json.dumps(marker) + "\n")
 
         if root.exists():
             # Move the old folder aside first, so root is never missing a complete dataset for long.

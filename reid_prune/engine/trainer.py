@@ -240,7 +240,7 @@ class Trainer:
         return {"best": dict(self.best), "last": dict(self.last_metrics)}
 
     def _check_weights(self) -> None:
-        """Stop when a weight or running statistic is non-finite: a finite loss can still come with an overflowing step."""
+        """Stop on a non-finite weight or running statistic (a finite loss can come with an overflowing step)."""
         bad = [name for name, t in unwrap(self.model).state_dict().items()
                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
