@@ -81,14 +81,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine import evaluate_checkpoint, prepare_dataset
+    from .engine import evaluate_checkpoint
 
     cfg = _config(args)
     if args.json:
         check_output_file(args.json, "--json")
-    dataset = prepare_dataset(cfg.data, verbose=not args.quiet)
-    report = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet, dataset=dataset)
-    _print_report(f"evaluation of {args.checkpoint} on {dataset.name}", report)
+    report = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
+    _print_report(f"evaluation of {args.checkpoint} on {report['dataset']}", report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -40,7 +40,8 @@ class ImageDataset(Dataset):
         if seed is None:
             return self.transform(image), sample.pid, sample.camid, index
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
-            torch.manual_seed(seed)
+            # The CPU generator alone (the transforms run on the CPU): 15 us an image, torch.manual_seed 150 us.
+            torch.default_generator.manual_seed(seed)
             return self.transform(image), sample.pid, sample.camid, index
 
 

@@ -219,6 +219,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool =
 
     ``dataset``: the parsed ``cfg.data`` when the caller has it. Under torchrun, preparing a
     dataset is a collective, so a caller that evaluates on rank 0 alone prepares it on all ranks first.
+
+    Returns :func:`model_report`'s dict plus ``dataset``, the dataset's display name (``data.name``).
     """
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
@@ -228,4 +230,4 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool =
     if dataset is None:
         dataset = prepare_dataset(cfg.data, verbose=progress)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
-    return model_report(model, cfg, query_loader, gallery_loader, progress=progress)
+    return {"dataset": dataset.name, **model_report(model, cfg, query_loader, gallery_loader, progress=progress)}

@@ -319,9 +319,11 @@ class Trainer:
         value = float(loss.detach())
         # Every rank must stop together: agree on whether any rank's loss is non-finite.
         if all_reduce_mean({"finite": float(math.isfinite(value))})["finite"] < 1.0:
+            where = "" if not math.isfinite(value) else " on another rank"
             raise NonFiniteError(self._stopped(
-                f"the loss became {value} at epoch {self.epoch + 1}, batch {self.batch + 1} (optimiser step "
-                f"{self.global_step + 1}, learning rate {self.optimizer.param_groups[0]['lr']:.3g})"))
+                f"the loss became {value if where == '' else 'non-finite'}{where} at epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1} (optimiser step {self.global_step + 1}, learning rate "
+                f"{self.optimizer.param_groups[0]['lr']:.3g})"))
         self.scaler.unscale_(self.optimizer)
         for hook in self.hooks:
             hook.on_after_backward(self)
