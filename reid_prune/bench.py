@@ -82,7 +82,8 @@ METHOD_LABELS = {"haoli": "HaoLi", "fpgm": "FPGM", "psfp": "PSFP", "molchanov": 
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
               "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
 # Settings that change how fast a cell runs, not what it computes: left out of the cell key.
-UNHASHED = {"output": None, "data": ("workers", "eval_batch_size"), "eval": ("latency", "latency_batch_sizes")}
+UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images"),
+            "eval": ("latency", "latency_batch_sizes")}
 METRICS = ("mAP", "rank1", "rank5", "mINP")
 DONE = "result.json"
 LATENCY_ROUNDS = 5

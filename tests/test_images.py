@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reid_prune.cli import main
 from reid_prune.data import ImageDataset, Sample, build_dataset, generate_synthetic
 
+REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 H, W = 4, 6
 
@@ -184,3 +186,17 @@ def test_skip_leaves_unreadable_images_out_and_relabels(tmp_path):
     assert kept.query == dataset.query
     assert sorted({s.pid for s in kept.train}) == list(range(dataset.num_train_pids - 1))
     assert kept.num_train_pids == dataset.num_train_pids - 1
+
+
+def test_train_with_an_unreadable_image_exits_2_before_writing(tmp_path, capsys):
+    """Issue 11: a 0-byte or truncated image crashed training with a traceback and left config.yaml behind."""
+    root, bad = _dataset_with_bad_images(tmp_path)
+    out = tmp_path / "run"
+    overrides = ["data.dataset=market_layout", f"data.root={root}", "data.height=32", "data.width=16", "data.p=2",
+                 "data.k=2", "data.workers=0", "model.arch=resnet18", "train.epochs=1", "train.device=cpu",
+                 "eval.latency=false"]
+    assert main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--quiet", "--output", str(out),
+                 *[f"--set={o}" for o in overrides]]) == 2
+    err = capsys.readouterr().err
+    assert "2 images cannot be read" in err and all(path in err for path in bad) and "Traceback" not in err
+    assert not out.exists()
