@@ -68,16 +68,19 @@ from .checkpoint import apply_widths, load_model, read_checkpoint, save_checkpoi
 from .config import Config, ConfigError, DataConfig, _merge, _nest, parse_override, read_yaml, validate
 from .distributed import barrier, broadcast_object, env_world_size, is_main_process
 from .engine import evaluate_checkpoint, prepare_dataset, train
+from .engine.run import model_config_for, parse_dataset
 from .engine.prune_run import prune_checkpoint, pruner_from_config
 from .engine.trainer import seed_everything
 from .evaluation import complexity, measure_latency
+from .outputs import check_output_dir
 from .pruners import available, get_method
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
               "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
 # Settings that change how fast a cell runs, not what it computes: left out of the cell key.
-UNHASHED = {"output": None, "data": ("workers", "eval_batch_size"), "eval": ("latency", "latency_batch_sizes")}
+UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images"),
+            "eval": ("latency", "latency_batch_sizes")}
 # Config keys added after the first benches ran: left out of the cell key while unset (None), so cells
 # cached before they existed keep their keys.
 LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"))
@@ -490,25 +493,46 @@ def plan_bench(bench: Bench) -> Plan:
     return Plan(list(cells.values()), rows, budgets)
 
 
-def check_plan(plan: Plan, *, verbose: bool = False) -> None:
-    """Fail before any training: every dataset must parse and every method must accept its settings."""
-    seen = set()
+def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> None:
+    """Fail before any training: every dataset must parse, every method must accept its settings and reach its budget.
+
+    The budget of each pruning cell is planned on a fresh model of the pruned architecture
+    (the channel counts depend on the architecture, not on the trained weights), so an
+    unreachable budget stops the bench now, not after the baselines have trained.
+    ``dry_run`` checks the dataset roots and file names only: it neither generates synthetic
+    data nor decodes images.
+    """
+    seen_data, seen_budgets = set(), set()
     for cell in plan.cells:
         data = json.dumps(dataclasses.asdict(cell.cfg.data), sort_keys=True)
-        if data not in seen:
-            seen.add(data)
+        if data not in seen_data:
+            seen_data.add(data)
             try:
-                prepare_dataset(cell.cfg.data, verbose=verbose)
+                if not dry_run:
+                    prepare_dataset(cell.cfg.data, verbose=verbose)
+                elif cell.cfg.data.dataset != "synthetic":  # generated data is written when the bench runs
+                    parse_dataset(cell.cfg.data)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"bench dataset {cell.dataset}: {exc}") from exc
         if cell.kind == "prune":
+            where = f"bench method {cell.method.label}"
             try:
                 pruner = pruner_from_config(cell.cfg)
             except (ValueError, NotImplementedError) as exc:
-                raise ConfigError(f"bench method {cell.method.label}: {exc}") from exc
+                raise ConfigError(f"{where}: {exc}") from exc
             if pruner.requires == "training" and cell.cfg.prune.finetune_epochs < 1:
-                raise ConfigError(f"bench method {cell.method.label}: {cell.method.name} prunes during fine-tuning; "
+                raise ConfigError(f"{where}: {cell.method.name} prunes during fine-tuning; "
                                   "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
+            model_config = {**model_config_for(cell.cfg, 0), "pretrained": "none"}  # MACs do not count the classifier
+            key = json.dumps([pruner.scope, pruner.include, pruner.min_channels, pruner.round_to,
+                              dataclasses.asdict(pruner.target), pruner.input_size, model_config],
+                             sort_keys=True, default=str)
+            if key not in seen_budgets:
+                seen_budgets.add(key)
+                try:
+                    pruner.check(build_model(**model_config))
+                except ValueError as exc:
+                    raise ConfigError(f"{where} at budget {cell.budget}: {exc}") from exc
 
 
 def _threads(bench: Bench) -> str:
@@ -699,7 +723,7 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
 
     Returns the content of ``results.json``: {"rows": [...], "budgets": {...}, ...}.
     """
-    out = Path(output or bench.output)
+    out = check_output_dir(output or bench.output, "--output")
     main = is_main_process()
     log = log if main else _silent
     plan = plan_bench(bench)
@@ -976,7 +1000,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", metavar="DIR", help="results folder (default: the bench file's output key, "
                                                         "else runs/bench/NAME)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="list the models the bench would compute and which are already finished, then stop")
+                        help="check the dataset roots, method settings and budgets, list the models the bench "
+                             "would compute and which are already finished, then stop")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
     parser.set_defaults(func=cmd_bench)
 
@@ -984,9 +1009,10 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run (or with ``--dry-run`` list) the bench of ``args.config``."""
     bench = load_bench(args.config, args.overrides)
-    output = Path(args.output or bench.output)
+    output = check_output_dir(args.output or bench.output, "--output")
     if args.dry_run:
         plan = plan_bench(bench)
+        check_plan(plan, dry_run=True)  # dataset roots, method settings and budgets
         if is_main_process():
             for i, cell in enumerate(plan.cells, 1):
                 folder = output / "cells" / cell.key

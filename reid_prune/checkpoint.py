@@ -15,6 +15,7 @@ Files are written atomically: a crash mid-write never leaves a truncated checkpo
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -96,6 +97,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_save` of ``path`` left beside it; returns them.
+
+    Call it only while no other process writes ``path``: their names are ``.{name}.*.tmp``.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,6 +14,7 @@ from .analysis.commands import method_overrides
 from .analysis.plotting import missing_note
 from .bench import add_bench_command
 from .config import ConfigError, load_config, read_yaml
+from .outputs import check_output_dir, check_output_file
 from .pruners import ALLOCATIONS, available, get_method, get_pruner
 from .report import format_table, metric_rows
 
@@ -20,6 +22,32 @@ from .report import format_table, metric_rows
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError)
 # Commands that may run as several processes under torchrun; the others refuse to.
 DISTRIBUTED_COMMANDS = ("train", "prune", "bench")
+# What a Ctrl-C leaves, per command (None: the commands that write their files only at the end).
+INTERRUPTED = {
+    "train": "checkpoints written so far are kept (continue with the same command and --resume)",
+    "bench": "finished models are kept (run the same command again to continue)",
+    None: "nothing was written (run the command again to start over)",
+}
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (argparse then names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line naming the command, like errors, instead of Python's file:line form."""
+    print(f"reid-prune: warning: {message}", file=sys.stderr)
 
 
 def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -52,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     report = {**summary["last"], **summary["complexity"]}
     _print_report(f"trained {cfg.model.arch} -> {summary['output']} (best mAP {summary['best']['mAP']:.2f}% "
-                  f"at epoch {summary['best']['epoch'] + 1})", report)
+                  f"at epoch {summary['best']['epoch']})", report)
     return 0
 
 
@@ -60,8 +88,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint
 
     cfg = _config(args)
+    if args.json:
+        check_output_file(args.json, "--json")
     report = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
-    _print_report(f"evaluation of {args.checkpoint} on {cfg.data.dataset}", report)
+    _print_report(f"evaluation of {args.checkpoint} on {report['dataset']}", report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -111,7 +141,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         rows.append([label] + [f"{report[s][key]:.2f}" if key in ("mAP", "rank1") else human(report[s][key])
                                for s in stages])
     for batch in report["before"].get("latency_ms", {}):
-        rows.append([f"latency {batch} ms"] + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
+        rows.append([f"latency {batch}, ms/image"] + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
     print(f"\n{cfg.prune.method} ({cfg.prune.scope}) on {args.checkpoint}")
     print(format_table(["", *stages], rows))
     if report["widths_plot"]:
@@ -173,6 +203,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data import build_dataset, generate_synthetic
 
+    check_output_dir(args.output, "--output")
     root = generate_synthetic(args.output, num_ids=args.ids, num_test_ids=args.test_ids, seed=args.seed,
                               overwrite=args.overwrite)
     print(build_dataset("market_layout", root, name="synthetic").summary())
@@ -314,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer_rates.yaml of reid-prune sensitivity")
     p_prune.add_argument("--scope", choices=("internal", "all"),
                          help="internal: convs inside blocks; all: also residual streams (default: config)")
-    p_prune.add_argument("--finetune-epochs", type=int, metavar="N", help="epochs of fine-tuning after pruning")
+    p_prune.add_argument("--finetune-epochs", type=_int_at_least(0), metavar="N",
+                         help="epochs of fine-tuning after pruning")
     p_prune.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="method setting, e.g. --option mode=soft (repeatable)")
     p_prune.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "
@@ -332,24 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_export.add_argument("--images", metavar="DIR_OR_LIST", help="also check parity on up to 16 of these images")
     p_export.add_argument("--tolerance", type=float, default=1e-4,
                           help="largest allowed |PyTorch - onnxruntime| on a feature value (default: 1e-4)")
-    p_export.add_argument("--threads", type=int, metavar="N",
+    p_export.add_argument("--threads", type=_int_at_least(1), metavar="N",
                           help="CPU threads of both runtimes when timing (default: PyTorch's default)")
     p_extract.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
     p_extract.add_argument("--images", required=True, metavar="DIR_OR_LIST",
                            help="a folder (searched recursively) or a text file with one image path per line")
     p_extract.add_argument("--output", required=True, metavar="FEATS.npy",
                            help="features file; the paths go beside it as FEATS.paths.txt")
-    p_extract.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch (default: 64)")
+    p_extract.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="B",
+                           help="images per batch (default: 64)")
     p_extract.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                            help="input height and width (default: the checkpoint's training size, else 256 128)")
     p_extract.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     p_extract.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    p_extract.add_argument("--workers", type=int, default=2, help="image decoding processes (default: 2)")
+    p_extract.add_argument("--workers", type=_int_at_least(0), default=2, help="image decoding processes (default: 2)")
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
-    p_synth.add_argument("--ids", type=int, default=60, help="training identities (default: 60)")
-    p_synth.add_argument("--test-ids", type=int, default=30, help="test identities, query + gallery (default: 30)")
-    p_synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default: 0)")
-    p_synth.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p_synth.add_argument("--ids", type=_int_at_least(2), default=60, help="training identities (default: 60)")
+    p_synth.add_argument("--test-ids", type=_int_at_least(1), default=30,
+                         help="test identities, query + gallery (default: 30)")
+    p_synth.add_argument("--seed", type=_int_at_least(0), default=0,
+                         help="random seed; the same seed gives the same files (default: 0)")
+    p_synth.add_argument("--overwrite", action="store_true",
+                         help="replace a dataset written by an earlier synth (never any other folder)")
     return parser
 
 
@@ -362,15 +398,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise ValueError(f"{args.command} runs as one process; start it without torchrun "
                              f"(torchrun is for {', '.join(DISTRIBUTED_COMMANDS[:-1])} and {DISTRIBUTED_COMMANDS[-1]})")
-        with process_group_from_env():
+        with process_group_from_env(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             return args.func(args)
     except USER_ERRORS as exc:
         _error(args, exc)
         return 2
     except KeyboardInterrupt:
-        how = ("run the same command again: finished models are kept" if args.command == "bench"
-               else "continue a training run with --resume")
-        print(f"\nreid-prune {args.command}: interrupted; checkpoints written so far are kept ({how})",
+        print(f"\nreid-prune {args.command}: interrupted; {INTERRUPTED.get(args.command, INTERRUPTED[None])}",
               file=sys.stderr)
         return 130
 

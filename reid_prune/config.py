@@ -3,7 +3,12 @@
 Every run is described by one :class:`Config`. YAML files give only the keys that
 differ from the defaults below; ``--set a.b=value`` overrides any key after the
 file is read. Values given with ``--set`` are parsed as YAML, so ``--set
-train.milestones=[40,70]`` and ``--set prune.rate=0.3`` work.
+train.milestones=[40,70]`` and ``--set prune.rate=0.3`` work. Files and ``--set``
+share one YAML reader, which also takes floats written without a dot (``1e-4``).
+
+Every key is checked up front: its type, its range (declared beside its default
+below) and the rules that tie keys together, so a mistake stops a run before it
+writes anything.
 
 Errors name the key path and say what is wrong::
 
@@ -14,69 +19,73 @@ Errors name the key path and say what is wrong::
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
+import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .config_fields import ConfigError, check_fields, choice, merge, number_range
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key and the fix."""
+# bench.py merges its sections with the same checks.
+_merge = merge
 
-
-def _choice(default: str, *choices: str) -> Any:
-    return field(default=default, metadata={"choices": choices})
+# Keys that change how fast a run goes or what it prints, never the weights it computes.
+RUNTIME_KEYS = ("output", "data.workers", "data.eval_batch_size", "data.check_images", "eval.latency",
+                "eval.latency_batch_sizes", "train.device")
 
 
 @dataclass
 class SyntheticConfig:
     """The generated dataset used when ``data.dataset`` is ``synthetic``."""
 
-    ids: int = 60
-    test_ids: int = 30
-    cameras: int = 3
-    images_per_camera: int = 4
-    seed: int = 0
+    ids: int = number_range(60, 2)
+    test_ids: int = number_range(30, 1)
+    cameras: int = number_range(3, 2)
+    images_per_camera: int = number_range(4, 2)  # one query and at least one gallery image per camera
+    seed: int = number_range(0, 0)
 
 
 @dataclass
 class TransformConfig:
-    flip_prob: float = 0.5
-    pad: int = 10
-    random_erasing: float = 0.5
+    flip_prob: float = number_range(0.5, 0, 1)
+    pad: int = number_range(10, 0)
+    random_erasing: float = number_range(0.5, 0, 1)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    std: list[float] = number_range([0.229, 0.224, 0.225], 0, low_open=True)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _choice("synthetic", "synthetic", "market1501", "dukemtmc", "cuhk03np", "market_layout")
+    dataset: str = choice("synthetic", "synthetic", "market1501", "dukemtmc", "cuhk03np", "market_layout")
     root: str = ""  # dataset folder; for synthetic, where to write it ("" = a cache folder)
     name: str = ""  # display name of a market_layout folder
-    cuhk03_variant: str = _choice("detected", "detected", "labeled")
-    height: int = 256
-    width: int = 128
-    p: int = 16  # identities per batch
-    k: int = 4  # images per identity
-    workers: int = 2
-    eval_batch_size: int = 128
+    cuhk03_variant: str = choice("detected", "detected", "labeled")
+    height: int = number_range(256, 1)
+    width: int = number_range(128, 1)
+    p: int = number_range(16, 2)  # identities per batch; batch-hard mining needs negatives
+    k: int = number_range(4, 1)  # images per identity
+    workers: int = number_range(2, 0)
+    eval_batch_size: int = number_range(128, 1)
+    # Decode every image once when the dataset is read: error (stop, naming the file),
+    # skip (leave unreadable images out, with a warning) or off (for huge, trusted datasets).
+    check_images: str = choice("error", "error", "skip", "off")
     transforms: TransformConfig = field(default_factory=TransformConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = _choice("resnet50", "resnet18", "resnet34", "resnet50")
+    arch: str = choice("resnet50", "resnet18", "resnet34", "resnet50")
     last_stride: int = 1
-    pooling: str = _choice("avg", "avg", "max", "gem")
-    neck: str = _choice("bnneck", "bnneck", "none")
-    embedding_dim: int = 0
+    pooling: str = choice("avg", "avg", "max", "gem")
+    neck: str = choice("bnneck", "bnneck", "none")
+    embedding_dim: int = number_range(0, 0)
     # What the model returns for retrieval: the BNNeck output, or the pooled feature before it.
-    retrieval_feature: str = _choice("after_neck", "after_neck", "before_neck")
+    retrieval_feature: str = choice("after_neck", "after_neck", "before_neck")
     pretrained: str = "none"  # none | imagenet | path to a torchvision state_dict
     # From scratch: start each residual block's last BatchNorm scale at 0, so every block
     # begins as the identity (Goyal et al. 2017). Deep nets then train faster on small data.
@@ -85,64 +94,65 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    triplet: str = _choice("batch_hard", "batch_hard", "random", "none")
-    margin: float = 0.3
+    triplet: str = choice("batch_hard", "batch_hard", "random", "none")
+    margin: float = number_range(0.3, 0)
     soft_margin: bool = False
-    metric: str = _choice("euclidean", "euclidean", "cosine")
-    triplet_weight: float = 1.0
-    id_weight: float = 0.0  # identity cross-entropy; > 0 adds a classifier to the model
-    label_smoothing: float = 0.1
+    metric: str = choice("euclidean", "euclidean", "cosine")
+    triplet_weight: float = number_range(1.0, 0)
+    id_weight: float = number_range(0.0, 0)  # identity cross-entropy; > 0 adds a classifier to the model
+    label_smoothing: float = number_range(0.1, 0, 1, high_open=True)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 120
-    optimizer: str = _choice("adam", "adam", "sgd")
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    warmup_epochs: int = 10
-    warmup_factor: float = 0.01  # learning rate multiplier at the first warm-up step
-    scheduler: str = _choice("multistep", "multistep", "cosine", "constant")
-    milestones: list[int] = field(default_factory=lambda: [40, 70])
-    gamma: float = 0.1
-    eval_every: int = 10  # epochs; the last epoch is always evaluated
+    epochs: int = number_range(120, 1)
+    optimizer: str = choice("adam", "adam", "sgd")
+    lr: float = number_range(3.5e-4, 0, low_open=True)
+    weight_decay: float = number_range(5e-4, 0)
+    momentum: float = number_range(0.9, 0, 1, high_open=True)
+    warmup_epochs: int = number_range(10, 0)
+    warmup_factor: float = number_range(0.01, 0, 1, low_open=True)  # learning rate multiplier at the first warm-up step
+    scheduler: str = choice("multistep", "multistep", "cosine", "constant")
+    milestones: list[int] = number_range([40, 70], 0)
+    gamma: float = number_range(0.1, 0, 1, low_open=True)  # learning rate multiplier at each milestone
+    eval_every: int = number_range(10, 1)  # epochs; the last epoch is always evaluated
     device: str = "auto"  # auto | cpu | cuda | cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: bool = False
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
-    seed: int = 0
-    max_batches: int = 0  # cap on batches per epoch (0 = a full pass); for smoke runs
+    seed: int = number_range(0, 0)
+    max_batches: int = number_range(0, 0)  # cap on batches per epoch (0 = a full pass); for smoke runs
 
 
 @dataclass
 class EvalConfig:
-    metric: str = _choice("cosine", "cosine", "euclidean")
+    metric: str = choice("cosine", "cosine", "euclidean")
     flip: bool = False
-    ap: str = _choice("torchreid", "torchreid", "official")
+    ap: str = choice("torchreid", "torchreid", "official")
     latency: bool = True
-    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    latency_batch_sizes: list[int] = number_range([1, 32], 1)
 
 
 @dataclass
 class PruneConfig:
     method: str = "haoli"
-    rate: float | None = None  # fraction of channels pruned in every group
+    # Fraction of channels pruned in every group; or the fractions of MACs / parameters kept.
+    rate: float | None = number_range(None, 0, 1, high_open=True, what="a prune fraction")
     # {group name: fraction pruned}, e.g. the layer_rates.yaml of reid-prune sensitivity; unnamed groups keep all
     layer_rates: dict[str, float] | None = None
-    target_macs: float | None = None  # fraction of the model's MACs kept
-    target_params: float | None = None  # fraction of the model's parameters kept
-    scope: str = _choice("internal", "internal", "all")
+    target_macs: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
+    target_params: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
+    scope: str = choice("internal", "internal", "all")
     # uniform | global | layer_rates; null = the method's own default (docs/pruners.md)
     allocation: str | None = None
     include_stem: bool = True
     include_downsample: bool = True
     include_last_stage: bool = False
-    min_channels: int = 1
-    round_to: int = 1
-    finetune_epochs: int = 0
-    finetune_lr: float | None = None  # learning rate while fine-tuning (default: train.lr)
-    data_batches: int = 8  # training batches used by data-driven criteria
+    min_channels: int = number_range(1, 1)
+    round_to: int = number_range(1, 1)
+    finetune_epochs: int = number_range(0, 0)
+    finetune_lr: float | None = number_range(None, 0, low_open=True)  # while fine-tuning (default: train.lr / 10)
+    data_batches: int = number_range(8, 1)  # training batches used by data-driven criteria
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 
 
@@ -160,143 +170,58 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------- type checking
-
-
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    if tp in names:
-        return names[tp]
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
-    if origin is dict:
-        return "a mapping"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    return str(tp)
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp``; ints are accepted where numbers are expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        for arg in typing.get_args(tp):
-            if arg is not type(None):
-                try:
-                    return _coerce(value, arg, path)
-                except ConfigError:
-                    pass
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            (item_tp,) = typing.get_args(tp)
-            return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"config key {path}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Write ``values`` (nested dicts) into the dataclass ``obj``, checking keys and types."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
-            raise ConfigError(f"config key {path} is not a valid key{hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _merge(current, value, f"{path}.")
-            continue
-        if isinstance(current, dict) and isinstance(value, dict):
-            # Free-form mappings (prune.options) merge key by key, so several --set options add up.
-            setattr(obj, key, {**current, **value})
-            continue
-        setattr(obj, key, _coerce(value, hints[key], path))
-
-
-def merge_into(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Public form of the config's checked merge, for other typed schemas (a pruning method's options)."""
-    _merge(obj, values, prefix)
-
-
-def _check_choices(obj: Any, prefix: str = "") -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            _check_choices(value, f"{path}.")
-        elif "choices" in f.metadata and value not in f.metadata["choices"]:
-            close = difflib.get_close_matches(str(value), f.metadata["choices"], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"config key {path}: expected one of {', '.join(f.metadata['choices'])}, got {value!r}{hint}"
-            )
-
-
 def _require(ok: bool, path: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key {path}: {message}")
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def validate(cfg: Config) -> Config:
-    """Check choices and ranges that types alone cannot express. Returns ``cfg``."""
-    _check_choices(cfg)
-    d, t, p = cfg.data, cfg.train, cfg.prune
-    _require(d.height > 0 and d.width > 0, "data.height", "image size must be positive")
-    _require(d.p >= 2, "data.p", f"batch-hard mining needs at least 2 identities per batch, got {d.p}")
-    _require(d.k >= 1, "data.k", f"must be at least 1, got {d.k}")
-    _require(d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    """Check every key's choices and range, then the rules that tie keys together. Returns ``cfg``.
+
+    Raises:
+        ConfigError: naming the first key that is wrong and what it accepts.
+    """
+    check_fields(cfg)
+    d, m, loss, t = cfg.data, cfg.model, cfg.loss, cfg.train
+    _require(bool(cfg.output), "output", "give the run folder, e.g. runs/demo")
     _require(d.dataset == "synthetic" or bool(d.root), "data.root",
              f"dataset {d.dataset} needs the path of its folder")
-    _require(cfg.model.last_stride in (1, 2), "model.last_stride", f"expected 1 or 2, got {cfg.model.last_stride}")
-    _require(t.epochs >= 0, "train.epochs", f"must be >= 0, got {t.epochs}")
-    _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
-    _require(t.eval_every >= 1, "train.eval_every", f"must be >= 1, got {t.eval_every}")
+    _require(d.synthetic.ids + d.synthetic.test_ids <= 9999, "data.synthetic.ids",
+             "synthetic pids have 4 digits: ids + test_ids must be <= 9999")
+    for key in ("mean", "std"):
+        values = getattr(d.transforms, key)
+        _require(len(values) == 3, f"data.transforms.{key}", f"expected one value per colour channel (3), got {values}")
+    _require(m.last_stride in (1, 2), "model.last_stride", f"expected 1 or 2, got {m.last_stride}")
+    triplet_on = loss.triplet != "none" and loss.triplet_weight > 0
+    _require(triplet_on or loss.id_weight > 0, "loss.id_weight",
+             "nothing to train: the triplet loss is off (loss.triplet none or loss.triplet_weight 0); "
+             "set loss.id_weight above 0 or turn the triplet loss on")
+    if triplet_on and d.k < 2:
+        # A triplet needs two images of one identity; with k=1 the triplet part is exactly 0.
+        _require(loss.id_weight > 0, "data.k", "with only the triplet loss, data.k must be at least 2 (a positive "
+                                               "pair needs two images of one identity), got 1")
+        warnings.warn("data.k=1: no batch holds a positive pair, so the triplet loss is 0 and only the identity "
+                      "loss trains; set data.k to 2 or more to use the triplet loss", UserWarning, stacklevel=3)
     _require(list(t.milestones) == sorted(t.milestones), "train.milestones", "must be increasing")
-    _require(cfg.loss.triplet_weight >= 0 and cfg.loss.id_weight >= 0, "loss.id_weight", "weights must be >= 0")
-    _require(cfg.loss.triplet_weight > 0 or cfg.loss.id_weight > 0, "loss.triplet_weight",
-             "at least one of loss.triplet_weight and loss.id_weight must be positive")
-    if p.rate is not None:
-        _require(0 <= p.rate < 1, "prune.rate", f"a prune fraction must lie in [0, 1), got {p.rate}")
-    for group, rate in (p.layer_rates or {}).items():
-        _require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1,
-                 f"prune.layer_rates.{group}", f"a prune fraction must lie in [0, 1), got {rate!r}")
-    for key in ("target_macs", "target_params"):
-        value = getattr(p, key)
-        if value is not None:
-            _require(0 < value <= 1, f"prune.{key}", f"a kept fraction must lie in (0, 1], got {value}")
-    _check_method(p)
-    _require(p.min_channels >= 1, "prune.min_channels", f"must be >= 1, got {p.min_channels}")
-    _require(p.round_to >= 1, "prune.round_to", f"must be >= 1, got {p.round_to}")
+    _require(bool(DEVICE_PATTERN.fullmatch(t.device)), "train.device",
+             f"expected auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
+    _require(not cfg.eval.latency or bool(cfg.eval.latency_batch_sizes), "eval.latency_batch_sizes",
+             "give at least one batch size, or set eval.latency=false")
+    _check_prune(cfg.prune)
     return cfg
 
 
-def _check_method(p: PruneConfig) -> None:
-    """The method exists, its options have the declared names, types and ranges, the allocation is known."""
+def _check_prune(p: PruneConfig) -> None:
+    """Per-group rates, the method, its options (names, types, ranges) and the allocation."""
     from .pruners import ALLOCATIONS, get_method  # the pruning layer imports this module
     from .pruners.options import build_options
 
+    for group, rate in (p.layer_rates or {}).items():
+        _require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1,
+                 f"prune.layer_rates.{group}", f"a prune fraction must lie in [0, 1), got {rate!r}")
     try:
         method = get_method(p.method)
     except ValueError as exc:
@@ -306,13 +231,44 @@ def _check_method(p: PruneConfig) -> None:
              f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
 
 
+def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two nested config dicts: {key: (before, after)}."""
+    changed = {}
+    for key in sorted(set(before) | set(after), key=str):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            changed.update(changed_keys(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changed[f"{prefix}{key}"] = (a, b)
+    return changed
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads floats written without a dot (``1e-4``, ``5E+3``) as numbers.
+
+    PyYAML follows YAML 1.1, where ``1e-4`` is a string; YAML 1.2 and users read it as a number.
+    """
+
+
+# Copy the resolver table first: add_implicit_resolver would otherwise append to SafeLoader's lists.
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with the reader shared by config files and ``--set`` (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into (["a", "b"], parsed YAML value)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set train.lr=0.001")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
     return key.strip().split("."), value
@@ -325,14 +281,18 @@ def _nest(keys: list[str], value: Any) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """Parse a YAML file (empty = {}), with a ConfigError naming the file when it is missing or invalid."""
+    """Parse a YAML file, with a ConfigError naming the file when it is missing, invalid or empty."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        values = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+    if values is None or values == {}:
+        # An empty file would silently run every default (ResNet-50, 256x128, 120 epochs).
+        raise ConfigError(f"{what} {str(path)!r} is empty; write the keys you mean (see configs/demo.yaml)")
+    return values
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
@@ -344,12 +304,12 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     """
     cfg = Config()
     if base is not None:
-        _merge(cfg, base)
+        merge(cfg, base)
     if path is not None:
-        _merge(cfg, read_yaml(path))
+        merge(cfg, read_yaml(path))
     for text in overrides:
         keys, value = parse_override(text)
-        _merge(cfg, _nest(keys, value))
+        merge(cfg, _nest(keys, value))
     return validate(cfg)
 
 

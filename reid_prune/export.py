@@ -31,6 +31,7 @@ from .checkpoint import model_from_checkpoint, read_checkpoint
 from .data.transforms import build_transforms
 from .evaluation import measure_latency
 from .extract import ImageFiles, atomic_path, checkpoint_preprocessing, list_images
+from .outputs import check_output_file
 
 EXPORT_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 FORMATS = ("onnx",)
@@ -171,6 +172,7 @@ Both runtimes are timed with ``threads`` intra-op threads (default: torch's curr
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_output_file(output, "--output")
     require_export_packages()
     ckpt = read_checkpoint(checkpoint)
     stored_size, mean, std = checkpoint_preprocessing(ckpt)

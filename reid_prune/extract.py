@@ -25,14 +25,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
+from .data.images import READ_ERRORS, read_rgb
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from .engine.trainer import resolve_device
 from .evaluation import extract_features
+from .outputs import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,8 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor | None, int, str]:
         try:
-            with Image.open(self.paths[index]) as file:
-                image = file.convert("RGB")
-        except (OSError, ValueError) as err:  # missing, truncated or not an image; PIL raises these
+            image = read_rgb(self.paths[index])
+        except READ_ERRORS as err:  # missing, truncated or not an image
             return None, index, f"{type(err).__name__}: {err}"
         return self.transform(image), index, ""
 
@@ -213,13 +213,16 @@ def extract_checkpoint(
     output = Path(output)
     if output.suffix != ".npy":
         raise ValueError(f"--output: features are written as a .npy file; got '{output}' (e.g. use feats.npy)")
+    check_output_file(output, "--output")
+    check_output_file(paths_file_for(output), "--output (its paths file)")
+    device = resolve_device(device, option="--device")
     paths = list_images(images)
     ckpt = read_checkpoint(checkpoint)
     stored_size, mean, std = checkpoint_preprocessing(ckpt)
     size = tuple(input_size) if input_size is not None else stored_size
     model = model_from_checkpoint(ckpt).eval()
     features, kept, skipped = image_features(model, paths, input_size=size, mean=mean, std=std,
-                                             batch_size=batch_size, flip=flip, device=resolve_device(device),
+                                             batch_size=batch_size, flip=flip, device=device,
                                              workers=workers, progress=progress)
     paths_file = paths_file_for(output)
     with atomic_path(paths_file) as tmp:

@@ -32,3 +32,21 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (research data lives only beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """ROOT of a 1-epoch run on tiny synthetic data (2 batches), trained once per session.
+
+    The run is in ROOT/run (best.pt, last.pt, ...), its generated dataset in ROOT/cache.
+    """
+    from reid_prune.config import load_config
+    from reid_prune.engine import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
+        cfg = load_config(None, TINY_RUN + ["train.epochs=1", "train.warmup_epochs=0", "train.max_batches=2",
+                                            "eval.latency=false"])
+        train(cfg, output=root / "run", progress=False)
+    return root

@@ -200,7 +200,7 @@ def test_afp_prc_respects_the_rate_cap_and_needs_validation_data():
         get_pruner("afp_prc", rate=0.5).on_train_start(no_eval)
     with pytest.raises(ValueError, match="during training"):
         get_pruner("afp_prc", rate=0.5).finalize(_model())
-    with pytest.raises(ConfigError, match="prune.options.tolerance: expected a number > 0"):
+    with pytest.raises(ConfigError, match="prune.options.tolerance: must be > 0, got -1"):
         get_pruner("afp_prc", rate=0.5, tolerance=-1)
 
 

@@ -12,6 +12,7 @@ from reid_prune import bench as bench_module
 from reid_prune import build_model, load_model
 from reid_prune.bench import PLOT_NOTE, add_bench_command, check_plan, load_bench, plan_bench, run_bench
 from reid_prune.config import ConfigError, load_config
+from reid_prune.data import generate_synthetic
 from reid_prune.engine import evaluate_checkpoint
 from reid_prune.evaluation import complexity
 
@@ -187,14 +188,43 @@ def test_shipped_bench_files():
 
 
 def test_dry_run_lists_the_cells(tmp_path, capsys):
+    # The CUHK03 bench on a stand-in folder: the dry run now checks that dataset roots exist.
+    root = generate_synthetic(tmp_path / "cuhk03", num_ids=8, num_test_ids=4, images_per_camera=2)
     args = _parser().parse_args(["bench", "--config", str(CONFIGS / "cuhk03_cpu.yaml"), "--output", str(tmp_path),
-                                 "--dry-run"])
+                                 "--dry-run", "--set", f"datasets.cuhk03_market.root={root}"])
     assert args.func(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 11 and all("to run" in line for line in lines[:10])
     assert "train resnet50 on cuhk03_market (seed 0)" in lines[0]
     assert "prune synthetic-trained resnet50 with HaoLi to 0.491 of its MACs, fine-tune on cuhk03_market" in lines[9]
     assert not (tmp_path / "cells").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("budgets=[0.02]", r"bench method HaoLi at budget 0.02: a MACs budget of 0.020 cannot be met"),
+    ("datasets.cuhk03_market.root=no/such/folder", r"bench dataset cuhk03_market: data.root: folder 'no/such/folder' "
+                                                   "does not exist"),
+])
+def test_dry_run_checks_budgets_and_dataset_roots(tmp_path, capsys, override, message):
+    """Issue 12: an infeasible budget was found ~53 min into the CUHK03 bench; --dry-run did not check roots."""
+    root = generate_synthetic(tmp_path / "cuhk03", num_ids=8, num_test_ids=4, images_per_camera=2)
+    args = _parser().parse_args(["bench", "--config", str(CONFIGS / "cuhk03_cpu.yaml"), "--output",
+                                 str(tmp_path / "out"), "--dry-run", "--set", f"datasets.cuhk03_market.root={root}",
+                                 "--set", override])
+    with pytest.raises(ConfigError, match=message):
+        args.func(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_infeasible_budget_fails_before_any_training(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a baseline trained before the budgets were checked")
+
+    monkeypatch.setattr(bench_module, "train", forbidden)
+    bench = load_bench(TINY_FILE, TINY + ["budgets=[0.02]"])
+    with pytest.raises(ConfigError, match="at budget 0.02: a MACs budget of 0.020 cannot be met"):
+        run_bench(bench, tmp_path / "bench", progress=False, log=_quiet)
+    assert not (tmp_path / "bench").exists()
 
 
 def test_cuhk03_cpu_bench_finds_its_data(monkeypatch):

@@ -10,6 +10,7 @@ import torch
 from conftest import shared_data
 from PIL import Image
 
+from reid_prune.evaluation import rank_metrics
 from reid_prune.data import (
     DATASET_KINDS,
     ImageDataset,
@@ -155,7 +156,7 @@ def test_split_without_parseable_images_names_pattern_and_example(tmp_path):
         build_dataset("market1501", _make_tree(tmp_path / "m", tree))
     message = str(err.value)
     assert "query" in message and "'img001.jpg'" in message
-    assert "([-\\\\d]+)_c(\\\\d)" in message  # the regex, as repr shows it
+    assert "([-\\\\d]+)_c(\\\\d+)" in message  # the regex, as repr shows it
     assert "e.g. '0002_c1s1_000451_03.jpg'" in message
 
 
@@ -178,7 +179,7 @@ def test_image_dataset_and_loaders_read_pngs(tmp_path):
     assert (pid, camid, index) == (1, 1, 1)
 
     loader = build_train_loader(dataset.train, transform, p=2, k=3, seed=0, workers=0)
-    assert isinstance(loader.batch_sampler, PKSampler) and not loader.persistent_workers
+    assert isinstance(loader.batch_sampler.batches, PKSampler) and not loader.persistent_workers
     (images, pids, camids, indices) = next(iter(loader))
     assert images.shape == (6, 3, 16, 8)
     assert sorted(pids.tolist()) == [0, 0, 0, 1, 1, 1]  # one image per identity, drawn 3 times
@@ -189,6 +190,36 @@ def test_image_dataset_and_loaders_read_pngs(tmp_path):
     assert [b[0].shape[0] for b in batches] == [2, 1]  # ordered, last batch kept
     assert torch.cat([b[1] for b in batches]).tolist() == [0, 3, 4]
     assert torch.cat([b[3] for b in batches]).tolist() == [0, 1, 2]
+
+
+def test_camera_ids_of_two_digits_count_in_the_metrics(tmp_path):
+    """Issue 11: c12 was read as camera 1, so a cross-camera match was dropped as a same-camera one."""
+    gallery = {"0005_c12s1_001351_02.jpg": 0.1, "0006_c2s1_000002_00.jpg": 0.2, "0007_c3s1_000003_00.jpg": 0.3,
+               "0005_c2s1_000004_00.jpg": 0.4}
+    tree = {"bounding_box_train": ["0001_c1s1_000001_00.jpg", "0002_c10s1_000002_00.jpg"],
+            "query": ["0005_c1s1_000001_00.jpg"], "bounding_box_test": list(gallery)}
+    dataset = build_dataset("market_layout", _make_tree(tmp_path / "m", tree))
+    assert [s.camid for s in dataset.train] == [0, 9]
+    assert {Path(s.path).name: s.camid for s in dataset.gallery}["0005_c12s1_001351_02.jpg"] == 11
+    distances = np.array([[gallery[Path(s.path).name] for s in dataset.gallery]])
+    query, gallery = dataset.query, dataset.gallery
+    metrics = rank_metrics(distances, np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
+                           np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
+    # Both true matches are on other cameras, at ranks 1 and 4: AP = (1/1 + 2/4) / 2.
+    assert metrics["mAP"] == pytest.approx(100 * (1 / 1 + 2 / 4) / 2)
+
+
+def test_names_that_do_not_match_are_counted_in_a_warning_per_split(tmp_path):
+    tree = {**MARKET_TREE, "bounding_box_train": MARKET_TREE["bounding_box_train"] + ["img001.jpg", "IMG_2.png"],
+            "query": MARKET_TREE["query"] + ["person.jpg"]}
+    with pytest.warns(UserWarning) as record:
+        dataset = build_dataset("market1501", _make_tree(tmp_path / "m", tree))
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2
+    assert "bounding_box_train: left out 2 images whose names do not match" in messages[0]
+    assert "e.g. 'IMG_2.png'" in messages[0]
+    assert "query: left out 1 image whose names do not match" in messages[1] and "'person.jpg'" in messages[1]
+    assert len(dataset.train) == 5 and len(dataset.query) == 2  # the others are still read
 
 
 def test_unreadable_image_error_names_the_file(tmp_path):

@@ -155,7 +155,7 @@ def test_molchanov_options_are_checked():
         get_pruner("molchanov", rate=0.3, variant=2020)
     with pytest.raises(ConfigError, match="prune.options.abs_of"):
         get_pruner("molchanov", rate=0.3, abs_of="element")
-    with pytest.raises(ConfigError, match="prune.options.momentum: expected a number in \\[0, 1\\)"):
+    with pytest.raises(ConfigError, match="prune.options.momentum: must lie in \\[0, 1\\), got 1.5"):
         get_pruner("molchanov", rate=0.3, momentum=1.5)
     with pytest.raises(ValueError, match="scores channels on data: pass data="):
         reid_prune.prune(_model(), "molchanov", rate=0.3, input_size=SIZE)

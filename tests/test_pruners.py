@@ -53,7 +53,7 @@ def test_registry_names_and_errors():
         get_pruner("fpgm", rate=0.5, speed=2)
     with pytest.raises(ConfigError, match="prune.options.mode: expected one of hard, soft, got 'medium'"):
         get_pruner("fpgm", rate=0.5, mode="medium")
-    with pytest.raises(ConfigError, match="prune.options.bins: expected an integer >= 2, got 1"):
+    with pytest.raises(ConfigError, match="prune.options.bins: must be >= 2, got 1"):
         get_pruner("entropy", rate=0.5, bins=1)
     with pytest.raises(ValueError, match="scope internal or all, not 'everything'"):
         get_pruner("haoli", rate=0.5, scope="everything")
@@ -259,3 +259,14 @@ def test_one_call_prune_meets_a_mac_budget_leaves_the_input_alone_and_guards():
     # ResNet-18 internal groups at 64 channels or more still keep 0.37 of the MACs.
     with pytest.raises(ValueError, match="budget of 0.300 cannot be met.*keeps 0.369.*scope=all"):
         reid_prune.prune(_model(), "haoli", target_macs=0.3, min_channels=64, input_size=(128, 64))
+
+
+def test_one_call_prune_returns_a_copy_and_leaves_the_input_whole():
+    """Issue 11: reid_prune.prune cut its input in place, while `small = prune(model, ...)` reads as a copy."""
+    model = _model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small = reid_prune.prune(model, "haoli", rate=0.5, input_size=(64, 32))
+    assert small is not model and small.training and model.training
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert complexity(small, (64, 32))["params"] < complexity(model, (64, 32))["params"]

@@ -13,13 +13,16 @@ File names start with ``<pid>_c<camera>``, e.g. ``0002_c1s1_000451_03.jpg``
 marks distractors, which are kept in the gallery only. Camera ids become
 0-based (``c1`` -> 0). Train pids are relabelled 0..N-1 in sorted order of the
 original pid so they index classifier outputs; query and gallery keep the
-original pids so that matches across the two remain valid.
+original pids so that matches across the two remain valid. Camera numbers may
+have any number of digits (``c12`` is camera 12). Image files whose names do not
+follow the pattern are left out with a warning that counts them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DATASET_KINDS = ("market1501", "dukemtmc", "cuhk03np", "market_layout")
@@ -28,7 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # (split, folder) in the Market-1501 layout.
 MARKET_FOLDERS = (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test"))
-FILE_NAME_PATTERN = re.compile(r"([-\d]+)_c(\d)")
+FILE_NAME_PATTERN = re.compile(r"([-\d]+)_c(\d+)")
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
@@ -103,6 +106,10 @@ def _parse_split(folder: Path, *, keep_distractors: bool) -> list[Sample]:
         if pid == JUNK_PID or (pid == DISTRACTOR_PID and not keep_distractors):
             continue
         samples.append(Sample(str(path), pid, camera - 1))
+    if skipped and samples:
+        warnings.warn(f"{folder}: left out {len(skipped)} image{'s' if len(skipped) > 1 else ''} whose names do not "
+                      f"match {FILE_NAME_PATTERN.pattern!r} (<pid>_c<camera>...), e.g. {skipped[0]!r}",
+                      UserWarning, stacklevel=2)
     if not samples:
         found = f"; {len(skipped)} image names did not match, e.g. {skipped[0]!r}" if skipped else ""
         raise ValueError(
@@ -117,6 +124,20 @@ def _relabel(samples: list[Sample]) -> list[Sample]:
     """Map pids to 0..N-1 in sorted order of the original pid."""
     label_of = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
     return [Sample(s.path, label_of[s.pid], s.camid) for s in samples]
+
+
+def without_paths(dataset: ReIDDataset, paths: set[str]) -> ReIDDataset:
+    """A copy of ``dataset`` without the samples at ``paths``; train pids are relabelled to stay 0..N-1.
+
+    Raises:
+        ValueError: a split would be left empty.
+    """
+    splits = {split: [s for s in getattr(dataset, split) if s.path not in paths]
+              for split in ("train", "query", "gallery")}
+    empty = [split for split, samples in splits.items() if not samples]
+    if empty:
+        raise ValueError(f"dataset {dataset.name}: no usable image is left in {', '.join(empty)}")
+    return replace(dataset, train=_relabel(splits["train"]), query=splits["query"], gallery=splits["gallery"])
 
 
 def read_market_layout(root: str | Path, name: str) -> ReIDDataset:

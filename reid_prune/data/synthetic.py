@@ -14,12 +14,16 @@ person's scale and position in the crop, a textured background and a chance
 of partial occlusion. Every image adds its own jitter on top (walking stride,
 mirror, shift, scale, gain, background phase).
 
-Images are written as lossless PNGs named ``PPPP_cCs1_NNNNNN_00.png``.
+Images are written as lossless PNGs named ``PPPP_cCs1_NNNNNN_00.png``. The root also
+gets a marker file, :data:`MARKER`; ``overwrite`` replaces only a folder that holds
+exactly such a dataset, so it can never delete anything else.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -42,6 +46,9 @@ SKIN = np.array([(240, 200, 170), (200, 150, 110), (150, 100, 70), (90, 60, 40)]
 HAIR = np.array([(20, 15, 10), (90, 60, 30), (200, 170, 100), (150, 150, 150)], dtype=np.float32) / 255
 SHOES = np.array([(25, 25, 25), (230, 230, 230), (120, 80, 50)], dtype=np.float32) / 255
 VIEWS = ("front", "back", "side")
+MARKER = ".reid-prune-synthetic"  # written last into every generated dataset's root
+FOLDERS = ("bounding_box_train", "bounding_box_test", "query")
+IMAGE_NAME = re.compile(r"\d{4}_c\d+s1_\d{6}_00\.png")
 PATTERNS = ("plain", "hstripes", "vstripes", "checks")
 BAGS = ("none", "backpack", "shoulder")
 
@@ -268,7 +275,9 @@ def generate_synthetic(
 
     Args:
         root: output folder; must be absent or empty unless ``overwrite``.
-        overwrite: replace an existing non-empty ``root``.
+        overwrite: replace ``root`` when it holds a dataset written by this function (its
+            :data:`MARKER` file, the three split folders and generated image names, nothing
+            else); any other non-empty folder is refused, never deleted.
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
@@ -279,17 +288,24 @@ def generate_synthetic(
         raise ValueError(f"synthetic: need num_ids >= 2 and num_test_ids >= 1, got {num_ids} and {num_test_ids}")
     if num_ids + num_test_ids > 9999:
         raise ValueError("synthetic: pids have 4 digits, so num_ids + num_test_ids must be <= 9999")
-    if num_cameras < 2 or num_cameras > 9 or images_per_camera < 2:
+    if num_cameras < 2 or images_per_camera < 2:
         raise ValueError(
-            f"synthetic: need 2 <= num_cameras <= 9 (one digit in the file name) and images_per_camera >= 2 "
+            f"synthetic: need num_cameras >= 2 and images_per_camera >= 2 "
             f"(one query and at least one gallery image), got {num_cameras} and {images_per_camera}"
         )
     if num_distractors < 0 or height < 16 or width < 8:
         raise ValueError(f"synthetic: need num_distractors >= 0 and an image of at least 16x8, got {height}x{width}")
-    if not overwrite and root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
-            f"synthetic: '{root}' exists and is not empty; pass overwrite=True to replace it or choose another folder"
-        )
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"synthetic: '{root}' exists and is not empty; choose another folder, or pass "
+                                  "--overwrite (overwrite=True) to replace a dataset synth wrote there")
+        foreign = _foreign_entry(root)
+        if foreign is not None:
+            raise FileExistsError(f"synthetic: refusing to overwrite '{root}': it is not only a dataset written by "
+                                  f"synth ({foreign}); remove it yourself or choose another folder")
+    settings = {"num_ids": num_ids, "num_test_ids": num_test_ids, "images_per_camera": images_per_camera,
+                "num_cameras": num_cameras, "num_distractors": num_distractors, "height": height, "width": width,
+                "seed": seed}
 
     # Separate streams, so e.g. the train identities do not change with num_test_ids.
     camera_rng, identity_rng, test_identity_rng, image_rng = (
@@ -303,7 +319,7 @@ def generate_synthetic(
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        for folder in ("bounding_box_train", "bounding_box_test", "query"):
+        for folder in FOLDERS:
             (staging / folder).mkdir()
         frame = [0] * num_cameras
 
@@ -322,6 +338,8 @@ def generate_synthetic(
                     write("query" if shot == 0 else "bounding_box_test", pid, person, camid)
         for _ in range(num_distractors):
             write("bounding_box_test", DISTRACTOR_PID, _draw_identity(image_rng), int(image_rng.integers(num_cameras)))
+        marker = {"generator": "reid_prune.data.generate_synthetic", **settings}
+        (staging / MARKER).write_text(json.dumps(marker) + "\n")
 
         if root.exists():
             # Move the old folder aside first, so root is never missing a complete dataset for long.
@@ -335,3 +353,20 @@ def generate_synthetic(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root
+
+
+def _foreign_entry(root: Path) -> str | None:
+    """Why ``root`` is not exactly a dataset written by :func:`generate_synthetic`, or None when it is."""
+    if not root.is_dir():
+        return "it is a file"
+    if not (root / MARKER).is_file():
+        return f"no {MARKER} marker"
+    for entry in root.iterdir():
+        if entry.name == MARKER:
+            continue
+        if entry.name not in FOLDERS or not entry.is_dir():
+            return f"it holds '{entry.name}'"
+        for item in entry.iterdir():
+            if not (item.is_file() and IMAGE_NAME.fullmatch(item.name)):
+                return f"it holds '{entry.name}/{item.name}'"
+    return None

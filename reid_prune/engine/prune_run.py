@@ -1,7 +1,8 @@
 """The prune job: load a checkpoint, prune it with a method, fine-tune, report and save.
 
-Files are written only at the end (``pruned.pt`` atomically, ``widths.png``, then
-``report.json``), so a bad rate, an unmeetable budget or an unknown method leaves nothing behind.
+The output folder is checked first, and files are written only at the end (``pruned.pt``
+atomically, ``widths.png``, then ``report.json``), so a bad rate, an unmeetable budget, an unknown
+method or an unwritable ``--output`` leaves nothing behind and costs no pruning time.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..analysis.widths import kept_widths, plot_widths
-from ..checkpoint import model_from_checkpoint, module_widths, read_checkpoint, save_checkpoint
+from ..checkpoint import (model_from_checkpoint, module_widths, read_checkpoint, remove_stale_temporaries,
+                          save_checkpoint)
 from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
+from ..outputs import check_output_dir
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
 from .finetune import StepFinetuner
@@ -60,7 +63,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     :func:`~reid_prune.analysis.widths.kept_widths`) and ``widths_plot`` (whether
     ``widths.png`` was drawn: False without matplotlib).
     """
-    out = Path(output)
+    out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
         raise FileExistsError(f"{out / 'pruned.pt'} exists; choose another --output")
     pruner = pruner_from_config(cfg)  # validates method, rates and options before any work
@@ -114,6 +117,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report.update(pruner.summary())
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     if is_main_process():
+        remove_stale_temporaries(out / "pruned.pt")  # left by a kill during an earlier write
         report["widths"] = kept_widths(model, original_widths)
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
                         prune={k: report[k] for k in TARGET_KEYS})

@@ -20,14 +20,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..backbone import build_model
-from ..checkpoint import model_from_checkpoint, read_checkpoint
-from ..config import Config, DataConfig, dump_config
-from ..data import ReIDDataset, build_dataset, build_eval_loader, build_train_loader, build_transforms, generate_synthetic
+from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_temporaries
+from ..config import RUNTIME_KEYS, Config, ConfigError, DataConfig, changed_keys, config_from_dict, dump_config
+from ..data import (ReIDDataset, build_dataset, build_eval_loader, build_train_loader, build_transforms,
+                    check_dataset_images, generate_synthetic)
 from ..distributed import distributed_context, is_main_process, main_process_first
 from ..evaluation import complexity, measure_latency
+from ..outputs import check_output_dir
 from .trainer import Trainer, evaluate_with_config, resolve_device, seed_everything
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# What a resumed run may change: how long it runs and how it is watched, never what it computes.
+RESUMABLE_KEYS = (*RUNTIME_KEYS, "train.epochs", "train.eval_every")
 
 
 def cache_dir() -> Path:
@@ -43,9 +47,19 @@ def synthetic_root(data: DataConfig) -> Path:
     return cache_dir() / f"synthetic-ids{s.ids}-test{s.test_ids}-cams{s.cameras}-img{s.images_per_camera}-seed{s.seed}"
 
 
-def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
-    """Parse the configured dataset, generating the synthetic one first when needed.
+def parse_dataset(data: DataConfig, *, verbose: bool = False) -> ReIDDataset:
+    """Read the configured dataset's file names (no image is opened); the synthetic one must exist."""
+    if data.dataset == "synthetic":
+        return build_dataset("market_layout", synthetic_root(data), name="synthetic", verbose=verbose)
+    return build_dataset(data.dataset, data.root, name=data.name or None, cuhk03_variant=data.cuhk03_variant,
+                         verbose=verbose)
 
+
+def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
+    """Parse the configured dataset, generating the synthetic one first when needed, and check its images.
+
+    Every image is decoded once as ``data.check_images`` says (error, skip or off), so an
+    unreadable file stops the run now, naming it, instead of hours into training.
     Under torchrun rank 0 generates while the other ranks wait, and only rank 0 prints the summary.
     """
     verbose = verbose and is_main_process()
@@ -53,12 +67,14 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
         root = synthetic_root(data)
         with main_process_first():
             if not (root / "bounding_box_train").is_dir():
+                check_output_dir(root, "data.root" if data.root else "the synthetic data cache ($REID_PRUNE_CACHE)")
                 s = data.synthetic
                 generate_synthetic(root, num_ids=s.ids, num_test_ids=s.test_ids, num_cameras=s.cameras,
                                    images_per_camera=s.images_per_camera, seed=s.seed)
-        return build_dataset("market_layout", root, name="synthetic", verbose=verbose)
-    return build_dataset(data.dataset, data.root, name=data.name or None, cuhk03_variant=data.cuhk03_variant,
-                         verbose=verbose)
+    dataset = check_dataset_images(parse_dataset(data), data.check_images, threads=max(1, data.workers))
+    if verbose:
+        print(dataset.summary())
+    return dataset
 
 
 def make_train_loader(cfg: Config, dataset: ReIDDataset) -> DataLoader:
@@ -92,14 +108,48 @@ def model_config_for(cfg: Config, num_classes: int) -> dict[str, Any]:
 
 
 def prepare_output(output: str | Path, *, resume: bool) -> Path:
-    """Check the run folder: a new run must not overwrite one, a resumed run needs last.pt."""
-    out = Path(output)
+    """Check the run folder: writable, a new run must not overwrite one, a resumed run needs last.pt."""
+    out = check_output_dir(output, "--output")
     if resume:
         if not (out / "last.pt").is_file():
             raise FileNotFoundError(f"--resume: {out / 'last.pt'} does not exist; train into {out} first")
-    elif (out / "last.pt").exists():
-        raise FileExistsError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --output")
+    else:
+        for name in ("last.pt", "best.pt"):
+            if (out / name).exists():
+                raise FileExistsError(f"{out} already holds a run ({name}); pass --resume to continue it or choose "
+                                      "another --output")
     return out
+
+
+def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse to resume ``ckpt`` (a run's last.pt) with a config that changes more than :data:`RESUMABLE_KEYS`.
+
+    The weights, optimiser state and schedule in ``last.pt`` belong to the config stored with
+    them; training them on under another architecture, loss or data would go on silently
+    with the old weights and then label them wrongly.
+
+    Raises:
+        ValueError: naming every changed key that may not change, or when ``train.epochs`` is
+            below the epochs already trained.
+    """
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict):
+        raise ValueError(f"--resume: {path} holds no run config (it was not written by train); "
+                         "start a new run in another --output")
+    try:
+        before = config_from_dict(stored).to_dict()
+    except ConfigError as exc:
+        raise ValueError(f"--resume: the config stored in {path} is not valid today ({exc}); "
+                         "start a new run in another --output") from None
+    changed = {k: v for k, v in changed_keys(before, cfg.to_dict()).items() if k not in RESUMABLE_KEYS}
+    if changed:
+        listing = ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changed.items())
+        raise ValueError(f"--resume: the config changes {listing} from the run in {path.parent}; a resumed run may "
+                         f"change only {', '.join(RESUMABLE_KEYS)}. Resume with the run's own config "
+                         f"({path.parent / 'config.yaml'}), or train the new config into another --output")
+    if cfg.train.epochs < int(ckpt["epoch"]):
+        raise ValueError(f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than "
+                         f"train.epochs={cfg.train.epochs}; set train.epochs to {ckpt['epoch']} or more")
 
 
 def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -111,10 +161,13 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}}.
     """
     out = prepare_output(output or cfg.output, resume=resume)
+    ckpt = read_checkpoint(out / "last.pt") if resume else None
+    if ckpt is not None:
+        check_resume(cfg, ckpt, out / "last.pt")
     dataset = prepare_dataset(cfg.data, verbose=progress)
     model_config = model_config_for(cfg, dataset.num_train_pids)
-    if resume:
-        model = model_from_checkpoint(read_checkpoint(out / "last.pt"))
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt)
     else:
         seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
         model = build_model(**model_config)
@@ -122,6 +175,8 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):
+            remove_stale_temporaries(out / name)  # left by a kill during a checkpoint write
         dump_config(cfg, out / "config.yaml")
     trainer = Trainer(cfg, model, model_config, train_loader, query_loader, gallery_loader, output_dir=out,
                       progress=progress)
@@ -164,6 +219,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool =
 
     ``dataset``: the parsed ``cfg.data`` when the caller has it. Under torchrun, preparing a
     dataset is a collective, so a caller that evaluates on rank 0 alone prepares it on all ranks first.
+
+    Returns :func:`model_report`'s dict plus ``dataset``, the dataset's display name (``data.name``).
     """
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
@@ -173,4 +230,4 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool =
     if dataset is None:
         dataset = prepare_dataset(cfg.data, verbose=progress)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
-    return model_report(model, cfg, query_loader, gallery_loader, progress=progress)
+    return {"dataset": dataset.name, **model_report(model, cfg, query_loader, gallery_loader, progress=progress)}

@@ -6,8 +6,14 @@ when the world is larger than one (gradients are averaged over the ranks), and
 lets only rank 0 write files, show progress bars and evaluate; the other ranks
 wait for rank 0's metrics, so every rank keeps the same record of the run. See
 docs/multi_gpu.md. Everything random is reseeded from ``train.seed + epoch`` at
-the start of each epoch, so a run resumed from ``last.pt`` repeats the remaining
-epochs exactly as an uninterrupted run would (on CPU).
+the start of each epoch, and each image's augmentation from its own seed (see
+:class:`~reid_prune.data.loaders.SeededBatches`), so a run resumed from ``last.pt``
+repeats the remaining epochs exactly as an uninterrupted run would (on CPU), for
+any number of loader workers.
+
+Training stops at the first non-finite loss (:class:`NonFiniteError`) before the
+optimiser takes the step, so ``last.pt`` keeps the last finite weights. Epochs are
+counted from 1 in ``metrics.jsonl`` and checkpoints (``epoch``: epochs completed).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -36,18 +43,25 @@ from .hooks import TrainerHook
 from .schedule import lr_at
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, *, option: str = "config key train.device") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; other values go to ``torch.device``.
 
     Under torchrun (``WORLD_SIZE`` > 1) ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``: one GPU per process.
+    ``option`` is how the user gave ``spec`` (a config key or a flag such as ``--device``), for errors.
+
+    Raises:
+        ValueError: ``spec`` is not a device, or names CUDA on a machine without it.
     """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"{option}: expected auto, cpu, cuda or cuda:N, got {spec!r}") from None
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise ValueError(f"config key train.device: {spec!r} was asked for but CUDA is not available; use auto or cpu")
+        raise ValueError(f"{option}: {spec!r} was asked for but CUDA is not available; use auto or cpu")
     if device.index is None and env_world_size() > 1:
         if local_rank() >= torch.cuda.device_count():
             raise ValueError(
@@ -74,6 +88,10 @@ def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.op
     if train.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr)
     return torch.optim.SGD(groups, lr=lr, momentum=train.momentum, nesterov=train.momentum > 0)
+
+
+class NonFiniteError(ValueError):
+    """The loss or the weights became NaN or infinite; the message says where and what to change."""
 
 
 def evaluate_with_config(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
@@ -136,8 +154,9 @@ class Trainer:
         )
         self.start_epoch = 0
         self.epoch = 0
+        self.batch = 0  # within the epoch
         self.global_step = 0
-        self.best: dict[str, Any] = {"mAP": -1.0, "epoch": -1}
+        self.best: dict[str, Any] = {"mAP": -1.0, "epoch": 0}  # epoch 0: none evaluated yet
         self.last_metrics: dict[str, Any] = {}
         self.loop = _Loop(self)
         self.rebuild_optimizer()
@@ -157,17 +176,19 @@ class Trainer:
         else:
             self.train_model = self.model
 
-    def checkpoint_extra(self) -> dict[str, Any]:
-        return {
+    def checkpoint_extra(self, *, resumable: bool = True) -> dict[str, Any]:
+        """Checkpoint entries besides the model; the optimiser and scaler state only when ``resumable``."""
+        extra = {
             "epoch": self.epoch + 1,
             "global_step": self.global_step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "best": dict(self.best),
             "metrics": dict(self.last_metrics),
             "hooks": [hook.state_dict() for hook in self.hooks],
             "config": self.cfg.to_dict(),
         }
+        if resumable:
+            extra.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
+        return extra
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from ``last.pt`` of the output folder (or ``path``)."""
@@ -181,17 +202,17 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         for hook, state in zip(self.hooks, ckpt.get("hooks", [])):
             hook.load_state_dict(state)
-        self.start_epoch = int(ckpt["epoch"])
+        self.start_epoch = self.epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt["global_step"])
         self.best = dict(ckpt["best"])
-        if self.output_dir is not None and self.is_main:
-            self._truncate_metrics(self.start_epoch)
+        self.last_metrics = dict(ckpt.get("metrics", {}))
 
-    def _truncate_metrics(self, next_epoch: int) -> None:
-        """Drop metric lines of epochs that will be run again (written after the last checkpoint)."""
+    def _truncate_metrics(self, done: int) -> None:
+        """Drop metric lines of epochs after ``done``: a resumed run repeats them, a new run starts the file afresh."""
         path = self.output_dir / "metrics.jsonl"
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < next_epoch]
+            lines = path.read_text().splitlines() if done > 0 else []
+            kept = [line for line in lines if line and json.loads(line)["epoch"] <= done]
             path.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop
@@ -199,6 +220,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Run the remaining epochs. Returns {"best": {...}, "last": {...}}."""
         epochs = self.train_cfg.epochs
+        if self.output_dir is not None and self.is_main:
+            self._truncate_metrics(self.start_epoch)
         for hook in self.hooks:
             hook.on_train_start(self.loop)
         for epoch in range(self.start_epoch, epochs):
@@ -207,7 +230,8 @@ class Trainer:
             train_stats = self.train_epoch(epoch)
             for hook in self.hooks:
                 hook.on_epoch_end(self.loop, epoch)
-            record: dict[str, Any] = {"epoch": epoch, **train_stats}
+            self._check_weights()
+            record: dict[str, Any] = {"epoch": epoch + 1, **train_stats}
             if self.query_loader is not None and ((epoch + 1) % self.train_cfg.eval_every == 0 or epoch + 1 == epochs):
                 metrics = self.evaluate()
                 record.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
@@ -215,6 +239,14 @@ class Trainer:
             self.last_metrics = record
             self._save(record)
         return {"best": dict(self.best), "last": dict(self.last_metrics)}
+
+    def _check_weights(self) -> None:
+        """Stop on a non-finite weight or running statistic (a finite loss can come with an overflowing step)."""
+        bad = [name for name, t in unwrap(self.model).state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise NonFiniteError(self._stopped(f"the weights became non-finite in epoch {self.epoch + 1} ({bad[0]}"
+                                               f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})"))
 
     def _save(self, record: dict[str, Any]) -> None:
         improved = "mAP" in record and record["mAP"] > self.best["mAP"]
@@ -224,11 +256,21 @@ class Trainer:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        extra = self.checkpoint_extra()
-        save_checkpoint(self.output_dir / "last.pt", self.model, self.model_config, **extra)
+            fh.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON: NaN is not valid
+        save_checkpoint(self.output_dir / "last.pt", self.model, self.model_config, **self.checkpoint_extra())
         if improved or self.query_loader is None:
-            save_checkpoint(self.output_dir / "best.pt", self.model, self.model_config, **extra)
+            # best.pt is for evaluation and pruning: the optimiser state would double its size for nothing.
+            save_checkpoint(self.output_dir / "best.pt", self.model, self.model_config,
+                            **self.checkpoint_extra(resumable=False))
+
+    def _stopped(self, what: str) -> str:
+        """The message of a NonFiniteError: what happened, what was kept, what to change."""
+        kept = ""
+        if self.output_dir is not None:
+            kept = (f"; last.pt keeps the weights of epoch {self.epoch} (the last finite ones)" if self.epoch > 0
+                    else "; no checkpoint was written")
+        return (f"{what}, so training stopped{kept}. Lower the learning rate (train.lr, or prune.finetune_lr "
+                f"when fine-tuning; it was {self.train_cfg.lr:g}) or lengthen the warm-up (train.warmup_epochs)")
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the P x K loader. Returns the loss parts (mean over batches and ranks) and the last lr."""
@@ -246,6 +288,7 @@ class Trainer:
         for step, (images, pids, _, _) in enumerate(self.train_loader):
             if step >= num_batches:
                 break
+            self.batch = step
             lr = lr_at(self.train_cfg, epoch + step / num_batches)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -274,6 +317,14 @@ class Trainer:
                     parts["reg"] = parts.get("reg", 0.0) + float(reg.detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        value = float(loss.detach())
+        # Every rank must stop together: agree on whether any rank's loss is non-finite.
+        if all_reduce_mean({"finite": float(math.isfinite(value))})["finite"] < 1.0:
+            where = "" if not math.isfinite(value) else " on another rank"
+            raise NonFiniteError(self._stopped(
+                f"the loss became {value if where == '' else 'non-finite'}{where} at epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1} (optimiser step {self.global_step + 1}, learning rate "
+                f"{self.optimizer.param_groups[0]['lr']:.3g})"))
         self.scaler.unscale_(self.optimizer)
         for hook in self.hooks:
             hook.on_after_backward(self.loop)
@@ -282,7 +333,7 @@ class Trainer:
         for hook in self.hooks:
             hook.on_batch_end(self.loop)
         self.global_step += 1
-        parts["loss"] = float(loss.detach())
+        parts["loss"] = value
         return parts
 
     def evaluate(self) -> dict[str, Any]:

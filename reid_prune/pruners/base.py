@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..engine.hooks import TrainerHook, TrainingLoop
 from .allocation import Allocation, Target
+from .budget import budget_problem
 from .criteria.base import NO_DATA, PruneContext, comparable
 from .options import build_options
 from .registry import Method, get_method
@@ -110,6 +111,24 @@ class Pruner(TrainerHook):
         """
         self.session = PruningSession(model, scope=self.scope, include=self.include, input_size=self.input_size)
         self.keep_counts = self.allocate(model) if plan and not self.allocation.needs_scores else {}
+
+    def check(self, model: nn.Module) -> None:
+        """Raise now if the target cannot be met on ``model`` (its groups, floors and costs), before any work.
+
+        Every allocation has the same smallest widths (``min_channels`` rounded up to ``round_to``),
+        so a budget is reachable for all of them or none.
+
+        Raises:
+            ValueError: an unreachable budget (naming the smallest reachable fraction) or unknown group names.
+        """
+        self.setup(model, plan=False)
+        groups = self.session.groups
+        if self.target.is_budget:
+            budget_problem(groups, self.session.full_cost, target_macs=self.target.macs,
+                           target_params=self.target.params, min_channels=self.min_channels, round_to=self.round_to)
+        elif self.target.layer_rates is not None:
+            self.allocation.keep_counts(groups, self.target, self.session.full_cost,
+                                        min_channels=self.min_channels, round_to=self.round_to)
 
     def allocate(self, model: nn.Module, scores: Mapping[str, Tensor] | None = None) -> dict[str, int]:
         """Keep counts of the current groups that meet the target, measured against the model at setup.

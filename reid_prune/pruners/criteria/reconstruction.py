@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ...distributed import broadcast_tensors
 from ..groups import ChannelGroup
-from ..options import at_least, option
+from ..options import choice, number_range
 from .base import Criterion, PruneContext, Selection, keep_top, reduced
 from .sampling import (check_consumer, contribution_gram, contribution_sums, conv_outputs, derives_samples,
                        follower_patches, sample_patches)
@@ -51,10 +51,10 @@ SCOPE_NOTE = ("it judges channels by how well the one conv that reads them can b
 class ReconstructionOptions:
     """Options of ThiNet and Channel Pruning."""
 
-    samples_per_image: int = option(10, check=at_least(1), expect="an integer >= 1")  # 10 in both papers
-    refit: str = option("weights", choices=REFITS)
-    finetune_steps: int = option(0, check=at_least(0), expect="an integer >= 0")  # after each block but the last
-    seed: int = 0  # location sampling
+    samples_per_image: int = number_range(10, 1)  # 10 in both papers
+    refit: str = choice("weights", *REFITS)
+    finetune_steps: int = number_range(0, 0)  # after each block but the last
+    seed: int = number_range(0, 0)  # location sampling
 
 
 def _ridge(inputs: Tensor, residual: Tensor, alphas: Iterable[float], at: Tensor | None = None) -> Iterable[Tensor]:

@@ -8,24 +8,20 @@ is a cap; what is reached is in the summary (see ``schedules/afp_prc.py``).
 from dataclasses import dataclass
 
 from ..criteria import ChannelL1
-from ..options import at_least, option
+from ..options import number_range
 from ..registry import Method, register
 from ..schedules import PlayAndPrune
 
 
-def _fraction(low_open: bool) -> dict:
-    return {"check": (lambda v: 0 < v <= 1) if low_open else (lambda v: 0 <= v <= 1),
-            "expect": "a fraction in (0, 1]" if low_open else "a fraction in [0, 1]"}
-
 
 @dataclass
 class Options:
-    tolerance: float = option(2.0, check=lambda v: v > 0, expect="a number > 0 (mAP points)")
-    reg: float = option(1e-4, check=at_least(0), expect="a number >= 0")
-    push_fraction: float = option(0.1, **_fraction(True))
-    threshold: float = option(0.05, **_fraction(True))
-    threshold_step: float = option(0.05, **_fraction(False))
-    patience: int = option(2, check=at_least(1), expect="an integer >= 1")
+    tolerance: float = number_range(2.0, 0, low_open=True)
+    reg: float = number_range(1e-4, 0)
+    push_fraction: float = number_range(0.1, 0, 1, low_open=True)
+    threshold: float = number_range(0.05, 0, 1, low_open=True)
+    threshold_step: float = number_range(0.05, 0, 1)
+    patience: int = number_range(2, 1)
 
 
 register(Method(

@@ -8,15 +8,15 @@ others; every group is cut abreast in ``rounds`` rounds (see ``schedules/autobal
 from dataclasses import dataclass
 
 from ..criteria import ChannelL1
-from ..options import at_least, option
+from ..options import number_range
 from ..registry import Method, register
 from ..schedules import AutoBalanced
 
 
 @dataclass
 class Options:
-    rounds: int = option(3, check=at_least(1), expect="an integer >= 1")
-    strength: float = option(5e-4, check=at_least(0), expect="a number >= 0")  # alpha of the reimplementation
+    rounds: int = number_range(3, 1)
+    strength: float = number_range(5e-4, 0)  # alpha of the reimplementation
 
 
 register(Method(

@@ -9,15 +9,15 @@ ResNet-50 bottleneck.
 from dataclasses import dataclass
 
 from ..criteria import Entropy
-from ..options import at_least, option
+from ..options import number_range
 from ..registry import Method, register
 from ..schedules import LayerWise
 
 
 @dataclass
 class Options:
-    bins: int = option(20, check=at_least(2), expect="an integer >= 2")
-    finetune_steps: int = option(30, check=at_least(0), expect="an integer >= 0")
+    bins: int = number_range(20, 2)
+    finetune_steps: int = number_range(30, 0)
 
 
 register(Method(

@@ -9,14 +9,14 @@ them at the end, masking their gradients in between (the reference's ``do_grad_m
 from dataclasses import dataclass
 
 from ..criteria import GeometricMedian
-from ..options import option
+from ..options import choice
 from ..registry import Method, register
 from ..schedules import OneShot, Soft
 
 
 @dataclass
 class Options:
-    mode: str = option("hard", choices=("hard", "soft"))
+    mode: str = choice("hard", "hard", "soft")
     mask_gradients: bool = True  # soft mode: zero the zeroed filters' gradients before every step
 
 

@@ -12,20 +12,20 @@ from dataclasses import dataclass
 
 from ..criteria import Taylor
 from ..criteria.taylor import ABS_OF, VARIANTS
-from ..options import at_least, option
+from ..options import choice, number_range
 from ..registry import Method, register
 from ..schedules import Iterative
 
 
 @dataclass
 class Options:
-    variant: int = option(2017, choices=VARIANTS)
-    abs_of: str = option("example", choices=ABS_OF)  # 2017: |t| per example (paper) or of the batch mean
-    channels_per_step: int | None = option(None, check=at_least(1), expect="an integer >= 1 or null")
-    rounds: int = option(10, check=at_least(1), expect="an integer >= 1")  # when channels_per_step is null
-    finetune_steps: int = option(30, check=at_least(0), expect="an integer >= 0")
-    momentum: float | None = option(None, check=lambda v: v is None or 0 <= v < 1, expect="a number in [0, 1)")
-    flops_penalty: float = option(0.0, check=at_least(0), expect="a number >= 0")
+    variant: int = choice(2017, *VARIANTS)
+    abs_of: str = choice("example", *ABS_OF)  # 2017: |t| per example (paper) or of the batch mean
+    channels_per_step: int | None = number_range(None, 1)
+    rounds: int = number_range(10, 1)  # when channels_per_step is null
+    finetune_steps: int = number_range(30, 0)
+    momentum: float | None = number_range(None, 0, 1, high_open=True)
+    flops_penalty: float = number_range(0.0, 0)
 
 
 def build(o: Options) -> tuple:

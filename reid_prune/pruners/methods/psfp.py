@@ -14,7 +14,7 @@ the exponential curve P_t = a e^(-k t) + b, from 0 at the start to P at the end:
 from dataclasses import dataclass
 
 from ..criteria import L2Norm
-from ..options import option
+from ..options import choice
 from ..registry import Method, register
 from ..schedules import Soft, exponential_curve
 
@@ -23,7 +23,7 @@ SHARE_AT_ONE_EIGHTH = {"paper": 3 / 4, "lab": 1 / 4}
 
 @dataclass
 class Options:
-    curve: str = option("paper", choices=tuple(SHARE_AT_ONE_EIGHTH))
+    curve: str = choice("paper", *SHARE_AT_ONE_EIGHTH)
     mask_gradients: bool = False
     reset_bn_stats: bool = True
 

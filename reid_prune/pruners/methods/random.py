@@ -7,13 +7,14 @@ choice of channels is random (seeded, so a run repeats exactly).
 from dataclasses import dataclass
 
 from ..criteria import RandomScores
+from ..options import number_range
 from ..registry import Method, register
 from ..schedules import OneShot
 
 
 @dataclass
 class Options:
-    seed: int = 0
+    seed: int = number_range(0, 0)
 
 
 register(Method(

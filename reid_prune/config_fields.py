@@ -1,0 +1,163 @@
+"""Typed fields for configuration dataclasses: declared choices and ranges, and checked merging of nested dicts.
+
+:mod:`reid_prune.config` declares its schema with :func:`choice` and :func:`number_range`;
+:func:`merge` writes a nested dict (a parsed YAML file or a ``--set``) into the dataclasses,
+checking each key and type, and :func:`check_fields` checks every declared choice and range.
+Errors name the dotted key path::
+
+    config key train.lr: expected a number, got 'fast'
+    config key train.gamma: must lie in (0, 1], got -0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key and the fix."""
+
+
+def choice(default: Any, *choices: Any) -> Any:
+    """A field that must be one of ``choices`` (strings, or numbers such as a paper's year)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def number_range(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False, what: str = "") -> Any:
+    """A number (or each number of a list) that must lie between ``low`` and ``high``; None is always allowed.
+
+    ``what`` names the quantity in the error message, e.g. "a prune fraction".
+    """
+    metadata = {"range": (low, high, low_open, high_open), "what": what}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against annotation ``tp``: ints count as numbers; NaN and infinity are refused anywhere."""
+    _check_finite(value, path)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, path)
+                except ConfigError:
+                    pass
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item_tp,) = typing.get_args(tp)
+            return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key {path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """Refuse NaN and infinity anywhere in ``value`` (a number, or nested lists and mappings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {path}: expected a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]")
+
+
+def merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Write ``values`` (nested dicts) into the dataclass ``obj``, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
+            raise ConfigError(f"config key {path} is not a valid key{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge(current, value, f"{path}.")
+            continue
+        if isinstance(current, dict) and isinstance(value, dict):
+            # Free-form mappings (prune.options) merge key by key, so several --set options add up.
+            _check_finite(value, path)
+            setattr(obj, key, {**current, **value})
+            continue
+        setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"be {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"be {'<' if high_open else '<='} {high:g}"
+    return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every declared choice and range of ``obj`` and its nested sections."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{path}.")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            close = difflib.get_close_matches(str(value), list(map(str, f.metadata["choices"])), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"config key {path}: expected one of {', '.join(map(str, f.metadata['choices']))}, got {value!r}{hint}"
+            )
+        elif "range" in f.metadata:
+            low, high, low_open, high_open = f.metadata["range"]
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if item is None:
+                    continue
+                below = low is not None and (item <= low if low_open else item < low)
+                above = high is not None and (item >= high if high_open else item > high)
+                if below or above:
+                    where = f"{path}[{i}]" if isinstance(value, list) else path
+                    what = f"{f.metadata['what']} " if f.metadata["what"] else ""
+                    raise ConfigError(f"config key {where}: {what}must {_interval(low, high, low_open, high_open)}, "
+                                      f"got {item!r}")

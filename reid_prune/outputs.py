@@ -1,0 +1,61 @@
+"""Checks that an output path can be written, made by every command before any work starts.
+
+A run folder, a ``--json`` report or an export file that cannot be written should stop a
+command in its first second, not after hours of training. The checks create nothing:
+a refused command leaves no files behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output path cannot be written; the message names the path and the reason."""
+
+
+def _writable_folder(path: Path, option: str) -> Path:
+    """The folder in which ``path`` would be created (its nearest existing ancestor), checked to be writable."""
+    folder = path
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{option} '{path}': '{folder}' is a file, so nothing can be created under it; "
+                              "choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} '{path}': no permission to write in '{folder}'; choose another path")
+    return folder
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Check that ``path`` is a writable folder, or can be created as one.
+
+    Args:
+        path: the output folder.
+        option: how the user gave it (a flag or config key), for the message.
+
+    Raises:
+        OutputPathError: ``path`` is a file, lies under a file, or is in a folder without write permission.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} '{path}': a file of that name exists, but a folder is needed; "
+                              "choose another path")
+    _writable_folder(path, option)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Check that ``path`` can be written as a file (an existing file is replaced).
+
+    Raises:
+        OutputPathError: ``path`` is a folder, lies under a file, or is in a folder without write permission.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{option} '{path}': is a folder; give the name of a file to write")
+    _writable_folder(path.parent if path.exists() else path, option)
+    return path
