@@ -23,13 +23,21 @@ from typing import Any
 
 import yaml
 
+from .precision import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, LEGACY_AMP
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
 
 
-def _choice(default: str, *choices: str) -> Any:
-    return field(default=default, metadata={"choices": choices})
+def _choice(default: Any, *choices: Any, aliases: dict[Any, Any] | None = None) -> Any:
+    """A field limited to ``choices``; ``aliases`` maps other accepted values (old spellings) onto them."""
+    return field(default=default, metadata={"choices": choices, "aliases": aliases or {}})
+
+
+def _show(value: Any) -> str:
+    """A value as YAML spells it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass
@@ -64,6 +72,9 @@ class DataConfig:
     k: int = 4  # images per identity
     workers: int = 2
     eval_batch_size: int = 128
+    # Decode every image once, resized, into memory (uint8): auto = when the images fit in a quarter
+    # of the available memory. Saves the JPEG decoding and the resize of every later pass.
+    cache: bool | str = _choice("auto", *CHANNELS_LAST_SETTINGS)
     transforms: TransformConfig = field(default_factory=TransformConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -108,8 +119,11 @@ class TrainConfig:
     gamma: float = 0.1
     eval_every: int = 10  # epochs; the last epoch is always evaluated
     device: str = "auto"  # auto | cpu | cuda | cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK
-    amp: bool = True  # mixed precision, used on CUDA only
-    channels_last: bool = False
+    # Autocast precision of training, evaluation and fine-tuning (weights stay fp32): auto = bf16/fp16
+    # on CUDA, bf16 on a CPU with native bf16, else fp32; off = fp32. Old configs: true = auto, false = off.
+    amp: str = _choice("auto", *AMP_SETTINGS, aliases={**LEGACY_AMP, "fp32": "off"})
+    # Memory format of the model and its inputs: auto = channels-last on the CPU, and on CUDA under autocast.
+    channels_last: bool | str = _choice("auto", *CHANNELS_LAST_SETTINGS)
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     seed: int = 0
     max_batches: int = 0  # cap on batches per epoch (0 = a full pass); for smoke runs
@@ -213,7 +227,8 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    names = list(fields)
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in names:
@@ -228,6 +243,8 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             # Free-form mappings (prune.options) merge key by key, so several --set options add up.
             setattr(obj, key, {**current, **value})
             continue
+        # Old spellings of a choice (train.amp: true) become the current one before the type check.
+        value = next((new for old, new in fields[key].metadata.get("aliases", {}).items() if _same(value, old)), value)
         setattr(obj, key, _coerce(value, hints[key], path))
 
 
@@ -237,12 +254,16 @@ def _check_choices(obj: Any, prefix: str = "") -> None:
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             _check_choices(value, f"{path}.")
-        elif "choices" in f.metadata and value not in f.metadata["choices"]:
-            close = difflib.get_close_matches(str(value), f.metadata["choices"], n=1)
+        elif "choices" in f.metadata and not any(_same(value, c) for c in f.metadata["choices"]):
+            choices = [_show(c) for c in f.metadata["choices"]]
+            close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"config key {path}: expected one of {', '.join(f.metadata['choices'])}, got {value!r}{hint}"
-            )
+            raise ConfigError(f"config key {path}: expected one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """Equal and of the same type: 1 is not true."""
+    return type(value) is type(choice) and value == choice
 
 
 def _require(ok: bool, path: str, message: str) -> None:

@@ -1,5 +1,6 @@
 """Re-ID data: dataset parsers, a synthetic generator, the P x K sampler, transforms and loaders."""
 
+from .cache import decode_images, should_cache
 from .datasets import DATASET_KINDS, ReIDDataset, Sample, build_dataset
 from .loaders import ImageDataset, build_eval_loader, build_train_loader
 from .sampler import PKSampler
@@ -16,5 +17,7 @@ __all__ = [
     "build_eval_loader",
     "build_train_loader",
     "build_transforms",
+    "decode_images",
     "generate_synthetic",
+    "should_cache",
 ]

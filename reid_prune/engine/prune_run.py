@@ -17,6 +17,7 @@ from torch import nn
 from ..checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
+from ..precision import ComputeSettings
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
 from .trainer import Trainer, evaluate_with_config, resolve_device
@@ -64,6 +65,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     query, gallery = make_eval_loaders(cfg, dataset)
     train_loader = make_train_loader(cfg, dataset)
     device = resolve_device(cfg.train.device)
+    compute = ComputeSettings.from_config(cfg.train, device)
     report: dict[str, Any] = {
         "method": cfg.prune.method, "scope": cfg.prune.scope, "rate": cfg.prune.rate,
         "target_macs": cfg.prune.target_macs, "target_params": cfg.prune.target_params,
@@ -85,14 +87,16 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         trainer = Trainer(cfg, model, model_config, train_loader, query, gallery, hooks=[pruner],
                           train=finetune_schedule(cfg, epochs), progress=progress)
         trainer.fit()
-        model = pruner.finalize(trainer.model)
+        # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
+        model = compute.place(pruner.finalize(trainer.model))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = None  # pruned during fine-tuning: only the final state exists
         report["finetuned"] = model_report(model, cfg, query, gallery, progress=progress)
     else:
         context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=device,
                                finetune=finetune, evaluate=validate)
-        model = pruner.prune(model.to(device).eval(), context)
+        # Criteria score the model as it runs (placed); surgery's new layers are NCHW, so place it again after.
+        model = compute.place(pruner.prune(compute.place(model).eval(), context))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = model_report(model, cfg, query, gallery, progress=progress)
         if epochs > 0:
