@@ -106,10 +106,11 @@ def resolve_precision(amp: str | bool, device: str | torch.device) -> str:
             return "bf16" if _cuda_has_native_bf16(device) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.amp=fp16 runs on CUDA only, not on {device.type}; use bf16, auto or off")
+        raise ValueError(f"fp16 autocast (train.amp / --amp) runs on CUDA only, not on {device.type}; "
+                         "use bf16, auto or off")
     if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("train.amp=bf16 on a CPU without native bf16 instructions is emulated and slower than fp32; "
-                      "use auto or off", stacklevel=2)
+        warnings.warn("bf16 autocast (train.amp / --amp) on a CPU without native bf16 instructions is emulated "
+                      "and slower than fp32; use auto or off", stacklevel=2)
     return amp
 
 
