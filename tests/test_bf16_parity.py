@@ -1,9 +1,9 @@
 """bf16 autocast against fp32 on real images: features agree (cosine >= 0.999), ResNet-18/50, unpruned and pruned.
 
-Runs the library's own path: :func:`~reid_prune.evaluation.extract_features` with
-``precision="auto"`` (bf16 on this CPU) and the channels-last layout ``auto`` picks, against
+Runs the library's own path: :func:`~reid_prune.evaluation.extract_features` at the
+precision ``auto`` picks (bf16 on this CPU) in the channels-last layout ``auto`` picks, against
 the same call in fp32. Skips on a CPU without native bf16 (auto is fp32 there) and without
-``../shared/data``.
+``../shared/data``; the same check runs on CUDA when a GPU is present (``-m cuda``).
 
 What makes the test fair. No trained weights can be downloaded here, and a random-init
 ResNet is a poor stand-in as it comes:
@@ -53,9 +53,6 @@ PARITY_IMAGES = 32
 @pytest.fixture(scope="module")
 def real_images():
     """(calibration samples, parity samples) of real person crops from ../shared/data."""
-    if not cpu_has_native_bf16():
-        pytest.skip(f"this CPU has no native bf16 (flags found: {cpu_bf16_flags() or 'none'}; torch capability "
-                    f"{torch.backends.cpu.get_cpu_capability()}): train.amp=auto keeps fp32 here, no bf16 path to check")
     dataset = build_dataset("market_layout", shared_data("cuhk03_market"))
     step = max(1, len(dataset.train) // CALIBRATION_IMAGES)  # many identities, not the first few
     return dataset.train[::step][:CALIBRATION_IMAGES], dataset.query[:PARITY_IMAGES]
@@ -86,19 +83,37 @@ def _trained_like(arch: str, pruned: bool, calibration) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned50"])
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_bf16_features_match_fp32(real_images, arch, pruned):
-    calibration, probe = real_images
+def _check_parity(arch: str, pruned: bool, device: str, samples) -> None:
+    calibration, probe = samples
     model = _trained_like(arch, pruned, calibration)
-    compute = ComputeSettings.resolve("cpu", "auto", "auto")
-    assert compute.precision == "bf16" and compute.channels_last
+    compute = ComputeSettings.resolve(device, "auto", "auto")
+    assert compute.precision != "fp32" and compute.channels_last
     compute.place(model)
-    fp32, _, _ = extract_features(model, _loader(probe), precision="fp32", channels_last=True, progress=False)
-    bf16, _, _ = extract_features(model, _loader(probe), precision=compute.precision, channels_last=True,
-                                  progress=False)
+    options = {"device": compute.device, "channels_last": True, "progress": False}
+    fp32, _, _ = extract_features(model, _loader(probe), precision="fp32", **options)
+    low, _, _ = extract_features(model, _loader(probe), precision=compute.precision, **options)
     unit = F.normalize(fp32, dim=1)
     between_images = (unit @ unit.T)[~torch.eye(len(unit), dtype=torch.bool)].mean()
     assert between_images < 0.99, f"fp32 features collapsed (mean cosine {between_images:.4f}): the test is moot"
-    cosine = F.cosine_similarity(fp32, bf16, dim=1)
-    assert cosine.min() >= 0.999, f"bf16 vs fp32 cosine: min {cosine.min():.5f}, mean {cosine.mean():.5f}"
+    cosine = F.cosine_similarity(fp32, low, dim=1)
+    assert cosine.min() >= 0.999, (f"{compute.precision} vs fp32 cosine on {device}: min {cosine.min():.5f}, "
+                                   f"mean {cosine.mean():.5f}")
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned50"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_bf16_features_match_fp32(real_images, arch, pruned):
+    if not cpu_has_native_bf16():
+        pytest.skip(f"no native bf16 on this CPU (bf16 flags in /proc/cpuinfo: {', '.join(cpu_bf16_flags()) or 'none'}; "
+                    f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}; both are needed): "
+                    "train.amp=auto keeps fp32 here, so there is no bf16 path to check")
+    _check_parity(arch, pruned, "cpu", real_images)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here; scripts/gpu_check.sh runs this")
+@pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned50"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_gpu_autocast_features_match_fp32(real_images, arch, pruned):
+    """The same check on CUDA, in what auto picks there (bf16 from Ampere, else fp16)."""
+    _check_parity(arch, pruned, "cuda", real_images)
