@@ -125,8 +125,10 @@ def make_models(num_classes: int) -> dict[str, nn.Module]:
 
 
 def run_config(args, arch_config: dict[str, Any], precision: str, channels_last: bool | str, cache: bool | str):
-    return load_config(None, [f"data.p={args.p}", f"data.k={args.k}", "loss.id_weight=1.0", "train.device=cpu",
-                              "train.lr=1e-3", f"train.amp={'off' if precision == 'fp32' else precision}",
+    return load_config(None, [f"data.p={args.p}", f"data.k={args.k}", f"data.height={SIZE[0]}", f"data.width={SIZE[1]}",
+                              f"data.workers={args.workers}", "data.transforms.random_erasing=0.0",
+                              "loss.id_weight=1.0", "train.device=cpu", "train.lr=0.001",
+                              f"train.amp={'off' if precision == 'fp32' else precision}",
                               f"train.channels_last={str(channels_last).lower()}", f"data.cache={str(cache).lower()}",
                               f"model.arch={arch_config['arch']}"])
 
@@ -194,7 +196,8 @@ def defaults_table(args, dataset, models) -> tuple[list[list[str]], float]:
             net = compute.place(copy.deepcopy(base)).eval()
             extract_jobs[label] = lambda net=net, c=compute, q=query: extract_features(
                 net, q, precision=c.precision, channels_last=c.channels_last, progress=False)
-            described = f"{compute.precision}, {compute.memory_format_name}, cache {cfg.data.cache}"
+            cached = loader.dataset.images is not None
+            described = f"{compute.precision}, {compute.memory_format_name}, {'cached' if cached else 'decoding'}"
         train = in_turns(train_jobs, args.rounds, args.steps * args.p * args.k)
         extract = in_turns(extract_jobs, args.rounds, len(probe.query))
         first_step = first_step or args.p * args.k / train["default"]
@@ -234,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batches", type=int, default=4, help="extraction batches per turn (default: 4)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes (default: 2)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 steps of 4 x 2 images: checks that it runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 2 steps of 4 x 2 images on 24 identities: checks that it runs")
     parser.add_argument("--json", metavar="OUT", help="also write the tables as JSON")
     args = parser.parse_args(argv)
     if args.quick:
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = ["data.dataset=synthetic"]
     dataset = prepare_dataset(load_config(None, data).data, verbose=False)
+    if args.quick:  # a slice of the data, so that decoding it into the cache takes a moment
+        dataset = dataclasses.replace(dataset, train=[s for s in dataset.train if s.pid < 24], query=dataset.query[:16])
     models = make_models(dataset.num_train_pids)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16 flags: "
           f"{', '.join(cpu_bf16_flags()) or 'none'}; {dataset.name}: {len(dataset.train)} training images, input "
