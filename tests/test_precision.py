@@ -134,6 +134,16 @@ def test_memory_format_is_read_from_the_weights_and_place_restores_it():
     assert model_memory_format(model) == "channels_last"
 
 
+def test_trainer_puts_layers_built_by_surgery_back_in_its_layout():
+    cfg = load_config(None, ["model.arch=resnet18", "train.device=cpu", "train.amp=off", "train.channels_last=true"])
+    model = build_model("resnet18")
+    trainer = Trainer(cfg, model, model.build_config, train_loader=None, progress=False)
+    old = model.layer2[0].conv2  # what a pruner's cut during training does, then rebuild_optimizer
+    model.layer2[0].conv2 = nn.Conv2d(old.in_channels, old.out_channels // 2, 3, padding=1, bias=False)
+    trainer.rebuild_optimizer()
+    assert model_memory_format(trainer.model) == "channels_last"
+
+
 def test_evaluation_places_the_model_in_the_configured_layout(monkeypatch):
     cfg = load_config(None, ["train.device=cpu", "train.amp=off"])
     model = build_model("resnet18").eval()

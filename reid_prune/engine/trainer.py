@@ -149,7 +149,12 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def rebuild_optimizer(self) -> None:
-        """Create the optimiser and (for DDP) the wrapper anew; needed after surgery replaces parameters."""
+        """Create the optimiser and (for DDP) the wrapper anew; needed after surgery replaces parameters.
+
+        Surgery builds its new layers in NCHW, so the model is first put back on the device in
+        the configured memory format.
+        """
+        self.compute.place(self.model)
         self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr)
         # Loss scaling only for fp16, whose range underflows small gradients; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute.precision == "fp16")
