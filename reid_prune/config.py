@@ -74,7 +74,7 @@ class DataConfig:
     eval_batch_size: int = 128
     # Decode every image once, resized, into memory (uint8): auto = when the images fit in a quarter
     # of the available memory. Saves the JPEG decoding and the resize of every later pass.
-    cache: bool | str = _choice("auto", *CHANNELS_LAST_SETTINGS)
+    cache: bool | str = _choice("auto", "auto", True, False)
     transforms: TransformConfig = field(default_factory=TransformConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
