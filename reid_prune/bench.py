@@ -73,14 +73,16 @@ from .engine.prune_run import prune_checkpoint, pruner_from_config
 from .engine.trainer import seed_everything
 from .evaluation import complexity, measure_latency
 from .outputs import check_output_dir
+from .precision import ComputeSettings
 from .pruners import available, get_method
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
               "prune_arch", "methods", "budgets", "finetune_epochs", "seeds", "cross_domain", "latency_threads")
-# Settings that change how fast a cell runs, not what it computes: left out of the cell key.
-UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images"),
-            "eval": ("latency", "latency_batch_sizes")}
+# Settings that change how fast a cell runs, not what it computes: left out of the cell key. The memory
+# format changes only the order of the same float32 sums; train.amp (the precision) is part of the key.
+UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images", "cache"),
+            "eval": ("latency", "latency_batch_sizes"), "train": ("channels_last",)}
 # Config keys added after the first benches ran: left out of the cell key while unset (None), so cells
 # cached before they existed keep their keys.
 LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"))
@@ -540,6 +542,16 @@ def _threads(bench: Bench) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
+def latency_compute(plan: Plan) -> ComputeSettings:
+    """The precision and memory format the bench times its models in: the base config's, on the CPU."""
+    return ComputeSettings.from_config(plan.cells[0].cfg.train, "cpu")
+
+
+def _latency_compute_text(plan: Plan) -> str:
+    compute = latency_compute(plan)
+    return f"{compute.precision}, {compute.memory_format_name}"
+
+
 def _arch_label(arch: str) -> str:
     return arch.replace("resnet", "ResNet")
 
@@ -676,15 +688,17 @@ def evaluate_on(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *,
 
 
 def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence[int], threads: int, *,
-                   rounds: int = LATENCY_ROUNDS) -> dict[str, dict[str, float]]:
+                   compute: ComputeSettings | None = None, rounds: int = LATENCY_ROUNDS) -> dict[str, dict[str, float]]:
     """CPU milliseconds per image of each cell's model at each batch size: {cell key: {"batchB": ms}}.
 
     The models not measured before are timed in turns, ``rounds`` times each (3 timed passes
     per turn, median of the turns), so that a change of machine load hits them all alike,
-    with ``threads`` CPU threads (0: torch's default); the numbers are then cached beside
-    each cell (``latency.json``).
+    with ``threads`` CPU threads (0: torch's default), at ``compute``'s precision and memory
+    format (default fp32, NCHW); the numbers are then cached beside each cell (``latency.json``).
     """
-    wanted = {"batches": [f"batch{b}" for b in batch_sizes], "threads": threads}
+    compute = compute or ComputeSettings(torch.device("cpu"))
+    wanted = {"batches": [f"batch{b}" for b in batch_sizes], "threads": threads, "precision": compute.precision,
+              "memory_format": compute.memory_format_name}
     latencies, models = {}, {}
     for cell in cells:
         cached = _read_json(cells_dir / cell.key / "latency.json")
@@ -700,7 +714,8 @@ def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence
         for _ in range(rounds):
             for key, (model, size) in models.items():
                 for batch, ms in measure_latency(model, size, batch_sizes=tuple(batch_sizes), device="cpu", warmup=1,
-                                                 repeats=3).items():
+                                                 repeats=3, precision=compute.precision,
+                                                 channels_last=compute.channels_last).items():
                     samples[key][batch].append(ms)
     finally:
         torch.set_num_threads(default_threads)
@@ -754,8 +769,10 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
         latencies: dict[str, dict[str, float]] = {}
         if bench.latency_batch_sizes:
             batches = ", ".join(map(str, bench.latency_batch_sizes))
-            log(f"measuring the CPU latency of {len(plan.cells)} models (batch {batches}, {_threads(bench)})")
-            latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads)
+            log(f"measuring the CPU latency of {len(plan.cells)} models (batch {batches}, {_threads(bench)}, "
+                f"{_latency_compute_text(plan)})")
+            latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads,
+                                       compute=latency_compute(plan))
         summary = write_results(bench, plan, out, results, evaluations, latencies, command=command)
         log(f"wrote {out / 'results.md'}, results.csv, results.json"
             + (", pareto.png" if summary["plot"] else f"; {PLOT_NOTE}"))
@@ -838,7 +855,8 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
         latency_key = None  # not measured yet: the latency phase comes after every cell
     cost_headers = ["Parameters (M)", "GMACs"]
     if latency_key:
-        cost_headers.append(f"CPU ms/image (batch {bench.latency_batch_sizes[0]}, {_threads(bench)})")
+        cost_headers.append(f"CPU ms/image (batch {bench.latency_batch_sizes[0]}, {_threads(bench)}, "
+                            f"{_latency_compute_text(plan)})")
     seeds = len(bench.seeds)
     lines = [f"# Benchmark {bench.name}", ""]
     if command:
@@ -944,6 +962,8 @@ def write_results(bench: Bench, plan: Plan, out: Path, results: dict[str, dict[s
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                         "world_size": env_world_size(),
                         "latency_threads": bench.latency_threads or torch.get_num_threads(),
+                        "latency_precision": latency_compute(plan).precision,
+                        "latency_memory_format": latency_compute(plan).memory_format_name,
                         "machine": platform.machine(), "python": platform.python_version()},
         "plot": plotted, "rows": rows,
     }

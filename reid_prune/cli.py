@@ -50,6 +50,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"reid-prune: warning: {message}", file=sys.stderr)
 
 
+PRECISION_HELP = """\
+precision and memory format (train.amp, train.channels_last; one choice for training,
+fine-tuning, evaluation and latency):
+  train.amp=auto (default) picks bf16 autocast on a CPU with native bf16 instructions
+    (avx512_bf16 or amx_bf16 in /proc/cpuinfo, Arm bf16), fp32 on other CPUs, and bf16
+    (compute capability 8.0+) or fp16 autocast on CUDA. Weights and optimiser state stay
+    fp32. Turn it off with --set train.amp=off (fp32); force with bf16 or fp16 (CUDA).
+  train.channels_last=auto (default) uses the channels-last memory format on the CPU and
+    on CUDA under autocast; --set train.channels_last=false keeps NCHW.
+  Configs from before these settings: amp true means auto, false means off.
+"""
+
+
+def _channels_last_arg(text: str) -> str | bool:
+    """--channels-last auto|true|false, as train.channels_last takes it."""
+    values = {"auto": "auto", "true": True, "false": False}
+    if text not in values:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return values[text]
+
+
+def _add_compute_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--amp and --channels-last for the commands that take no config."""
+    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                        help=f"precision of {what}: auto (default) = bf16 autocast on a CPU with native bf16, "
+                             "bf16/fp16 on CUDA, else fp32; off = fp32")
+    parser.add_argument("--channels-last", default="auto", type=_channels_last_arg, metavar="{auto,true,false}",
+                        help=f"memory format of {what}: auto (default) = channels-last on the CPU and on CUDA "
+                             "under autocast; false = NCHW")
+
+
 def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--config", required=required, metavar="YAML",
                         help="YAML config; keys it omits take the defaults in reid_prune/config.py")
@@ -78,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, output=args.output, resume=args.resume, progress=not args.quiet)
     if not is_main_process():
         return 0
-    report = {**summary["last"], **summary["complexity"]}
+    report = {**summary["last"], **summary["complexity"], "precision": summary["precision"],
+              "memory_format": summary["memory_format"]}
     _print_report(f"trained {cfg.model.arch} -> {summary['output']} (best mAP {summary['best']['mAP']:.2f}% "
                   f"at epoch {summary['best']['epoch']})", report)
     return 0
@@ -128,6 +160,7 @@ def _prune_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_prune(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
     from .engine.prune_run import STAGES, prune_checkpoint
+    from .precision import describe_text
     from .report import human
 
     cfg = load_config(args.config, list(args.overrides) + _prune_overrides(args))
@@ -140,8 +173,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for key, label in (("mAP", "mAP %"), ("rank1", "rank-1 %"), ("params", "params"), ("macs", "MACs")):
         rows.append([label] + [f"{report[s][key]:.2f}" if key in ("mAP", "rank1") else human(report[s][key])
                                for s in stages])
+    setting = report["before"].get("latency_setting")
     for batch in report["before"].get("latency_ms", {}):
-        rows.append([f"latency {batch}, ms/image"] + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
+        rows.append([f"latency {batch}, ms/image ({describe_text(setting)})"]
+                    + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
     print(f"\n{cfg.prune.method} ({cfg.prune.scope}) on {args.checkpoint}")
     print(format_table(["", *stages], rows))
     if report["widths_plot"]:
@@ -158,7 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         report = export_checkpoint(args.checkpoint, args.output, fmt=args.format, input_size=args.input_size,
                                    dynamic_batch=args.dynamic_batch, images=args.images, tolerance=args.tolerance,
-                                   threads=args.threads)
+                                   threads=args.threads, amp=args.amp, channels_last=args.channels_last)
     except MissingExtraError as exc:
         _error(args, exc)
         return 2
@@ -177,9 +212,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     rows.append(["file size", f"{human(report['size_bytes'])}B"])
     latency = report["latency_ms"]
     threads = f"{report['threads']} thread{'s' if report['threads'] > 1 else ''}"
+    layout = report["latency_setting"]["memory_format"]
     rows.append([f"CPU latency, batch 1, {threads}",
-                 f"PyTorch {latency['pytorch']:.2f} ms, onnxruntime {latency['onnxruntime']:.2f} ms "
+                 f"PyTorch fp32 {layout} {latency['pytorch']:.2f} ms, onnxruntime fp32 {latency['onnxruntime']:.2f} ms "
                  f"(PyTorch / onnxruntime = {latency['pytorch'] / latency['onnxruntime']:.2f})"])
+    if "pytorch_bf16" in latency:
+        rows.append([f"CPU latency, batch 1, {threads}",
+                     f"PyTorch bf16 autocast {layout} {latency['pytorch_bf16']:.2f} ms (not what the ONNX file runs)"])
     print(f"\nexported {args.checkpoint} -> {report['output']}: input 'images' ({batch}, 3, {height}, {width})"
           f"{', B free' if report['dynamic_batch'] else ''}, output 'features' (not L2-normalised)")
     print(format_table(("check", "result"), rows))
@@ -190,12 +229,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .extract import extract_checkpoint
 
     report = extract_checkpoint(args.checkpoint, args.images, args.output, batch_size=args.batch_size,
-                                input_size=args.input_size, flip=args.flip, device=args.device,
-                                workers=args.workers, progress=not args.quiet)
+                                input_size=args.input_size, flip=args.flip, device=args.device, amp=args.amp,
+                                channels_last=args.channels_last, workers=args.workers, progress=not args.quiet)
     height, width = report["input_size"]
     skipped = len(report["skipped"])
     print(f"wrote {report['output']} ({report['num_images']} x {report['dim']} float32, L2-normalised, "
-          f"input {height}x{width}) and {report['paths_file']}"
+          f"input {height}x{width}, computed in {report['precision']}, {report['memory_format']}) "
+          f"and {report['paths_file']}"
           + (f"; skipped {skipped} unreadable image{'s' if skipped > 1 else ''}" if skipped else ""))
     return 0
 
@@ -227,7 +267,7 @@ examples:
   reid-prune train --config configs/demo.yaml --output runs/demo --resume   # continue after a stop
   torchrun --nproc_per_node=4 -m reid_prune train --config configs/market1501_resnet50.yaml \\
       --set train.sync_bn=true --output runs/market-4gpu
-"""),
+""" + PRECISION_HELP),
     "eval": (cmd_eval, "evaluate a checkpoint: mAP, CMC, mINP, params, MACs, latency", """\
 Evaluates a checkpoint (pruned or not) on the query/gallery split of the
 config's dataset under the Market-1501 protocol, then measures parameters,
@@ -236,7 +276,7 @@ MACs (FLOPs = 2 x MACs) and latency per image.
 examples:
   reid-prune eval --config configs/demo.yaml --checkpoint runs/demo/best.pt
   reid-prune eval --config configs/demo.yaml --checkpoint runs/demo/best.pt --json report.json
-"""),
+""" + PRECISION_HELP),
     "prune": (cmd_prune, "prune a checkpoint with one method, fine-tune, report before/after", """\
 Loads a checkpoint, removes channels with the chosen method (they are physically
 removed: the saved model is smaller and faster), optionally fine-tunes, and
@@ -264,7 +304,7 @@ examples:
       --target-macs 0.5 --allocation global --finetune-epochs 4
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
       --layer-rates runs/demo/sensitivity/layer_rates.yaml --output runs/demo/haoli-sensitivity
-"""),
+""" + PRECISION_HELP),
     "export": (cmd_export, "export a checkpoint (pruned or not) to ONNX, check parity, compare CPU latency", """\
 Writes the model as ONNX (input 'images' Bx3xHxW normalised as in training,
 output 'features', the retrieval feature before L2 normalisation), atomically.
@@ -378,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_extract.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     p_extract.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p_extract.add_argument("--workers", type=_int_at_least(0), default=2, help="image decoding processes (default: 2)")
+    _add_compute_args(p_extract, "the forward passes")
+    _add_compute_args(p_export, "the PyTorch latency (fp32 is always timed; the ONNX file is fp32)")
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
     p_synth.add_argument("--ids", type=_int_at_least(2), default=60, help="training identities (default: 60)")
     p_synth.add_argument("--test-ids", type=_int_at_least(1), default=30,

@@ -29,13 +29,14 @@ from typing import Any
 import yaml
 
 from .config_fields import ConfigError, check_fields, choice, merge, number_range
+from .precision import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, LEGACY_AMP
 
 # bench.py merges its sections with the same checks.
 _merge = merge
 
 # Keys that change how fast a run goes or what it prints, never the weights it computes.
-RUNTIME_KEYS = ("output", "data.workers", "data.eval_batch_size", "data.check_images", "eval.latency",
-                "eval.latency_batch_sizes", "train.device")
+RUNTIME_KEYS = ("output", "data.workers", "data.eval_batch_size", "data.check_images", "data.cache", "eval.latency",
+                "eval.latency_batch_sizes", "train.device", "train.channels_last")
 
 
 @dataclass
@@ -73,6 +74,9 @@ class DataConfig:
     # Decode every image once when the dataset is read: error (stop, naming the file),
     # skip (leave unreadable images out, with a warning) or off (for huge, trusted datasets).
     check_images: str = choice("error", "error", "skip", "off")
+    # Decode every image once, resized, into memory (uint8): auto = when the images fit in a quarter
+    # of the available memory. Saves the JPEG decoding and the resize of every later pass.
+    cache: bool | str = choice("auto", "auto", True, False)
     transforms: TransformConfig = field(default_factory=TransformConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -117,8 +121,11 @@ class TrainConfig:
     gamma: float = number_range(0.1, 0, 1, low_open=True)  # learning rate multiplier at each milestone
     eval_every: int = number_range(10, 1)  # epochs; the last epoch is always evaluated
     device: str = "auto"  # auto | cpu | cuda | cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK
-    amp: bool = True  # mixed precision, used on CUDA only
-    channels_last: bool = False
+    # Autocast precision of training, evaluation and fine-tuning (weights stay fp32): auto = bf16/fp16
+    # on CUDA, bf16 on a CPU with native bf16, else fp32; off = fp32. Old configs: true = auto, false = off.
+    amp: str = choice("auto", *AMP_SETTINGS, aliases={**LEGACY_AMP, "fp32": "off"})
+    # Memory format of the model and its inputs: auto = channels-last on the CPU, and on CUDA under autocast.
+    channels_last: bool | str = choice("auto", *CHANNELS_LAST_SETTINGS)
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     seed: int = number_range(0, 0)
     max_batches: int = number_range(0, 0)  # cap on batches per epoch (0 = a full pass); for smoke runs

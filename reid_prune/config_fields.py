@@ -24,9 +24,22 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
 
 
-def choice(default: Any, *choices: Any) -> Any:
-    """A field that must be one of ``choices`` (strings, or numbers such as a paper's year)."""
-    return field(default=default, metadata={"choices": choices})
+def choice(default: Any, *choices: Any, aliases: dict[Any, Any] | None = None) -> Any:
+    """A field that must be one of ``choices`` (strings, booleans, or numbers such as a paper's year).
+
+    ``aliases`` maps other accepted values (old spellings, e.g. ``train.amp: true``) onto a choice.
+    """
+    return field(default=default, metadata={"choices": choices, "aliases": aliases or {}})
+
+
+def _same(value: Any, option: Any) -> bool:
+    """Equal and of the same type: 1 is not true."""
+    return type(value) is type(option) and value == option
+
+
+def _show(value: Any) -> str:
+    """A value as YAML spells it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def number_range(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -108,7 +121,8 @@ def merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    names = list(fields)
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in names:
@@ -124,6 +138,9 @@ def merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             _check_finite(value, path)
             setattr(obj, key, {**current, **value})
             continue
+        # Old spellings of a choice (train.amp: true) become the current one before the type check.
+        aliases = fields[key].metadata.get("aliases", {})
+        value = next((new for old, new in aliases.items() if _same(value, old)), value)
         setattr(obj, key, _coerce(value, hints[key], path))
 
 
@@ -142,12 +159,11 @@ def check_fields(obj: Any, prefix: str = "") -> None:
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             check_fields(value, f"{path}.")
-        elif "choices" in f.metadata and value not in f.metadata["choices"]:
-            close = difflib.get_close_matches(str(value), list(map(str, f.metadata["choices"])), n=1)
+        elif "choices" in f.metadata and not any(_same(value, c) for c in f.metadata["choices"]):
+            choices = [_show(c) for c in f.metadata["choices"]]
+            close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"config key {path}: expected one of {', '.join(map(str, f.metadata['choices']))}, got {value!r}{hint}"
-            )
+            raise ConfigError(f"config key {path}: expected one of {', '.join(choices)}, got {value!r}{hint}")
         elif "range" in f.metadata:
             low, high, low_open, high_open = f.metadata["range"]
             items = value if isinstance(value, list) else [value]

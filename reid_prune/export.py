@@ -32,6 +32,7 @@ from .data.transforms import build_transforms
 from .evaluation import measure_latency
 from .extract import ImageFiles, atomic_path, checkpoint_preprocessing, list_images
 from .outputs import check_output_file
+from .precision import ComputeSettings
 
 EXPORT_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 FORMATS = ("onnx",)
@@ -157,6 +158,8 @@ def export_checkpoint(
     tolerance: float = TOLERANCE,
     latency: bool = True,
     threads: int | None = None,
+    amp: str | bool = "auto",
+    channels_last: str | bool = "auto",
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``output``, check parity with onnxruntime, time both runtimes on the CPU.
 
@@ -164,11 +167,15 @@ def export_checkpoint(
     256x128. Parity runs on 4 random images, and on up to 16 images of ``images`` (a
     folder or list file) when given. The file is put in place only when every
     difference is under ``tolerance``; otherwise :class:`ParityError` is raised.
-Both runtimes are timed with ``threads`` intra-op threads (default: torch's current count).
+    Both runtimes are timed with ``threads`` intra-op threads (default: torch's current count).
+    PyTorch is timed in fp32, as the ONNX graph computes, in the memory format that
+    ``channels_last`` resolves to on the CPU; when ``amp`` resolves to bf16 there, its bf16
+    latency is timed side by side (``pytorch_bf16``).
 
     Returns ``{"output", "size_bytes", "input_size", "dynamic_batch", "parity": {"random": diff,
     "images": diff | None, "num_images": int}, "tolerance", "threads",
-    "latency_ms": {"pytorch": ms, "onnxruntime": ms} (per image, batch 1) | None}``.
+    "latency_ms": {"pytorch": ms, "onnxruntime": ms[, "pytorch_bf16": ms]} (per image, batch 1) | None,
+    "latency_setting": {"device", "precision", "memory_format", "threads"} | None}``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -184,6 +191,7 @@ Both runtimes are timed with ``threads`` intra-op threads (default: torch's curr
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     threads = threads or torch.get_num_threads()
+    compute = ComputeSettings.resolve("cpu", amp, channels_last)
     report: dict[str, Any] = {"output": str(output), "input_size": size, "dynamic_batch": dynamic_batch,
                               "tolerance": tolerance, "threads": threads}
     with atomic_path(output) as tmp:
@@ -201,15 +209,19 @@ Both runtimes are timed with ``threads`` intra-op threads (default: torch's curr
                 f"ONNX parity check failed: onnxruntime's features differ from PyTorch's by up to {worst:.2e} "
                 f"(tolerance {tolerance:.0e}); {output} was not written"
             )
-        report["latency_ms"] = None
+        report["latency_ms"] = report["latency_setting"] = None
         if latency:
             torch_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                report["latency_ms"] = {
-                    "pytorch": measure_latency(model, size, batch_sizes=(1,), device="cpu")["batch1"],
-                    "onnxruntime": onnxruntime_latency(session, size),
-                }
+                pytorch = measure_latency(model, size, batch_sizes=(1,), device="cpu",
+                                          precision=list(dict.fromkeys(("fp32", compute.precision))),
+                                          channels_last=compute.channels_last)
+                report["latency_ms"] = {"pytorch": pytorch["fp32"]["batch1"],
+                                        "onnxruntime": onnxruntime_latency(session, size)}
+                if compute.precision != "fp32":
+                    report["latency_ms"][f"pytorch_{compute.precision}"] = pytorch[compute.precision]["batch1"]
+                report["latency_setting"] = {**compute.describe(), "precision": "fp32"}
             finally:
                 torch.set_num_threads(torch_threads)
         del session  # release the file before the rename (needed on Windows)

@@ -34,6 +34,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from .engine.trainer import resolve_device
 from .evaluation import extract_features
 from .outputs import check_output_file
+from .precision import ComputeSettings
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ def image_features(
     batch_size: int = 64,
     flip: bool = False,
     device: str | torch.device = "cpu",
+    amp: str | bool = "off",
+    channels_last: str | bool = False,
     workers: int = 0,
     progress: bool = True,
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
@@ -167,6 +170,8 @@ def image_features(
         batch_size: images per forward pass.
         flip: average each image's feature with its mirror image's before normalising.
         device: where the model runs.
+        amp, channels_last: precision and memory format, as ``train.amp`` and ``train.channels_last``
+            (see :mod:`reid_prune.precision`); features are float32 either way.
         workers: DataLoader processes decoding images.
         progress: show a tqdm bar.
 
@@ -179,10 +184,12 @@ def image_features(
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_collate_readable)
     batches = _ReadableBatches(loader, paths)
-    device = torch.device(device)
-    model = model.to(device)
+    compute = ComputeSettings.resolve(device, amp, channels_last)
+    model = compute.place(model)
     try:
-        features, indices, _ = extract_features(model, batches, device=device, flip=flip, progress=progress)
+        features, indices, _ = extract_features(model, batches, device=compute.device, flip=flip,
+                                                precision=compute.precision, channels_last=compute.channels_last,
+                                                progress=progress)
     except ValueError:
         if len(batches.skipped) == len(paths):
             raise ValueError(f"none of the {len(paths)} images could be read (see the warnings above)") from None
@@ -200,15 +207,21 @@ def extract_checkpoint(
     input_size: tuple[int, int] | None = None,
     flip: bool = False,
     device: str = "auto",
+    amp: str | bool = "auto",
+    channels_last: str | bool = "auto",
     workers: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the features of ``images`` (a folder or list file) under ``checkpoint``'s model to ``output`` (.npy).
 
     The paths go to :func:`paths_file_for` ``(output)``. ``input_size`` defaults to the
-    checkpoint's training size (its stored config), else 256x128.
+    checkpoint's training size (its stored config), else 256x128. ``amp`` and ``channels_last``
+    are resolved for the device as ``train.amp`` and ``train.channels_last`` are (``auto``:
+    bf16 and channels-last on a CPU with native bf16); the checkpoint's own training
+    setting is not used, since the machine that extracts is not the one that trained.
 
-    Returns ``{"output", "paths_file", "num_images", "dim", "input_size", "skipped": [(path, reason)]}``.
+    Returns ``{"output", "paths_file", "num_images", "dim", "input_size", "precision", "memory_format",
+    "skipped": [(path, reason)]}``.
     """
     output = Path(output)
     if output.suffix != ".npy":
@@ -220,9 +233,11 @@ def extract_checkpoint(
     ckpt = read_checkpoint(checkpoint)
     stored_size, mean, std = checkpoint_preprocessing(ckpt)
     size = tuple(input_size) if input_size is not None else stored_size
+    compute = ComputeSettings.resolve(device, amp, channels_last)
     model = model_from_checkpoint(ckpt).eval()
     features, kept, skipped = image_features(model, paths, input_size=size, mean=mean, std=std,
-                                             batch_size=batch_size, flip=flip, device=device,
+                                             batch_size=batch_size, flip=flip, device=compute.device,
+                                             amp=compute.precision, channels_last=compute.channels_last,
                                              workers=workers, progress=progress)
     paths_file = paths_file_for(output)
     with atomic_path(paths_file) as tmp:
@@ -230,4 +245,5 @@ def extract_checkpoint(
     with atomic_path(output) as tmp, open(tmp, "wb") as fh:
         np.save(fh, features)  # a file object: np.save would append .npy to a path
     return {"output": str(output), "paths_file": str(paths_file), "num_images": len(kept), "dim": features.shape[1],
-            "input_size": size, "skipped": skipped}
+            "input_size": size, "precision": compute.precision, "memory_format": compute.memory_format_name,
+            "skipped": skipped}

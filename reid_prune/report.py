@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .precision import describe_text
+
 
 def human(value: float, unit: str = "") -> str:
     """1234567 -> '1.23M' (K, M, G steps of 1000)."""
@@ -30,6 +32,9 @@ def metric_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if "macs" in report:
         rows.append(("MACs", human(report["macs"])))
         rows.append(("FLOPs", human(report["flops"])))
+    if "precision" in report:
+        rows.append(("computed in", f"{report['precision']}, {report['memory_format']}"))
+    setting = report.get("latency_setting")
     for batch, ms in report.get("latency_ms", {}).items():
-        rows.append((f"latency {batch}", f"{ms:.2f} ms/image"))
+        rows.append((f"latency {batch}" + (f" ({describe_text(setting)})" if setting else ""), f"{ms:.2f} ms/image"))
     return rows

@@ -15,6 +15,7 @@ from reid_prune.config import ConfigError, load_config
 from reid_prune.data import generate_synthetic
 from reid_prune.engine import evaluate_checkpoint
 from reid_prune.evaluation import complexity
+from reid_prune.precision import resolve_precision
 
 from conftest import REPO, shared_data
 
@@ -123,8 +124,9 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     assert [float(r["mAP"]) for r in csv_rows] == [r["mAP"] for r in rows]
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     md = (out / "results.md").read_text()
-    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread) "
-            "| synthetic_a mAP | synthetic_a R-1 |") in md
+    # Latency names its setting: the base config's precision on the CPU (auto here) and channels-last.
+    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread, "
+            f"{resolve_precision('auto', 'cpu')}, channels_last) | synthetic_a mAP | synthetic_a R-1 |") in md
     for line in ("| ResNet50 |", "| ResNet18 |", "| HaoLi |", "| FPGM |",
                  "## Cross-domain: trained on synthetic_a, evaluated on synthetic_b",
                  "| HaoLi | pruned and fine-tuned on synthetic_b |"):

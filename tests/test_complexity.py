@@ -60,6 +60,16 @@ def test_measure_latency_keys_and_model_untouched():
     assert model.training
 
 
+def test_measure_latency_times_precisions_side_by_side():
+    model = tiny_net()
+    latency = measure_latency(model, input_size=(8, 4), batch_sizes=(1, 2), warmup=0, repeats=2,
+                              precision=["fp32", "bf16", "off"], channels_last=True)  # off is fp32: timed once
+    assert set(latency) == {"fp32", "bf16"}
+    assert all(set(per_batch) == {"batch1", "batch2"} and min(per_batch.values()) > 0 for per_batch in latency.values())
+    assert model[0].weight.is_contiguous()  # the caller's model keeps its layout
+    assert set(measure_latency(model, input_size=(8, 4), batch_sizes=(1,), repeats=1, precision="bf16")) == {"batch1"}
+
+
 def test_measure_latency_rejects_zero_repeats():
     with pytest.raises(ValueError, match="repeats >= 1"):
         measure_latency(tiny_net(), repeats=0)

@@ -34,7 +34,7 @@ def test_yaml_merges_over_defaults(tmp_path):
         ("train.lrr=0.1", "config key train.lrr is not a valid key; did you mean train.lr?"),
         ("model.arch=resnet51", "config key model.arch: expected one of resnet18, resnet34, resnet50, got 'resnet51'"),
         ("train.epochs=2.5", "config key train.epochs: expected an integer, got 2.5"),
-        ("train.amp=maybe", "config key train.amp: expected true or false, got 'maybe'"),
+        ("train.amp=maybe", "config key train.amp: expected one of auto, off, bf16, fp16, got 'maybe'"),
         ("prune.rate=1.0", "config key prune.rate: a prune fraction must lie in [0, 1)"),
         ("data.transforms.mean=[1, x, 2]", "config key data.transforms.mean[1]: expected a number, got 'x'"),
         ("data.p=1", "config key data.p"),

@@ -49,13 +49,14 @@ from reid_prune.pruners import PruneContext, get_pruner
 WORLD = 2
 TOLERANCE = 1e-6
 # 16 identities, P=4 per rank, 2 ranks: 2 steps per epoch with a global batch of 4 x 2 x 2 = 16 images.
-# Augmentation is off so the single-process reference can feed exactly the images each rank saw.
+# Augmentation is off so the single-process reference can feed exactly the images each rank saw, and
+# the reference computes in fp32, NCHW: precision and layout are tested in test_precision.py.
 TINY = [
     "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.workers=0", "data.eval_batch_size=64",
     "data.synthetic.ids=16", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",
     "data.transforms.flip_prob=0", "data.transforms.pad=0", "data.transforms.random_erasing=0",
     "model.arch=resnet18", "loss.id_weight=1.0", "train.warmup_epochs=1", "train.milestones=[2]",
-    "train.eval_every=1", "train.device=cpu", "eval.latency=false",
+    "train.eval_every=1", "train.device=cpu", "eval.latency=false", "train.amp=off", "train.channels_last=false",
 ]
 
 

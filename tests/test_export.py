@@ -4,6 +4,7 @@ The parity tests need the optional extra (``pip install 'reid-prune[export]'``) 
 skip without it; the message for a missing extra is tested either way.
 """
 
+import copy
 import importlib.util
 import sys
 
@@ -16,7 +17,8 @@ import reid_prune
 from reid_prune import build_model, load_model, save_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import load_config
-from reid_prune.export import EXPORT_PACKAGES, export_checkpoint
+from reid_prune.export import EXPORT_PACKAGES, export_checkpoint, export_onnx
+from reid_prune.precision import ComputeSettings, resolve_precision
 
 needs_extra = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in EXPORT_PACKAGES),
@@ -90,11 +92,26 @@ def test_cli_dynamic_batch_real_images_and_latency(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "parity, real images (3)" in printed and "onnxruntime" in printed and "PyTorch" in printed
     assert "file size" in printed and "B free" in printed
+    assert "PyTorch fp32 channels_last" in printed and "onnxruntime fp32" in printed
+    assert ("PyTorch bf16 autocast" in printed) == (resolve_precision("auto", "cpu") == "bf16")
     x = torch.randn(3, 3, *SIZE)
     with torch.no_grad():
         expected = load_model(ckpt)(x).numpy()
     assert np.abs(_onnxruntime_features(out, x) - expected).max() < 1e-4
     assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]
+
+
+@needs_extra
+def test_channels_last_model_exports_as_fp32_nchw_graph(tmp_path):
+    """A model placed channels-last (as training and evaluation leave it) exports with the same parity."""
+    model = load_model(_checkpoint(tmp_path / "model.pt", "all"))
+    reference = copy.deepcopy(model)
+    ComputeSettings.resolve("cpu", "off", True).place(model)
+    export_onnx(model, tmp_path / "cl.onnx", input_size=SIZE)
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        expected = reference(x).numpy()
+    assert np.abs(_onnxruntime_features(tmp_path / "cl.onnx", x) - expected).max() < 1e-4
 
 
 @needs_extra

@@ -14,6 +14,7 @@ from reid_prune.cli import main
 from reid_prune.config import load_config
 from reid_prune.data import build_transforms
 from reid_prune.extract import list_images
+from reid_prune.precision import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_folder_features_sidecar_and_corrupt_image(checkpoint, tmp_path, caplog)
     out = tmp_path / "out" / "feats.npy"
     with caplog.at_level(logging.WARNING, logger="reid_prune.extract"):
         code = main(["extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "imgs"),
-                     "--output", str(out), "--batch-size", "2", "--workers", "0", "--quiet"])
+                     "--output", str(out), "--batch-size", "2", "--workers", "0", "--amp", "off", "--quiet"])
     assert code == 0
     feats = np.load(out)
     assert feats.dtype == np.float32 and feats.shape == (3, 32)
@@ -78,11 +79,26 @@ def test_list_file_keeps_its_order_skips_missing_and_flips(checkpoint, tmp_path,
     out = tmp_path / "feats.npy"
     with caplog.at_level(logging.WARNING, logger="reid_prune.extract"):
         assert main(["extract", "--checkpoint", str(checkpoint), "--images", str(listing), "--output", str(out),
-                     "--flip", "--workers", "0", "--quiet"]) == 0
+                     "--flip", "--workers", "0", "--amp", "off", "--quiet"]) == 0
     expected_paths = [paths[2], paths[0], paths[1]]
     assert (tmp_path / "feats.paths.txt").read_text().splitlines() == [str(p) for p in expected_paths]
     np.testing.assert_allclose(np.load(out), _expected(load_model(checkpoint), expected_paths, flip=True), atol=1e-5)
     assert any("missing.png" in r.getMessage() for r in caplog.records)
+
+
+def test_default_precision_is_auto_and_close_to_fp32(checkpoint, tmp_path, capsys):
+    """Without --amp, extract runs in what auto picks on this CPU; bf16 features stay within 0.999 cosine of fp32."""
+    paths = _images(tmp_path / "imgs")
+    out = tmp_path / "feats.npy"
+    assert main(["extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "imgs"), "--output", str(out),
+                 "--workers", "0", "--quiet"]) == 0
+    precision = resolve_precision("auto", "cpu")
+    assert f"computed in {precision}, channels_last" in capsys.readouterr().out
+    expected = _expected(load_model(checkpoint), sorted(paths))
+    if precision == "fp32":
+        np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    else:  # both are L2-normalised: the row-wise dot product is the cosine
+        assert (np.load(out) * expected).sum(axis=1).min() >= 0.999
 
 
 def test_listing_and_user_errors(checkpoint, tmp_path, capsys):
@@ -100,4 +116,7 @@ def test_listing_and_user_errors(checkpoint, tmp_path, capsys):
     (only_bad / "x.png").write_bytes(b"nope")
     assert main([*args, "--images", str(only_bad), "--output", str(tmp_path / "f.npy")]) == 2
     assert "none of the 1 images could be read" in capsys.readouterr().err
+    assert main([*args, "--images", str(tmp_path / "imgs"), "--output", str(tmp_path / "f.npy"), "--amp", "fp16",
+                 "--device", "cpu"]) == 2
+    assert "fp16 autocast (train.amp / --amp) runs on CUDA only" in capsys.readouterr().err
     assert not (tmp_path / "f.npy").exists() and not (tmp_path / "f.paths.txt").exists()

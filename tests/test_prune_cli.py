@@ -60,6 +60,9 @@ def test_every_method_prunes_end_to_end(trained, tmp_path, method, extra, capsys
     assert report["finetuned"]["macs"] < report["before"]["macs"]
     for stage in ("before", "finetuned"):
         assert {"mAP", "rank1", "params", "macs", "flops", "latency_ms"} <= report[stage].keys()
+    # Surgery builds new NCHW layers: the engine puts every stage back in the configured layout.
+    assert {report[s]["memory_format"] for s in ("before", "pruned", "finetuned") if report[s]} == {"channels_last"}
+    assert "channels_last" in table  # the latency rows name their setting
     model = load_model(out / "pruned.pt")
     assert sum(p.numel() for p in model.parameters()) == report["finetuned"]["params"]
     assert torch.load(out / "pruned.pt", weights_only=True)["prune"]["method"] == method

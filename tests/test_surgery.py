@@ -204,3 +204,18 @@ def test_full_keep_leaves_the_layers_untouched():
     conv = model.layer1[0].conv1
     apply_plan(model, groups, {"layer1.0.conv1": range(64)})
     assert model.layer1[0].conv1 is conv
+
+
+def test_surgery_keeps_a_channels_last_model_channels_last():
+    torch.manual_seed(0)
+    model = build_model("resnet18").eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 32).contiguous(memory_format=torch.channels_last)
+    groups = find_channel_groups(model, scope="all")
+    plan = {g.name: list(range(0, g.channels, 2)) for g in groups}
+    reference = apply_plan(copy.deepcopy(model).to(memory_format=torch.contiguous_format), groups, plan)
+    apply_plan(model, groups, plan)
+    three_by_three = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert three_by_three and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                                  for w in three_by_three)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x.contiguous()), atol=1e-5, rtol=1e-5)

@@ -13,6 +13,7 @@ from reid_prune.config import load_config
 from reid_prune.engine import evaluate_checkpoint, train
 from reid_prune.engine.run import make_eval_loaders, prepare_dataset
 from reid_prune.evaluation import evaluate
+from reid_prune.precision import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,10 @@ TINY = TINY_RUN + ["train.warmup_epochs=1", "train.milestones=[2]", "train.eval_
 def _cache(tmp_path_factory, monkeypatch):
     # One generated dataset per test session, outside the user's cache.
     monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
 
 
 def test_run_folder_and_refusal_to_overwrite(tmp_path):
@@ -69,15 +74,37 @@ def test_cli_train_then_eval(tmp_path, capsys):
     report = json.loads(report_path.read_text())
     assert {"mAP", "rank1", "rank5", "rank10", "mINP", "params", "macs", "flops", "latency_ms"} <= report.keys()
     assert report["flops"] == 2 * report["macs"]
+    # Latency names what it was measured with: the precision auto picks here, channels-last on the CPU.
+    setting = {"device": "cpu", "precision": resolve_precision("auto", "cpu"), "memory_format": "channels_last"}
+    assert setting.items() <= report["latency_setting"].items()
+    assert report["precision"] == setting["precision"] and report["memory_format"] == "channels_last"
+    printed = capsys.readouterr().out
+    assert f"latency batch1 (cpu, {setting['precision']}, channels_last, 1 thread)" in printed
     direct = evaluate_checkpoint(load_config(REPO / "configs" / "demo.yaml", TINY), out / "best.pt", progress=False)
     assert direct["mAP"] == pytest.approx(report["mAP"])
     assert isinstance(load_model(out / "best.pt"), torch.nn.Module)
+
+
+def test_image_cache_trains_bit_identically(tmp_path):
+    """data.cache only skips re-decoding: the same seed gives the same weights with and without it."""
+    runs = {}
+    for cache in ("true", "false"):
+        cfg = load_config(None, TINY + ["train.epochs=1", "train.eval_every=5", f"data.cache={cache}"])
+        train(cfg, output=tmp_path / cache, progress=False)
+        runs[cache] = _weights(tmp_path / cache / "last.pt")
+    for key in runs["true"]:
+        assert torch.equal(runs["true"][key], runs["false"][key]), key
 
 
 def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--set", "train.lr=fast"]) == 2
     err = capsys.readouterr().err
     assert "config key train.lr: expected a number, got 'fast'" in err and "Traceback" not in err
+    out = tmp_path / "fp16"
+    assert main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--output", str(out),
+                 "--set", "train.device=cpu", "--set", "train.amp=fp16"]) == 2
+    assert "fp16 autocast (train.amp / --amp) runs on CUDA only" in capsys.readouterr().err
+    assert not out.exists()  # refused before the run folder is made
     assert main(["eval", "--config", str(REPO / "configs" / "demo.yaml"), "--checkpoint", str(tmp_path / "x.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:

@@ -18,6 +18,7 @@ from ..engine.run import check_architecture, make_eval_loaders, prepare_dataset
 from ..engine.trainer import resolve_device
 from ..evaluation import extract_features, pairwise_distance, visualize_ranked
 from ..evaluation.visrank import choose_queries
+from ..precision import ComputeSettings
 
 
 def visrank_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path, queries: int = 8,
@@ -55,12 +56,13 @@ def visrank_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Pat
     chosen = choose_queries(dataset.query, dataset.gallery, queries, seed=seed, pids=query_ids)
     model = model_from_checkpoint(ckpt)
     model.set_retrieval_feature(cfg.model.retrieval_feature)
-    device = resolve_device(cfg.train.device)
-    model = model.to(device)
+    compute = ComputeSettings.from_config(cfg.train, resolve_device(cfg.train.device))  # as every evaluation
+    model = compute.place(model)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
-    amp = cfg.train.amp and device.type == "cuda"
-    qf, _, _ = extract_features(model, query_loader, device=device, flip=cfg.eval.flip, amp=amp, progress=progress)
-    gf, _, _ = extract_features(model, gallery_loader, device=device, flip=cfg.eval.flip, amp=amp, progress=progress)
+    options = {"device": compute.device, "flip": cfg.eval.flip, "precision": compute.precision,
+               "channels_last": compute.channels_last, "progress": progress}
+    qf, _, _ = extract_features(model, query_loader, **options)
+    gf, _, _ = extract_features(model, gallery_loader, **options)
     distmat = pairwise_distance(qf, gf, cfg.eval.metric)
     drawn = visualize_ranked(distmat, dataset.query, dataset.gallery, out, queries=chosen, topk=topk,
                              tile_size=(cfg.data.height, cfg.data.width), progress=progress)

@@ -18,14 +18,19 @@ class ImageDataset(Dataset):
     """Items ``(image (3, H, W), pid, camid, index)`` read from a list of :class:`Sample`.
 
     Images are decoded to 8-bit RGB by :func:`~reid_prune.data.images.read_rgb` before
-    ``transform``. A key may be an index or ``(index, seed)``: with a seed, the random
-    transforms draw from a torch generator state set by that seed alone, so an item's
-    augmentation does not depend on which process loads it or what it loaded before.
+    ``transform``. With ``images`` (the (N, 3, H, W) uint8 tensor of
+    :func:`~reid_prune.data.cache.decode_images`, one row per sample), ``transform`` gets the
+    cached row instead and no file is read. A key may be an index or ``(index, seed)``: with
+    a seed, the random transforms draw from a torch generator state set by that seed alone,
+    so an item's augmentation does not depend on which process loads it or what it loaded before.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: Callable, images: Tensor | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
+        if images is not None and len(images) != len(self.samples):
+            raise ValueError(f"ImageDataset: {len(images)} cached images for {len(self.samples)} samples")
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -33,10 +38,13 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
-        try:
-            image = read_rgb(sample.path)
-        except READ_ERRORS as err:
-            raise OSError(f"could not read image '{sample.path}' (item {index}): {err}") from err
+        if self.images is not None:
+            image = self.images[index]
+        else:
+            try:
+                image = read_rgb(sample.path)
+            except READ_ERRORS as err:
+                raise OSError(f"could not read image '{sample.path}' (item {index}): {err}") from err
         if seed is None:
             return self.transform(image), sample.pid, sample.camid, index
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was
@@ -83,16 +91,18 @@ def build_train_loader(
     num_replicas: int = 1,
     rank: int = 0,
     pin_memory: bool = False,
+    images: Tensor | None = None,
 ) -> DataLoader:
     """A loader of P x K batches (see :class:`PKSampler`); call ``loader.batch_sampler.set_epoch(e)`` each epoch.
 
     Each image's augmentation is seeded from ``(seed, rank, epoch, batch)`` (see
     :class:`SeededBatches`), so runs with the same seed augment identically for any
-    number of ``workers``, and a resumed run repeats the uninterrupted one.
+    number of ``workers``, and a resumed run repeats the uninterrupted one. ``images``: the
+    samples' decoded images (see :class:`ImageDataset`).
     """
     sampler = PKSampler([s.pid for s in samples], p, k, seed=seed, num_replicas=num_replicas, rank=rank)
     return DataLoader(
-        ImageDataset(samples, transform),
+        ImageDataset(samples, transform, images),
         batch_sampler=SeededBatches(sampler, seed),
         num_workers=workers,
         pin_memory=pin_memory,
@@ -107,10 +117,11 @@ def build_eval_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
+    images: Tensor | None = None,
 ) -> DataLoader:
-    """A loader over ``samples`` in order, keeping the last incomplete batch."""
+    """A loader over ``samples`` in order, keeping the last incomplete batch; ``images`` as in :class:`ImageDataset`."""
     return DataLoader(
-        ImageDataset(samples, transform),
+        ImageDataset(samples, transform, images),
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,

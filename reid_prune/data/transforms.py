@@ -11,6 +11,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def decode_steps(height: int, width: int) -> list[Callable]:
+    """The deterministic head of every transform: a uint8 (3, height, width) image tensor from a PIL image.
+
+    :mod:`reid_prune.data.cache` stores exactly this output; the rest of a transform then
+    runs on it unchanged (``ToImage`` wraps a tensor, ``Resize`` to its own size returns it).
+    """
+    return [v2.ToImage(), v2.Resize((height, width), interpolation=v2.InterpolationMode.BILINEAR)]
+
+
 def build_transforms(
     height: int,
     width: int,
@@ -22,7 +31,7 @@ def build_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Callable:
-    """Transform a PIL RGB image into a normalised float tensor of shape (3, height, width).
+    """Transform a PIL RGB image (or its cached uint8 tensor) into a normalised float tensor (3, height, width).
 
     Training adds, in order: horizontal flip with probability ``flip_prob``,
     zero padding by ``pad`` pixels then a random crop back to size, and random
@@ -36,7 +45,7 @@ def build_transforms(
         raise ValueError(f"flip_prob and random_erasing are probabilities in [0, 1], got {flip_prob}, {random_erasing}")
     if pad < 0:
         raise ValueError(f"pad must be >= 0 pixels, got {pad}")
-    steps: list[Callable] = [v2.ToImage(), v2.Resize((height, width), interpolation=v2.InterpolationMode.BILINEAR)]
+    steps = decode_steps(height, width)
     if train and flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(flip_prob))
     if train and pad > 0:

@@ -21,6 +21,7 @@ from ..checkpoint import (model_from_checkpoint, module_widths, read_checkpoint,
 from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
 from ..outputs import check_output_dir
+from ..precision import ComputeSettings
 from ..pruners import PruneContext, Pruner, get_pruner
 from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
 from .finetune import StepFinetuner
@@ -80,6 +81,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     query, gallery = make_eval_loaders(cfg, dataset)
     train_loader = make_train_loader(cfg, dataset)
     device = resolve_device(cfg.train.device)
+    compute = ComputeSettings.from_config(cfg.train, device)
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
     report.update(finetune_epochs=epochs, checkpoint=str(checkpoint))
     report["before"] = model_report(model, cfg, query, gallery, progress=progress)
@@ -90,7 +92,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     # Between rounds the fine-tuning continues one stream of batches instead of restarting epoch 0.
     context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=device,
                            finetune=StepFinetuner(cfg, train_loader, model_config, finetune_schedule(cfg, 1)),
-                           evaluate=validate)
+                           evaluate=validate, precision=compute.precision)
     started = time.perf_counter()
     if pruner.requires == "training":
         pruner.context = context  # criteria that read data score on the training split
@@ -98,12 +100,14 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         trainer = Trainer(cfg, model, model_config, train_loader, query, gallery, hooks=[pruner],
                           train=finetune_schedule(cfg, epochs), progress=progress)
         trainer.fit()
-        model = pruner.finalize(trainer.model)
+        # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
+        model = compute.place(pruner.finalize(trainer.model))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = None  # pruned during fine-tuning: only the final state exists
         report["finetuned"] = model_report(model, cfg, query, gallery, progress=progress)
     else:
-        model = pruner.prune(model.to(device).eval(), context)
+        # Criteria score the model as it runs (placed); place it again after, whatever surgery built.
+        model = compute.place(pruner.prune(compute.place(model).eval(), context))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = model_report(model, cfg, query, gallery, progress=progress)
         if epochs > 0:

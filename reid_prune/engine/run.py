@@ -16,17 +16,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..backbone import build_model
 from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_temporaries
 from ..config import RUNTIME_KEYS, Config, ConfigError, DataConfig, changed_keys, config_from_dict, dump_config
-from ..data import (ReIDDataset, build_dataset, build_eval_loader, build_train_loader, build_transforms,
-                    check_dataset_images, generate_synthetic)
+from ..data import (ReIDDataset, Sample, build_dataset, build_eval_loader, build_train_loader, build_transforms,
+                    check_dataset_images, decode_images, generate_synthetic, should_cache)
+from ..data.cache import decoded_bytes
 from ..distributed import distributed_context, is_main_process, main_process_first
 from ..evaluation import complexity, measure_latency
 from ..outputs import check_output_dir
+from ..precision import ComputeSettings, model_memory_format
 from .trainer import Trainer, evaluate_with_config, resolve_device, seed_everything
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -77,6 +79,14 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
     return dataset
 
 
+def cached_images(data: DataConfig, dataset: ReIDDataset, samples: list[Sample]) -> Tensor | None:
+    """``samples`` decoded into memory when ``data.cache`` says so (auto: judged on the whole dataset), else None."""
+    num_images = len(dataset.train) + len(dataset.query) + len(dataset.gallery)
+    if not should_cache(data.cache, decoded_bytes(num_images, data.height, data.width)):
+        return None
+    return decode_images(samples, data.height, data.width, workers=data.workers)
+
+
 def make_train_loader(cfg: Config, dataset: ReIDDataset) -> DataLoader:
     """The P x K training loader of this rank (whole identities per rank under torchrun)."""
     d, t = cfg.data, cfg.data.transforms
@@ -85,15 +95,17 @@ def make_train_loader(cfg: Config, dataset: ReIDDataset) -> DataLoader:
                                  random_erasing=t.random_erasing, mean=t.mean, std=t.std)
     pin = resolve_device(cfg.train.device).type == "cuda"
     return build_train_loader(dataset.train, transform, p=d.p, k=d.k, seed=cfg.train.seed, workers=d.workers,
-                              num_replicas=world, rank=rank, pin_memory=pin)
+                              num_replicas=world, rank=rank, pin_memory=pin,
+                              images=cached_images(d, dataset, dataset.train))
 
 
 def make_eval_loaders(cfg: Config, dataset: ReIDDataset) -> tuple[DataLoader, DataLoader]:
     """(query loader, gallery loader), in file order, without augmentation."""
     d = cfg.data
     transform = build_transforms(d.height, d.width, train=False, mean=d.transforms.mean, std=d.transforms.std)
-    return (build_eval_loader(dataset.query, transform, batch_size=d.eval_batch_size, workers=d.workers),
-            build_eval_loader(dataset.gallery, transform, batch_size=d.eval_batch_size, workers=d.workers))
+    return tuple(build_eval_loader(split, transform, batch_size=d.eval_batch_size, workers=d.workers,
+                                   images=cached_images(d, dataset, split))
+                 for split in (dataset.query, dataset.gallery))
 
 
 def model_config_for(cfg: Config, num_classes: int) -> dict[str, Any]:
@@ -158,12 +170,14 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     Under torchrun every rank calls this; each loads the same weights (the seed, or
     ``last.pt`` when resuming) and only rank 0 writes files.
 
-    Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}}.
+    Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}, "precision": str,
+    "memory_format": str}.
     """
     out = prepare_output(output or cfg.output, resume=resume)
     ckpt = read_checkpoint(out / "last.pt") if resume else None
     if ckpt is not None:
         check_resume(cfg, ckpt, out / "last.pt")
+    ComputeSettings.from_config(cfg.train, resolve_device(cfg.train.device))  # a bad precision fails before any file
     dataset = prepare_dataset(cfg.data, verbose=progress)
     model_config = model_config_for(cfg, dataset.num_train_pids)
     if ckpt is not None:
@@ -184,6 +198,7 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
         trainer.resume()
     summary = trainer.fit()
     summary["output"] = str(out)
+    summary["precision"], summary["memory_format"] = trainer.compute.precision, trainer.compute.memory_format_name
     summary["complexity"] = complexity(trainer.model, (cfg.data.height, cfg.data.width))
     return summary
 
@@ -200,16 +215,25 @@ def check_architecture(cfg: Config, ckpt: dict[str, Any], path: str | Path) -> N
 
 def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
                  progress: bool = True, latency: bool | None = None) -> dict[str, Any]:
-    """Rank metrics, parameters, MACs/FLOPs and (optionally) latency of ``model``: one number source for all."""
+    """Rank metrics, parameters, MACs/FLOPs and (optionally) latency of ``model``: one number source for all.
+
+    The features and the latency follow the config's precision and memory format on its
+    device; ``latency_setting`` names them (device, precision, memory_format, threads), and
+    ``memory_format`` is the layout the model's weights were evaluated in.
+    """
     device = resolve_device(cfg.train.device)
+    compute = ComputeSettings.from_config(cfg.train, device)
     metrics = evaluate_with_config(model, cfg, query_loader, gallery_loader, device=device, progress=progress)
     size = (cfg.data.height, cfg.data.width)
     report: dict[str, Any] = {k: metrics[k] for k in METRIC_KEYS}
     report["num_valid_queries"] = metrics["num_valid_queries"]
+    report["precision"], report["memory_format"] = compute.precision, model_memory_format(model)
     report.update(complexity(model, size))
     if cfg.eval.latency if latency is None else latency:
         report["latency_ms"] = measure_latency(model, size, batch_sizes=tuple(cfg.eval.latency_batch_sizes),
-                                               device=str(device))
+                                               device=device, precision=compute.precision,
+                                               channels_last=compute.channels_last)
+        report["latency_setting"] = compute.describe()
     return report
 
 

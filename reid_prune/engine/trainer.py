@@ -1,4 +1,4 @@
-"""The training loop: losses, optimiser, schedule, AMP, hooks, evaluation, checkpoints, resume.
+"""The training loop: losses, optimiser, schedule, mixed precision, hooks, evaluation, checkpoints, resume.
 
 The loop is written for one process *or* one rank of a torchrun job: it asks
 ``torch.distributed`` for its rank, wraps the model in DistributedDataParallel
@@ -39,6 +39,7 @@ from ..distributed import (all_reduce_mean, broadcast_buffers, broadcast_object,
                            local_rank)
 from ..evaluation import evaluate
 from ..losses import ReIDLoss
+from ..precision import ComputeSettings
 from .hooks import TrainerHook
 from .schedule import lr_at
 
@@ -96,10 +97,15 @@ class NonFiniteError(ValueError):
 
 def evaluate_with_config(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
                          device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Rank metrics of ``model`` with the config's distance, flip, AP convention and mixed precision."""
+    """Rank metrics of ``model`` with the config's distance, flip, AP convention, precision and memory format.
+
+    ``model`` is moved to ``device`` in the configured memory format first (in place), so a
+    model fresh from a checkpoint or from pruning surgery is evaluated as it will be trained.
+    """
     e = cfg.eval
-    return evaluate(model, query_loader, gallery_loader, device=device, metric=e.metric, flip=e.flip, ap=e.ap,
-                    amp=cfg.train.amp and device.type == "cuda", progress=progress)
+    compute = ComputeSettings.from_config(cfg.train, device)
+    return evaluate(compute.place(model), query_loader, gallery_loader, device=device, metric=e.metric, flip=e.flip,
+                    ap=e.ap, precision=compute.precision, channels_last=compute.channels_last, progress=progress)
 
 
 class Trainer:
@@ -140,9 +146,8 @@ class Trainer:
         if self.train_cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
             raise ValueError("config key train.sync_bn: torch's SyncBatchNorm runs on GPUs only; "
                              "set train.sync_bn=false to train on CPUs (BatchNorm statistics are then per rank)")
-        self.amp = self.train_cfg.amp and self.device.type == "cuda"
-        self.memory_format = torch.channels_last if self.train_cfg.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.compute = ComputeSettings.from_config(self.train_cfg, self.device)
+        self.model = self.compute.place(model)
         self.train_loader, self.query_loader, self.gallery_loader = train_loader, query_loader, gallery_loader
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.hooks = list(hooks)
@@ -164,9 +169,15 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def rebuild_optimizer(self) -> None:
-        """Create the optimiser and (for DDP) the wrapper anew; needed after surgery replaces parameters."""
+        """Create the optimiser and (for DDP) the wrapper anew; needed after surgery replaces parameters.
+
+        Surgery builds its new layers in NCHW, so the model is first put back on the device in
+        the configured memory format.
+        """
+        self.compute.place(self.model)
         self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        # Loss scaling only for fp16, whose range underflows small gradients; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute.precision == "fp16")
         if self.world_size > 1:
             net = unwrap(self.model)
             if self.train_cfg.sync_bn:
@@ -199,7 +210,9 @@ class Trainer:
         ckpt = read_checkpoint(path)
         unwrap(self.model).load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] and self.scaler.is_enabled():
+            # A run continued at another precision starts a fresh scale (a disabled scaler saves nothing).
+            self.scaler.load_state_dict(ckpt["scaler"])
         for hook, state in zip(self.hooks, ckpt.get("hooks", [])):
             hook.load_state_dict(state)
         self.start_epoch = self.epoch = int(ckpt["epoch"])
@@ -305,9 +318,9 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, float]:
         """Forward, loss (+ hook regularisers), backward, hooks, optimiser step."""
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        images = self.compute.inputs(images)
         pids = pids.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with self.compute.autocast():
             feats, logits = self.train_model(images, with_logits=True)
             loss, parts = self.criterion(feats.float(), None if logits is None else logits.float(), pids)
             for hook in self.hooks:

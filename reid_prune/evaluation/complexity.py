@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..precision import autocast_context, resolve_precision
 from .features import eval_mode
 
 
@@ -49,13 +51,17 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 10,
     channels_last: bool = False,
-) -> dict[str, float]:
-    """Measure inference time per image on random inputs.
+    precision: str | Sequence[str] = "fp32",
+) -> dict[str, float] | dict[str, dict[str, float]]:
+    """Measure inference time per image on random inputs, at one precision or several side by side.
 
     A copy of the model is moved to ``device`` (and to channels-last memory
     format when asked), so the caller's model is left as it was. Each batch
     size gets ``warmup`` untimed passes, then ``repeats`` timed ones under
     :func:`torch.inference_mode`; CUDA is synchronised around each timed pass.
+    With several precisions, each timed pass of one precision is followed by one
+    of the next, so that a change of machine load hits them alike and their
+    ratio is fair.
 
     Args:
         model: maps (B, 3, H, W) images to features.
@@ -65,30 +71,39 @@ def measure_latency(
         warmup: untimed passes before timing.
         repeats: timed passes; the median is reported.
         channels_last: run with NHWC memory format (often faster on GPUs and recent CPUs).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (or a train.amp setting, e.g.
+            ``auto``), or a sequence of them to time side by side.
 
     Returns:
-        ``{f"batch{b}": median milliseconds per image}`` for each ``b`` in ``batch_sizes``.
+        ``{f"batch{b}": median milliseconds per image}`` for each ``b`` in ``batch_sizes``; for a
+        sequence of precisions, ``{precision: {f"batch{b}": ms}}`` keyed by the resolved precision.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"measure_latency: need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     device = torch.device(device)
+    several = not isinstance(precision, str)
+    precisions = list(dict.fromkeys(resolve_precision(p, device) for p in (precision if several else [precision])))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     runner = copy.deepcopy(model).to(device, memory_format=memory_format).eval()
-    latency = {}
+    times: dict[str, dict[int, list[float]]] = {p: {b: [] for b in batch_sizes} for p in precisions}
     with torch.inference_mode():
         for batch_size in batch_sizes:
             x = _dummy_input(runner, batch_size, input_size).contiguous(memory_format=memory_format)
-            for _ in range(warmup):
-                runner(x)
-            times = []
+            for name in precisions:
+                with autocast_context(device, name):
+                    for _ in range(warmup):
+                        runner(x)
             for _ in range(repeats):
-                _synchronize(device)
-                start = time.perf_counter()
-                runner(x)
-                _synchronize(device)
-                times.append(time.perf_counter() - start)
-            latency[f"batch{batch_size}"] = statistics.median(times) * 1000 / batch_size
-    return latency
+                for name in precisions:
+                    with autocast_context(device, name):
+                        _synchronize(device)
+                        start = time.perf_counter()
+                        runner(x)
+                        _synchronize(device)
+                    times[name][batch_size].append(time.perf_counter() - start)
+    latency = {name: {f"batch{b}": statistics.median(values) * 1000 / b for b, values in per_batch.items()}
+               for name, per_batch in times.items()}
+    return latency if several else latency[precisions[0]]
 
 
 def _dummy_input(model: nn.Module, batch_size: int, input_size: tuple[int, int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..precision import autocast_context
 from .metrics import rank_metrics
 
 METRICS = ("cosine", "euclidean")
@@ -37,7 +38,8 @@ def extract_features(
     *,
     device: str | torch.device = "cpu",
     flip: bool = False,
-    amp: bool = False,
+    precision: str = "fp32",
+    channels_last: bool = False,
     progress: bool = True,
 ) -> tuple[Tensor, np.ndarray, np.ndarray]:
     """Embed every image of a loader.
@@ -51,19 +53,22 @@ def extract_features(
         loader: yields ``(images, pids, camids, index)`` batches.
         device: where the images are sent.
         flip: average each image's feature with that of its horizontal mirror.
-        amp: run under autocast (float16 on CUDA, bfloat16 on CPU).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast, or a train.amp setting such as ``auto``
+            (see :mod:`reid_prune.precision`); features are returned in float32 either way.
+        channels_last: send the images in NHWC memory format (match the model's, see
+            :meth:`~reid_prune.precision.ComputeSettings.place`).
         progress: show a tqdm bar.
 
     Returns:
         ``(features (N, D) float32 CPU tensor, pids (N,), camids (N,))``.
     """
     device = torch.device(device)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     features, pids, camids = [], [], []
     with eval_mode(model), torch.inference_mode():
         for images, batch_pids, batch_camids, _ in tqdm(loader, desc="features", disable=not progress, leave=False):
-            images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            with autocast_context(device, precision):
                 batch = model(images).float()
                 if flip:
                     batch = (batch + model(images.flip(-1)).float()) / 2
@@ -121,7 +126,8 @@ def evaluate(
     metric: str = "cosine",
     flip: bool = False,
     ap: str = "torchreid",
-    amp: bool = False,
+    precision: str = "fp32",
+    channels_last: bool = False,
     progress: bool = True,
 ) -> dict:
     """Extract query and gallery features, compute distances and return :func:`rank_metrics`' dict.
@@ -129,11 +135,13 @@ def evaluate(
     Args:
         model: the feature extractor, already on ``device``.
         query_loader, gallery_loader: yield ``(images, pids, camids, index)``.
-        device, flip, amp, progress: as in :func:`extract_features`.
+        device, flip, precision, channels_last, progress: as in :func:`extract_features`.
         metric: as in :func:`pairwise_distance`.
         ap: as in :func:`rank_metrics`.
     """
-    qf, q_pids, q_camids = extract_features(model, query_loader, device=device, flip=flip, amp=amp, progress=progress)
-    gf, g_pids, g_camids = extract_features(model, gallery_loader, device=device, flip=flip, amp=amp, progress=progress)
+    options = {"device": device, "flip": flip, "precision": precision, "channels_last": channels_last,
+               "progress": progress}
+    qf, q_pids, q_camids = extract_features(model, query_loader, **options)
+    gf, g_pids, g_camids = extract_features(model, gallery_loader, **options)
     distmat = pairwise_distance(qf, gf, metric)
     return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, ap=ap)

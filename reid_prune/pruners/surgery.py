@@ -66,9 +66,13 @@ def _width(module: nn.Module, role: str) -> int:
 
 
 def _sliced_parameter(param: Tensor | None, dim: int, index: Tensor) -> nn.Parameter | None:
+    """The kept slice of ``param``, in ``param``'s memory format (a channels-last model stays channels-last)."""
     if param is None:
         return None
-    return nn.Parameter(param.detach().index_select(dim, index.to(param.device)), requires_grad=param.requires_grad)
+    sliced = param.detach().index_select(dim, index.to(param.device))
+    if param.dim() == 4 and not param.is_contiguous() and param.is_contiguous(memory_format=torch.channels_last):
+        sliced = sliced.contiguous(memory_format=torch.channels_last)
+    return nn.Parameter(sliced, requires_grad=param.requires_grad)
 
 
 def _sliced(module: nn.Module, role: str, index: Tensor) -> nn.Module:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 from torch import Tensor, nn
 
 from ...distributed import all_reduce_mean
+from ...precision import autocast_context
 from ..groups import ChannelGroup
 
 NORMALIZERS = ("l2", "mean", "max", "none")
@@ -42,6 +43,8 @@ class PruneContext:
         finetune: ``finetune(model, steps) -> model`` trains in place between pruning rounds,
             continuing the training stream where the previous call stopped.
         evaluate: ``evaluate(model) -> {"mAP": ..., ...}`` on validation data.
+        precision: the autocast precision of criteria's forward passes (``fp32``, ``bf16``,
+            ``fp16``, or a ``train.amp`` setting); the prune job passes the run's.
     """
 
     data: Iterable | None = None
@@ -50,6 +53,7 @@ class PruneContext:
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
     finetune: Callable[[nn.Module, int], nn.Module] | None = None
     evaluate: Callable[[nn.Module], dict[str, Any]] | None = None
+    precision: str = "fp32"
     _cache: list[tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False)
 
     def batches(self, who: str) -> list[tuple[Tensor, Tensor]]:
@@ -73,12 +77,19 @@ class PruneContext:
         self._cache = out
         return out
 
+    def autocast(self) -> ContextManager:
+        """The context a criterion's forward passes run in: the run's precision on ``device``."""
+        return autocast_context(self.device, self.precision)
+
     def loss(self, model: nn.Module, images: Tensor, pids: Tensor) -> Tensor:
-        if self.loss_fn is not None:
-            return self.loss_fn(model, images, pids)
+        """The loss on one batch, its forward pass under :meth:`autocast` (the loss itself in fp32)."""
         from ...losses import batch_hard_triplet_loss
 
-        return batch_hard_triplet_loss(model(images), pids)
+        with self.autocast():
+            if self.loss_fn is not None:
+                return self.loss_fn(model, images, pids).float()
+            features = model(images)
+        return batch_hard_triplet_loss(features.float(), pids)
 
 
 @dataclass

@@ -19,7 +19,9 @@ the paper defines: the method file limits entropy to scope ``internal``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +42,7 @@ class Entropy(Criterion):
 
     def scores(self, model: nn.Module, groups: Sequence[ChannelGroup], context: PruneContext) -> dict[str, Tensor]:
         """Entropy (float64, CPU) of every channel of every group, all read in one pass per batch."""
-        pooled = pooled_activations(model, groups, context.batches(f"criterion {self.name!r}"))
+        pooled = pooled_activations(model, groups, context.batches(f"criterion {self.name!r}"), context.autocast)
         return {name: channel_entropy(values, self.bins) for name, values in pooled.items()}
 
 
@@ -49,11 +51,13 @@ class _Enough(Exception):
 
 
 def pooled_activations(model: nn.Module, groups: Sequence[ChannelGroup],
-                       batches: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+                       batches: Sequence[tuple[Tensor, Tensor]],
+                       autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, Tensor]:
     """Global-average-pooled activation of each group per image: {group: (images, channels)}.
 
     The activation is the input of the group's first consumer (for an internal ResNet
-    group, ReLU(BN(conv))), read in eval mode without gradients.
+    group, ReLU(BN(conv))), read in eval mode without gradients, with the forward passes
+    under ``autocast()`` (the run's precision); the pooled values are kept in float64.
     """
     pooled: dict[str, list[Tensor]] = {g.name: [] for g in groups}
     pending: set[str] = set()
@@ -72,7 +76,7 @@ def pooled_activations(model: nn.Module, groups: Sequence[ChannelGroup],
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for images, _ in batches:
                 pending.update(pooled)
                 try:
