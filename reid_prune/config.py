@@ -113,6 +113,11 @@ class TrainConfig:
     optimizer: str = choice("adam", "adam", "sgd")
     lr: float = number_range(3.5e-4, 0, low_open=True)
     weight_decay: float = number_range(5e-4, 0)
+    # Which parameters weight decay reaches: conv and linear weights only (the "bag of tricks" default),
+    # or every parameter, BatchNorm scales and shifts and biases included (a plain torch.optim setup).
+    decay_norms_and_biases: bool = False
+    # The BNNeck's shift stays at zero (bag of tricks) unless this trains it like any BatchNorm shift.
+    train_neck_bias: bool = False
     momentum: float = number_range(0.9, 0, 1, high_open=True)
     warmup_epochs: int = number_range(10, 0)
     warmup_factor: float = number_range(0.01, 0, 1, low_open=True)  # learning rate multiplier at the first warm-up step

@@ -10,7 +10,7 @@ from conftest import TINY_RUN
 from reid_prune import build_model, load_model
 from reid_prune.cli import main
 from reid_prune.config import load_config
-from reid_prune.engine import evaluate_checkpoint, train
+from reid_prune.engine import Trainer, evaluate_checkpoint, train
 from reid_prune.engine.run import make_eval_loaders, prepare_dataset
 from reid_prune.evaluation import evaluate
 from reid_prune.precision import resolve_precision
@@ -119,3 +119,17 @@ def test_eval_refuses_checkpoint_of_another_arch(tmp_path, capsys):
                  "--checkpoint", str(tmp_path / "run" / "last.pt")])
     assert code == 2
     assert "holds a resnet18 but the config's model.arch is resnet50" in capsys.readouterr().err
+
+
+def test_weight_decay_reach_and_the_neck_bias_are_settings():
+    model = build_model("resnet18", num_classes=4)
+    cfg = load_config(None, TINY)
+    frozen = Trainer(cfg, model, model.build_config, [], progress=False)
+    groups = frozen.optimizer.param_groups
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and groups[1]["weight_decay"] == 0.0
+    assert not model.neck.bias.requires_grad
+    cfg = load_config(None, TINY + ["train.decay_norms_and_biases=true", "train.train_neck_bias=true"])
+    plain = Trainer(cfg, model, model.build_config, [], progress=False)
+    decayed = {id(p) for group in plain.optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert model.neck.bias.requires_grad and id(model.neck.bias) in decayed
+    assert {id(p) for p in model.parameters() if p.requires_grad} == decayed  # every parameter decays

@@ -80,11 +80,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """Adam or SGD over the trainable parameters; BN and bias parameters get no weight decay."""
+    """Adam or SGD over the trainable parameters.
+
+    BN and bias parameters (1-D) get no weight decay unless ``train.decay_norms_and_biases``.
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            (no_decay if param.ndim <= 1 and not train.decay_norms_and_biases else decay).append(param)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if train.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr)
@@ -148,6 +151,9 @@ class Trainer:
                              "set train.sync_bn=false to train on CPUs (BatchNorm statistics are then per rank)")
         self.compute = ComputeSettings.from_config(self.train_cfg, self.device)
         self.model = self.compute.place(model)
+        neck = getattr(unwrap(self.model), "neck", None)
+        if self.train_cfg.train_neck_bias and isinstance(neck, nn.BatchNorm1d):
+            neck.bias.requires_grad_(True)  # the model is built with it frozen (bag of tricks)
         self.train_loader, self.query_loader, self.gallery_loader = train_loader, query_loader, gallery_loader
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.hooks = list(hooks)
