@@ -74,7 +74,7 @@ from .engine.trainer import seed_everything
 from .evaluation import complexity, measure_latency
 from .outputs import check_output_dir
 from .precision import ComputeSettings
-from .pruners import available, get_method
+from .pruners import available, get_method, resolve_scope
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
@@ -83,9 +83,10 @@ BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "ba
 # format changes only the order of the same float32 sums; train.amp (the precision) is part of the key.
 UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images", "cache"),
             "eval": ("latency", "latency_batch_sizes"), "train": ("channels_last",)}
-# Config keys added after the first benches ran: left out of the cell key while unset (None), so cells
+# Config keys added after the first benches ran: left out of the cell key while at their defaults, so cells
 # cached before they existed keep their keys.
-LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"))
+LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"), ("prune", "target_latency"),
+              ("prune", "latency_batch_sizes"), ("prune", "latency_threads"), ("prune", "latency_feedback"))
 # Version of the pruning methods' rules, in every pruned cell's key: cells cut by older rules are not reused.
 PRUNING_RULES = 2
 METRICS = ("mAP", "rank1", "rank5", "mINP")
@@ -173,7 +174,12 @@ class Bench:
                                        "target_macs": target_macs, "finetune_epochs": self.finetune_epochs}})
                 _merge(cfg, method.overrides)
             cfg.eval.latency = False  # the bench measures CPU latency itself, once per model
-            return validate(cfg)
+            validate(cfg)
+            # Explicit in every cell's config and key: a baseline's scope stays internal, as before auto existed.
+            p = cfg.prune
+            budget = any(v is not None for v in (p.target_macs, p.target_params, p.target_latency))
+            p.scope = resolve_scope(p.scope, budget=budget, scopes=get_method(p.method).scopes)
+            return cfg
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
@@ -416,8 +422,9 @@ def _hashed(cfg: Config) -> dict[str, Any]:
         else:
             for key in keys:
                 values[section].pop(key)
+    defaults = Config().to_dict()
     for section, key in LATER_KEYS:
-        if values[section][key] is None:
+        if values[section][key] == defaults[section][key]:
             values[section].pop(key)
     return values
 
