@@ -65,9 +65,11 @@ def plan_to_measured(plan: Callable[[float], dict[str, int]], predict: Callable[
                      lowest: float, tolerance: float = TOLERANCE) -> tuple[dict[str, int], list[Step]]:
     """Plan, measure and correct the aim until the measured fraction is within ``tolerance`` of ``target``.
 
-    Each round plans for the aim, measures the plan, and sets the next aim to
-    ``target * predicted / measured``: the prediction's error, as a ratio, is assumed to hold
-    near the plan. Aims are kept within [``lowest``, 1], the range a plan can reach.
+    Each round plans for the aim and measures the plan. The next aim is read off the line
+    through the two measured plans closest to the target on either side (measured against
+    predicted: regula falsi), or, before one plan on each side is known, set to
+    ``target * predicted / measured`` (the prediction's error, as a ratio, is assumed to hold
+    near the plan). Aims are kept within [``lowest``, 1], the range a plan can reach.
 
     Args:
         plan: aim -> keep counts whose predicted fraction is about the aim.
@@ -88,10 +90,21 @@ def plan_to_measured(plan: Callable[[float], dict[str, int]], predict: Callable[
             best = (counts, step)
         if abs(step.measured - target) <= tolerance:
             break
-        aim = min(1.0, max(lowest, target * step.predicted / step.measured))
+        aim = min(1.0, max(lowest, _next_aim(steps, target)))
         if aim == step.aim:  # held at a bound: planning again would give the same widths
             break
     return best[0], steps
+
+
+def _next_aim(steps: Sequence[Step], target: float) -> float:
+    """The predicted fraction expected to measure ``target``, from the plans measured so far."""
+    below = [s for s in steps if s.measured < target]
+    above = [s for s in steps if s.measured > target]
+    if below and above:
+        low = max(below, key=lambda s: s.measured)
+        high = min(above, key=lambda s: s.measured)
+        return low.predicted + (target - low.measured) * (high.predicted - low.predicted) / (high.measured - low.measured)
+    return target * steps[-1].predicted / steps[-1].measured
 
 
 class LatencyBudget:
@@ -156,12 +169,15 @@ class LatencyBudget:
         started = time.perf_counter()
         if measure and self.feedback and self.aim is None:
             def measured(counts: Mapping[str, int]) -> float:
+                timing = time.perf_counter()
                 value = None
                 if is_main_process():
                     value = measured_fraction(model, widths_for(cost, counts), self.compute,
                                               batch_sizes=self.batch_sizes, threads=self.threads,
                                               input_size=self.input_size)
-                return broadcast_object(value)
+                value = broadcast_object(value)
+                self.seconds["feedback"] = round(self.seconds.get("feedback", 0.0) + time.perf_counter() - timing, 3)
+                return value
 
             counts, self.steps = plan_to_measured(plan, self.cost.fraction, measured, self.target,
                                                   rounds=self.feedback, lowest=self.cost.fraction(lowest))
@@ -173,7 +189,11 @@ class LatencyBudget:
         return counts
 
     def summary(self) -> dict[str, Any]:
-        """What the budget did, for ``report.json``: the setting timed, the prediction, the measured steps, seconds."""
+        """What the budget did, for ``report.json``: the setting timed, the prediction, the measured steps, seconds.
+
+        ``seconds``: ``table`` (building or reading the table), ``plan`` (every plan, the
+        feedback included) and ``feedback`` (timing the planned models, part of ``plan``).
+        """
         setting = None
         if self.cost is not None:
             setting = {k: v for k, v in asdict(self.cost.models[0].setting).items() if k != "batch_size"}
