@@ -117,7 +117,7 @@ def _dummy_input(model: nn.Module, batch_size: int, input_size: tuple[int, int])
 
 def paired_latency(models: Sequence[nn.Module], input_size: tuple[int, int] = (256, 128), *, batch_size: int = 1,
                    device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
-                   rounds: int = 5, warmup: int = 1) -> list[float]:
+                   rounds: int = 5, warmup: int = 1, min_seconds: float = 0.0) -> list[float]:
     """Median milliseconds per image of several models, timed in turn on one input, round after round.
 
     Each round times one pass of every model in order, so a change of machine load during
@@ -133,6 +133,8 @@ def paired_latency(models: Sequence[nn.Module], input_size: tuple[int, int] = (2
         device, precision, channels_last: as :func:`measure_latency`.
         rounds: timed passes of each model; the median is reported.
         warmup: untimed passes of each model first.
+        min_seconds: keep timing rounds (up to 10 x ``rounds``) until this long has passed, so
+            fast models get more rounds and their medians are less noisy.
 
     Returns:
         [median ms per image of each model], in the order given.
@@ -148,7 +150,10 @@ def paired_latency(models: Sequence[nn.Module], input_size: tuple[int, int] = (2
         for runner in runners:
             for _ in range(warmup):
                 runner(x)
-        for _ in range(rounds):
+        started = time.perf_counter()
+        done = 0
+        while done < rounds or (done < 10 * rounds and time.perf_counter() - started < min_seconds):
+            done += 1
             for runner, spent in zip(runners, times):
                 synchronize(device)
                 start = time.perf_counter()
@@ -160,7 +165,7 @@ def paired_latency(models: Sequence[nn.Module], input_size: tuple[int, int] = (2
 
 def latency_ratios(original: nn.Module, candidate: nn.Module, input_size: tuple[int, int] = (256, 128), *,
                    batch_sizes: Sequence[int] = (1, 32), compute: ComputeSettings | None = None, threads: int = 0,
-                   rounds: int = 7) -> dict[str, float]:
+                   rounds: int = 7, min_seconds: float = 2.0) -> dict[str, float]:
     """Measured latency of ``candidate`` over ``original``'s at each batch size, timed in turn (:func:`paired_latency`).
 
     Args:
@@ -170,6 +175,7 @@ def latency_ratios(original: nn.Module, candidate: nn.Module, input_size: tuple[
         compute: device, precision and memory format (None: fp32 NCHW on the CPU).
         threads: CPU intra-op threads while timing (0: torch's current count).
         rounds: timed passes of each model per batch size; medians are compared.
+        min_seconds: at least this long per batch size (more rounds for fast models, as :func:`paired_latency`).
 
     Returns:
         ``{f"batch{b}": candidate ms / original ms}``.
@@ -180,7 +186,7 @@ def latency_ratios(original: nn.Module, candidate: nn.Module, input_size: tuple[
         for batch in batch_sizes:
             full, other = paired_latency([original, candidate], input_size, batch_size=batch, device=compute.device,
                                          precision=compute.precision, channels_last=compute.channels_last,
-                                         rounds=rounds)
+                                         rounds=rounds, min_seconds=min_seconds)
             ratios[f"batch{batch}"] = other / full
     return ratios
 
