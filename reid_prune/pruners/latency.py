@@ -130,7 +130,7 @@ class LatencyModel:
         self.layers: list[LayerLatency] = []
         for layer in self.cost.layers:
             if layer.is_norm or not layer.per_pair:
-                continue  # norms are timed with their conv; layers the forward does not run cost nothing
+                continue  # norms are in the calibration constant; layers the forward does not run cost nothing
             module = model.get_submodule(layer.name)
             signature = Signature.of(module, layer.in_shape)
             if signature.groups != 1 and (layer.out_group or layer.in_group):
