@@ -27,13 +27,13 @@ from ..precision import ComputeSettings
 from .allocation import Allocation, Target
 from .budget import _bounds, budget_problem
 from .criteria.base import NO_DATA, PruneContext, comparable
+from .latency import LatencyCost
 from .latency_feedback import LatencyBudget
 from .options import build_options
 from .registry import Method, get_method
 from .session import PruningSession
 
 REQUIREMENTS = ("weights", "data", "training")
-SCOPE_SETTINGS = ("auto", "internal", "all")
 
 
 def resolve_scope(scope: str, *, budget: bool, scopes: Sequence[str]) -> str:
@@ -190,7 +190,7 @@ class Pruner(TrainerHook):
         return self.latency.plan(model, cost, lambda aim: plan(Target(latency=aim)), lowest, measure=unchanged)
 
     @property
-    def latency_cost(self):
+    def latency_cost(self) -> LatencyCost | None:
         """The latency table's predictions (:class:`~.latency.LatencyCost`) after setup; None without a latency target."""
         return self.latency.cost if self.latency is not None else None
 
