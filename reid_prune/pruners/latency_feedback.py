@@ -136,7 +136,8 @@ class LatencyBudget:
         self.cost: LatencyCost | None = None  # the table of the model at setup, once prepare() ran
         self.aim: float | None = None  # the fraction to plan for, learned from measurements
         self.steps: list[Step] = []
-        self.predicted: float | None = None
+        self.predicted: float | None = None  # the plan's predicted fraction kept
+        self.predicted_ms: dict[str, float] = {}  # and its predicted ms per image at each batch size
         self.seconds: dict[str, float] = {}
         self._built_for = ""
 
@@ -185,7 +186,7 @@ class LatencyBudget:
         else:
             counts = plan(self.aim if self.aim is not None else self.target)
         self.seconds["plan"] = round(self.seconds.get("plan", 0.0) + time.perf_counter() - started, 3)
-        self.predicted = self.cost.fraction(counts)
+        self.predicted, self.predicted_ms = self.cost.fraction(counts), self.cost.ms(counts)
         return counts
 
     def summary(self) -> dict[str, Any]:
@@ -198,5 +199,7 @@ class LatencyBudget:
         if self.cost is not None:
             setting = {k: v for k, v in asdict(self.cost.models[0].setting).items() if k != "batch_size"}
         return {"target": self.target, "batch_sizes": list(self.batch_sizes), "setting": setting,
-                "predicted": self.predicted, "aim": self.aim, "feedback": [asdict(s) for s in self.steps],
+                "predicted": self.predicted, "predicted_ms": self.predicted_ms,
+                "full_ms": self.cost.ms() if self.cost is not None else {}, "aim": self.aim,
+                "feedback": [asdict(s) for s in self.steps],
                 "timed": self.cost.timings if self.cost is not None else 0, "seconds": dict(self.seconds)}

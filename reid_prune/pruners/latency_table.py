@@ -80,16 +80,12 @@ class LatencySetting:
 
     @property
     def compute(self) -> ComputeSettings:
+        """The device, precision and memory format to time in."""
         return ComputeSettings(torch.device(self.device), self.precision, self.memory_format == "channels_last")
 
     def key(self) -> str:
         """A short hash of every field: the cache file's name."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
-
-    def describe(self) -> str:
-        return (f"{self.device} ({self.device_name}), {self.precision}, {self.memory_format}, {self.threads} "
-                f"thread{'s' if self.threads > 1 else ''}, batch {self.batch_size}, "
-                f"{self.input_size[0]}x{self.input_size[1]}")
 
 
 @dataclass(frozen=True)
