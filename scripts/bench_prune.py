@@ -28,7 +28,7 @@ Usage:
     python scripts/bench_prune.py                       # haoli, fpgm at target-macs 0.5
     python scripts/bench_prune.py --methods all         # every implemented method
     python scripts/bench_prune.py --methods thinet --images 256
-    python scripts/bench_prune.py --latency             # latency budgets (about 10-15 minutes on 2 cores)
+    python scripts/bench_prune.py --latency             # latency budgets (about 6-12 minutes on 2 cores)
     python scripts/bench_prune.py --latency --quick     # ResNet-18 at 64x32: proves the script runs (a minute)
 """
 
