@@ -33,7 +33,7 @@ The bench file (see docs/bench.md)::
     lr_steps: [0.6, 0.85]                 # learning-rate steps as fractions of the epochs
     prune_arch: resnet50
     methods: [haoli, {name: fpgm, label: FPGM soft, options: {mode: soft}, set: {prune.scope: all}}]
-    budgets: [match:resnet18, 0.5]        # fractions of prune_arch's MACs kept
+    budgets: [match:resnet18, 0.5, latency:0.5]   # fractions of prune_arch's MACs (or measured latency) kept
     finetune_epochs: 6
     seeds: [0, 1, 2]
     cross_domain: [{source: synthetic, target: cuhk03_market, methods: [haoli]}]
@@ -74,7 +74,7 @@ from .engine.trainer import seed_everything
 from .evaluation import complexity, measure_latency
 from .outputs import check_output_dir
 from .precision import ComputeSettings
-from .pruners import available, get_method
+from .pruners import available, get_method, resolve_scope
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "baselines", "epochs", "lr_steps",
@@ -83,9 +83,10 @@ BENCH_KEYS = ("name", "output", "input_size", "base", "datasets", "compare", "ba
 # format changes only the order of the same float32 sums; train.amp (the precision) is part of the key.
 UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images", "cache"),
             "eval": ("latency", "latency_batch_sizes"), "train": ("channels_last",)}
-# Config keys added after the first benches ran: left out of the cell key while unset (None), so cells
+# Config keys added after the first benches ran: left out of the cell key while at their defaults, so cells
 # cached before they existed keep their keys.
-LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"))
+LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"), ("prune", "target_latency"),
+              ("prune", "latency_batch_sizes"), ("prune", "latency_threads"), ("prune", "latency_feedback"))
 # Version of the pruning methods' rules, in every pruned cell's key: cells cut by older rules are not reused.
 PRUNING_RULES = 2
 METRICS = ("mAP", "rank1", "rank5", "mINP")
@@ -156,8 +157,12 @@ class Bench:
         return data
 
     def run_config(self, dataset: str, baseline: Baseline, seed: int, method: Method | None = None,
-                   target_macs: float | None = None) -> Config:
-        """The resolved run config of one cell: a baseline trained on ``dataset``, or its pruning with ``method``."""
+                   target_macs: float | None = None, target_latency: float | None = None) -> Config:
+        """The resolved run config of one cell: a baseline trained on ``dataset``, or its pruning with ``method``.
+
+        A pruning cell keeps ``target_macs`` of the MACs or ``target_latency`` of the latency measured
+        on the machine that prunes it (``prune.latency_batch_sizes``, else the base's latency batch sizes).
+        """
         where = f"bench dataset {dataset}, {baseline.arch}, seed {seed}"
         where += f", method {method.label}" if method else ""
         try:
@@ -170,10 +175,16 @@ class Bench:
                 cfg.train.milestones = [round(f * cfg.train.epochs) for f in self.lr_steps]
             if method is not None:
                 _merge(cfg, {"prune": {"method": method.name, "rate": None, "target_params": None,
-                                       "target_macs": target_macs, "finetune_epochs": self.finetune_epochs}})
+                                       "target_macs": target_macs, "target_latency": target_latency,
+                                       "finetune_epochs": self.finetune_epochs}})
                 _merge(cfg, method.overrides)
             cfg.eval.latency = False  # the bench measures CPU latency itself, once per model
-            return validate(cfg)
+            validate(cfg)
+            # Explicit in every cell's config and key: a baseline's scope stays internal, as before auto existed.
+            p = cfg.prune
+            budget = any(v is not None for v in (p.target_macs, p.target_params, p.target_latency))
+            p.scope = resolve_scope(p.scope, budget=budget, scopes=get_method(p.method).scopes)
+            return cfg
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
@@ -310,9 +321,11 @@ def parse_bench(raw: dict[str, Any], name: str) -> Bench:
     for i, budget in enumerate(_list(raw.get("budgets", ["match:resnet18"]), "budgets")):
         if isinstance(budget, str) and budget.startswith("match:"):
             _arch(budget.removeprefix("match:"), f"budgets[{i}]")
-        elif not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and 0 < budget <= 1):
-            _fail(f"budgets[{i}]", f"expected a fraction of {prune_arch}'s MACs kept in (0, 1] or match:ARCH "
-                                   f"(e.g. match:resnet18), got {budget!r}")
+        elif not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and 0 < budget <= 1
+                  or isinstance(budget, str) and _latency_budget(budget) is not None):
+            _fail(f"budgets[{i}]", f"expected a fraction of {prune_arch}'s MACs kept in (0, 1], match:ARCH "
+                                   f"(e.g. match:resnet18) or latency:F (a fraction of its measured latency kept, "
+                                   f"e.g. latency:0.5), got {budget!r}")
         budgets.append(budget)
 
     seeds = [_int(s, f"seeds[{i}]", 0) for i, s in enumerate(_list(raw.get("seeds", [0]), "seeds"))]
@@ -382,12 +395,15 @@ class Cell:
     budget: str = ""
     target_macs: float | None = None
     parent: Cell | None = None
+    target_latency: float | None = None
 
     def describe(self) -> str:
         if self.kind == "train":
             return f"train {self.arch} on {self.dataset} (seed {self.seed})"
         source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
-        return (f"prune {source}{self.arch} with {self.method.label} to {self.target_macs:.3f} of its MACs, "
+        target = (f"{self.target_macs:.3f} of its MACs" if self.target_latency is None
+                  else f"{self.target_latency:.3f} of its measured latency")
+        return (f"prune {source}{self.arch} with {self.method.label} to {target}, "
                 f"fine-tune on {self.dataset} (seed {self.seed})")
 
 
@@ -405,7 +421,7 @@ class RowSpec:
 class Plan:
     cells: list[Cell]
     rows: list[RowSpec]
-    budgets: dict[str, float]  # budget label -> fraction of prune_arch's MACs kept
+    budgets: dict[str, float]  # budget label -> fraction of prune_arch's MACs (latency:F: of its latency) kept
 
 
 def _hashed(cfg: Config) -> dict[str, Any]:
@@ -416,8 +432,9 @@ def _hashed(cfg: Config) -> dict[str, Any]:
         else:
             for key in keys:
                 values[section].pop(key)
+    defaults = Config().to_dict()
     for section, key in LATER_KEYS:
-        if values[section][key] is None:
+        if values[section][key] == defaults[section][key]:
             values[section].pop(key)
     return values
 
@@ -435,8 +452,32 @@ def budget_label(budget: str | float) -> str:
     return budget if isinstance(budget, str) else f"{budget:g}"
 
 
+def _latency_budget(label: str) -> float | None:
+    """The F of a ``latency:F`` budget label when it is a fraction in (0, 1], else None."""
+    if not label.startswith("latency:"):
+        return None
+    try:
+        value = float(label.removeprefix("latency:"))
+    except ValueError:
+        return None
+    return value if 0 < value <= 1 else None
+
+
+def budget_targets(label: str, value: float) -> dict[str, float | None]:
+    """The prune targets of a resolved budget: ``target_latency`` for ``latency:F``, else ``target_macs``."""
+    latency = label.startswith("latency:")
+    return {"target_macs": None if latency else value, "target_latency": value if latency else None}
+
+
+def describe_budget(label: str, value: float, arch: str) -> str:
+    return f"{label} = {value:.3f} of {arch}'s {'measured latency' if label.startswith('latency:') else 'MACs'} kept"
+
+
 def resolve_budgets(bench: Bench) -> dict[str, float]:
-    """Budget label -> fraction of ``prune_arch``'s MACs kept; ``match:ARCH`` counts both nets at the input size."""
+    """Budget label -> fraction of ``prune_arch``'s MACs kept; ``match:ARCH`` counts both nets at the input size.
+
+    A ``latency:F`` budget resolves to F, the fraction of the latency kept (:func:`budget_targets`).
+    """
     cfg = bench.run_config(bench.compare[0] if bench.compare else bench.cross_domain[0].source,
                            bench.baseline(bench.prune_arch), bench.seeds[0])
     size = (cfg.data.height, cfg.data.width)
@@ -448,8 +489,14 @@ def resolve_budgets(bench: Bench) -> dict[str, float]:
         return complexity(net, size)["macs"]
 
     reference = macs(bench.prune_arch)
-    return {budget_label(b): round(macs(b.removeprefix("match:")) / reference, 4) if isinstance(b, str) else float(b)
-            for b in bench.budgets}
+    resolved = {}
+    for budget in bench.budgets:
+        label = budget_label(budget)
+        if isinstance(budget, str) and budget.startswith("match:"):
+            resolved[label] = round(macs(budget.removeprefix("match:")) / reference, 4)
+        else:
+            resolved[label] = _latency_budget(label) if isinstance(budget, str) else float(budget)
+    return resolved
 
 
 def plan_bench(bench: Bench) -> Plan:
@@ -465,12 +512,13 @@ def plan_bench(bench: Bench) -> Plan:
 
     def pruned(pretrain: str, dataset: str, method: Method, budget: str, seed: int) -> Cell:
         parent = trained(pretrain, bench.prune_arch, seed)
-        cfg = bench.run_config(dataset, bench.baseline(bench.prune_arch), seed, method, budgets[budget])
+        targets = budget_targets(budget, budgets[budget])
+        cfg = bench.run_config(dataset, bench.baseline(bench.prune_arch), seed, method, **targets)
         source = f"{pretrain}-to-" if pretrain != dataset else ""
         key = _cell_key(f"prune-{source}{dataset}-{method.label}-{budget}-s{seed}",
                         {"kind": "prune", "config": _hashed(cfg), "parent": parent.key, "rules": PRUNING_RULES})
         return cells.setdefault(key, Cell(key, "prune", cfg, dataset, pretrain, seed, bench.prune_arch, method,
-                                          budget, budgets[budget], parent))
+                                          budget, targets["target_macs"], parent, targets["target_latency"]))
 
     def method_name(method: Method, budget: str) -> str:
         return method.label if len(budgets) == 1 else f"{method.label} @ {budget}"
@@ -799,7 +847,7 @@ def result_rows(plan: Plan, results: dict[str, dict[str, Any]], evaluations: dic
         row = {
             "scenario": spec.scenario, "name": spec.name, "kind": "baseline" if cell.kind == "train" else "pruned",
             "arch": cell.arch, "method": cell.method.name if cell.method else "", "budget": cell.budget,
-            "target_macs": cell.target_macs, "pretrain": cell.pretrain,
+            "target_macs": cell.target_macs, "target_latency": cell.target_latency, "pretrain": cell.pretrain,
             "finetune": cell.dataset if cell.kind == "prune" else "", "dataset": spec.dataset, "seed": cell.seed,
             "params": result["params"], "macs": result["macs"],
         }
@@ -870,7 +918,7 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], *, com
         "without the identity classifier used only in training."
         + (f" CPU latency: milliseconds per image with {_threads(bench)}, median of {LATENCY_ROUNDS} turns in which "
            "the models are timed one after the other, after training." if latency_key else ""),
-        "Budgets: " + ", ".join(f"{label} = {value:.3f} of {_arch_label(bench.prune_arch)}'s MACs kept"
+        "Budgets: " + ", ".join(describe_budget(label, value, _arch_label(bench.prune_arch))
                                 for label, value in plan.budgets.items()) + ".",
         "",
     ]
@@ -987,7 +1035,7 @@ DESCRIPTION = """\
 Runs the survey's comparison from a bench file (configs/bench/*.yaml, see
 docs/bench.md): trains the baseline architectures, prunes the prune_arch
 baseline (ResNet-50) with every listed method at each budget (match:resnet18 =
-ResNet-18's MACs), fine-tunes and evaluates each, optionally runs the
+ResNet-18's MACs; latency:0.5 = half its latency measured here), fine-tunes and evaluates each, optionally runs the
 cross-domain scenario (train on A; prune and fine-tune with A or with B;
 evaluate on B), and measures every model's CPU latency.
 
@@ -1038,8 +1086,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 folder = output / "cells" / cell.key
                 state = "finished" if (folder / DONE).is_file() else "started" if folder.exists() else "to run"
                 print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
-            print("budgets: " + ", ".join(f"{k} = {v:.3f} of {bench.prune_arch}'s MACs"
-                                          for k, v in plan.budgets.items()))
+            print("budgets: " + ", ".join(describe_budget(k, v, bench.prune_arch) for k, v in plan.budgets.items()))
         return 0
     command = shlex.join(["reid-prune", "bench", "--config", args.config,
                           *[a for o in args.overrides for a in ("--set", o)],

@@ -143,6 +143,7 @@ def read_layer_rates(path: str) -> dict[str, float]:
 def _prune_overrides(args: argparse.Namespace) -> list[str]:
     """Map the prune flags onto prune.* config keys (flags win over the file and --set)."""
     targets = {"rate": args.rate, "target_macs": args.target_macs, "target_params": args.target_params,
+               "target_latency": args.target_latency,
                "layer_rates": json.dumps(read_layer_rates(args.layer_rates)) if args.layer_rates else None}
     overrides = method_overrides(args)
     if args.allocation is not None:
@@ -154,6 +155,8 @@ def _prune_overrides(args: argparse.Namespace) -> list[str]:
         overrides += [f"prune.{k}={v}" for k, v in targets.items() if v is not None]
     if args.finetune_epochs is not None:
         overrides.append(f"prune.finetune_epochs={args.finetune_epochs}")
+    if args.latency_batch_sizes is not None:
+        overrides.append(f"prune.latency_batch_sizes={json.dumps(args.latency_batch_sizes)}")
     return overrides
 
 
@@ -161,7 +164,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
     from .engine.prune_run import STAGES, prune_checkpoint
     from .precision import describe_text
-    from .report import human
+    from .report import achieved_line, human
 
     cfg = load_config(args.config, list(args.overrides) + _prune_overrides(args))
     output = args.output or str(Path(cfg.output) / f"pruned-{cfg.prune.method}")
@@ -177,8 +180,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for batch in report["before"].get("latency_ms", {}):
         rows.append([f"latency {batch}, ms/image ({describe_text(setting)})"]
                     + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
-    print(f"\n{cfg.prune.method} ({cfg.prune.scope}) on {args.checkpoint}")
+    print(f"\n{cfg.prune.method} ({report['scope']}) on {args.checkpoint}")
     print(format_table(["", *stages], rows))
+    print(achieved_line(report))
     if report["widths_plot"]:
         print(f"wrote {output}/pruned.pt, {output}/report.json and {output}/widths.png")
     else:
@@ -281,8 +285,20 @@ examples:
 Loads a checkpoint, removes channels with the chosen method (they are physically
 removed: the saved model is smaller and faster), optionally fine-tunes, and
 writes DIR/pruned.pt and DIR/report.json (params, MACs, latency, mAP and rank-1
-before pruning, right after, and after fine-tuning). Rates are fractions
-PRUNED; --target-macs/--target-params are fractions KEPT of the whole model.
+before pruning, right after, and after fine-tuning, and the kept MACs, params
+and latency ratio measured after surgery next to the target). Rates are
+fractions PRUNED; --target-macs/--target-params/--target-latency are fractions
+KEPT of the whole model. --target-latency keeps that fraction of the latency
+measured on THIS machine (train.device, precision and memory format, threads
+as eval reports), averaged over --latency-batch-sizes (default: eval's, 1 and
+32): planned from a per-layer lookup table timed here and cached in
+$REID_PRUNE_CACHE/latency (a first ResNet-50 takes a minute or two, later runs
+seconds), then corrected by timing the planned widths (prune.latency_feedback).
+Scope: with a MACs, params or latency target the default (prune.scope auto)
+prunes the residual streams too (scope all): keeping them whole gives little
+real speed-up (a ResNet-50 at half its MACs kept 0.85 of its CPU latency with
+internal, 0.71 with all). With a rate or per-group rates auto means internal.
+--scope internal keeps the streams whole.
 Training-time methods (psfp, l2, fpgm with mode=soft, autobalanced, afp_prc) run
 their schedule inside the fine-tuning epochs. Method settings go through
 --option KEY=VALUE. --allocation decides how many channels each group keeps:
@@ -302,6 +318,8 @@ examples:
       --finetune-epochs 6
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
       --target-macs 0.5 --allocation global --finetune-epochs 4
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm \\
+      --target-latency 0.5 --latency-batch-sizes 1 32 --finetune-epochs 4 --output runs/demo/fpgm-lat50
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
       --layer-rates runs/demo/sensitivity/layer_rates.yaml --output runs/demo/haoli-sensitivity
 """ + PRECISION_HELP),
@@ -381,10 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--rate", type=float, help="fraction of channels pruned in every group, in [0, 1)")
     target.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs, e.g. 0.5")
     target.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    target.add_argument("--target-latency", type=float, metavar="F",
+                        help="keep this fraction of the latency measured on this machine, e.g. 0.5 (twice as fast)")
     target.add_argument("--layer-rates", metavar="YAML", help="per-group rates {group: rate}, e.g. the "
                         "layer_rates.yaml of reid-prune sensitivity")
-    p_prune.add_argument("--scope", choices=("internal", "all"),
-                         help="internal: convs inside blocks; all: also residual streams (default: config)")
+    p_prune.add_argument("--scope", choices=("auto", "internal", "all"),
+                         help="internal: convs inside blocks; all: also residual streams; auto: all for a MACs, "
+                              "params or latency target, internal for rates (default: config, auto)")
+    p_prune.add_argument("--latency-batch-sizes", type=_int_at_least(1), nargs="+", metavar="B",
+                         help="batch sizes whose mean kept latency --target-latency is (default: "
+                              "eval.latency_batch_sizes, 1 32)")
     p_prune.add_argument("--finetune-epochs", type=_int_at_least(0), metavar="N",
                          help="epochs of fine-tuning after pruning")
     p_prune.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

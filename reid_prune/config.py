@@ -148,13 +148,20 @@ class EvalConfig:
 @dataclass
 class PruneConfig:
     method: str = "haoli"
-    # Fraction of channels pruned in every group; or the fractions of MACs / parameters kept.
+    # Fraction of channels pruned in every group; or the fractions of MACs / parameters / measured latency kept.
     rate: float | None = number_range(None, 0, 1, high_open=True, what="a prune fraction")
     # {group name: fraction pruned}, e.g. the layer_rates.yaml of reid-prune sensitivity; unnamed groups keep all
     layer_rates: dict[str, float] | None = None
     target_macs: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
     target_params: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
-    scope: str = choice("internal", "internal", "all")
+    target_latency: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
+    # A latency target: the batch sizes whose mean kept fraction it is (null = eval.latency_batch_sizes), the CPU
+    # threads timed (null = torch's current count, as eval reports) and the measured re-plans (0 = prediction only).
+    latency_batch_sizes: list[int] | None = number_range(None, 1)
+    latency_threads: int | None = number_range(None, 1)
+    latency_feedback: int = number_range(3, 0)
+    # auto = all (residual streams too) for a MACs, params or latency target, internal for rates (docs/pruners.md)
+    scope: str = choice("auto", "auto", "internal", "all")
     # uniform | global | layer_rates; null = the method's own default (docs/pruners.md)
     allocation: str | None = None
     include_stem: bool = True
@@ -239,6 +246,8 @@ def _check_prune(p: PruneConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"config key prune.method: {exc}") from None
     build_options(method.options, p.options, "prune.options.")
+    _require(p.latency_batch_sizes is None or bool(p.latency_batch_sizes), "prune.latency_batch_sizes",
+             "give at least one batch size, or null for eval.latency_batch_sizes")
     _require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
              f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
 

@@ -28,7 +28,7 @@ import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -128,6 +128,18 @@ def autocast_context(device: str | torch.device, precision: str | bool) -> Conte
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op CPU threads (0: leave torch's setting), then restore it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_channels_last(setting: str | bool, device: str | torch.device, precision: str) -> bool:

@@ -38,3 +38,18 @@ def metric_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     for batch, ms in report.get("latency_ms", {}).items():
         rows.append((f"latency {batch}" + (f" ({describe_text(setting)})" if setting else ""), f"{ms:.2f} ms/image"))
     return rows
+
+
+def achieved_line(report: dict[str, Any]) -> str:
+    """The target next to what the pruned model keeps: MACs, params, and latency measured after surgery."""
+    target = next((f"{key.removeprefix('target_')} {report[key]:g}" for key in
+                   ("target_latency", "target_macs", "target_params") if report.get(key) is not None),
+                  f"rate {report['rate']:g}" if report.get("rate") is not None else "per-group rates")
+    got = report["achieved"]
+    line = f"target: {target}; kept: MACs {got['macs_ratio']:.3f}, params {got['params_ratio']:.3f}, "
+    if got["latency_ratio"] is None:
+        return line + "latency not measured (eval.latency=false)"
+    per_batch = ", ".join(f"{batch} {ratio:.3f}" for batch, ratio in got["latency_ratio"].items())
+    return (line + f"latency {got['latency_ratio_mean']:.3f} measured after surgery ({per_batch}; "
+            f"{describe_text(got['latency_setting'])})")
+

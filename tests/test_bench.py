@@ -163,6 +163,8 @@ def test_bad_method_option_fails_before_any_training(tmp_path):
     ("methods=[haoly]", r"bench key methods\[0\].name: unknown pruning method 'haoly'; did you mean haoli?"),
     ("budgets=[match:resnet99]", r"bench key budgets\[0\]: expected one of resnet18, resnet34, resnet50"),
     ("budgets=[1.5]", r"bench key budgets\[0\]: expected a fraction"),
+    ("budgets=[latency:1.5]", r"bench key budgets\[0\]: expected .* or latency:F"),
+    ("budgets=[latency:fast]", r"bench key budgets\[0\]: expected .* or latency:F"),
     ("baselines=[resnet18]", "bench key prune_arch: resnet50 must also be a baseline"),
     ("cross_domain=[{source: synthetic_a, target: market}]",
      r"bench key cross_domain\[0\].target: 'market' is not in datasets"),
@@ -202,6 +204,11 @@ def test_dry_run_lists_the_cells(tmp_path, capsys):
     assert not (tmp_path / "cells").exists()
 
 
+# With the residual streams whole (scope internal) 2% of the MACs is out of reach; the default for a budget,
+# scope auto = all, reaches it (ResNet-50 at 128x64 keeps 0.0007 of its MACs with every group at 1 channel).
+INTERNAL = "base.prune.scope=internal"
+
+
 @pytest.mark.parametrize("override, message", [
     ("budgets=[0.02]", r"bench method HaoLi at budget 0.02: a MACs budget of 0.020 cannot be met"),
     ("datasets.cuhk03_market.root=no/such/folder", r"bench dataset cuhk03_market: data.root: folder 'no/such/folder' "
@@ -212,7 +219,7 @@ def test_dry_run_checks_budgets_and_dataset_roots(tmp_path, capsys, override, me
     root = generate_synthetic(tmp_path / "cuhk03", num_ids=8, num_test_ids=4, images_per_camera=2)
     args = _parser().parse_args(["bench", "--config", str(CONFIGS / "cuhk03_cpu.yaml"), "--output",
                                  str(tmp_path / "out"), "--dry-run", "--set", f"datasets.cuhk03_market.root={root}",
-                                 "--set", override])
+                                 "--set", INTERNAL, "--set", override])
     with pytest.raises(ConfigError, match=message):
         args.func(args)
     assert not (tmp_path / "out").exists()
@@ -223,7 +230,7 @@ def test_infeasible_budget_fails_before_any_training(tmp_path, monkeypatch):
         raise AssertionError("a baseline trained before the budgets were checked")
 
     monkeypatch.setattr(bench_module, "train", forbidden)
-    bench = load_bench(TINY_FILE, TINY + ["budgets=[0.02]"])
+    bench = load_bench(TINY_FILE, TINY + ["budgets=[0.02]", INTERNAL])
     with pytest.raises(ConfigError, match="at budget 0.02: a MACs budget of 0.020 cannot be met"):
         run_bench(bench, tmp_path / "bench", progress=False, log=_quiet)
     assert not (tmp_path / "bench").exists()
@@ -239,3 +246,16 @@ def test_config_keys_added_later_change_no_cell_key_while_unset():
     assert "layer_rates" not in bench_module._hashed(load_config())["prune"]
     rates = bench_module._hashed(load_config(None, ["prune.layer_rates={layer1.0.conv1: 0.3}"]))["prune"]["layer_rates"]
     assert rates == {"layer1.0.conv1": 0.3}
+
+
+def test_latency_budgets_plan_cells_with_a_latency_target():
+    macs_only = plan_bench(load_bench(TINY_FILE, TINY + ["budgets=[0.5]", "cross_domain=[]"]))
+    both = plan_bench(load_bench(TINY_FILE, TINY + ["budgets=[0.5, latency:0.6]", "cross_domain=[]"]))
+    assert both.budgets == {"0.5": 0.5, "latency:0.6": 0.6}
+    pruned = [c for c in both.cells if c.kind == "prune"]
+    latency = [c for c in pruned if c.budget == "latency:0.6"]
+    assert latency and all(c.cfg.prune.target_latency == 0.6 and c.cfg.prune.target_macs is None for c in latency)
+    assert all(c.cfg.prune.scope == "all" for c in pruned)  # auto, resolved in the cell's config
+    assert "to 0.600 of its measured latency" in latency[0].describe()
+    # Adding a latency budget leaves the MACs cells (and their cached results) where they were.
+    assert {c.key for c in macs_only.cells} <= {c.key for c in both.cells}

@@ -73,3 +73,34 @@ def test_measure_latency_times_precisions_side_by_side():
 def test_measure_latency_rejects_zero_repeats():
     with pytest.raises(ValueError, match="repeats >= 1"):
         measure_latency(tiny_net(), repeats=0)
+
+
+CALLS: list[str] = []
+
+
+class Recorder(nn.Module):
+    """Logs its name on every forward (into a module-level list: the copies timed share it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        CALLS.append(self.name)
+        return self.conv(x)
+
+
+def test_paired_latency_times_the_models_in_turn_on_copies():
+    from reid_prune.evaluation import paired_latency
+
+    CALLS.clear()
+    a, b = Recorder("a"), Recorder("b")
+    a.train()
+    result = paired_latency([a, b], (8, 4), batch_size=2, rounds=3, warmup=1)
+    assert len(result) == 2 and all(ms > 0 for ms in result)
+    assert CALLS == ["a", "b"] + ["a", "b"] * 3  # warm-up, then one pass of each per round
+    assert a.training  # copies were timed, in eval mode; the caller's model is as it was
+    CALLS.clear()
+    paired_latency([a, b], (8, 4), rounds=2, warmup=0, min_seconds=60)
+    assert CALLS == ["a", "b"] * 20  # a fast pair gets more rounds, at most 10 x rounds

@@ -51,7 +51,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     chosen = result["allocation"]["rates"]
     table = [[g, swept[g, rates[0]]["channels"], *[f"{swept[g, rate]['mAP']:.2f}" for rate in rates], f"{chosen[g]:g}"]
              for g in chosen]
-    print(f"\n{cfg.prune.method} ({cfg.prune.scope}): mAP with one group pruned (baseline "
+    print(f"\n{cfg.prune.method} ({result['scope']}): mAP with one group pruned (baseline "
           f"{result['baseline']['mAP']:.2f} on {result['queries']} queries, {result['gallery']} gallery images)")
     print(format_table(["group", "channels", *[f"rate {r:g}" for r in rates], "chosen rate"], table))
     allocation = result["allocation"]
@@ -59,7 +59,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
           f"drop {allocation['predicted_drop']:.2f} points")
     print(f"wrote {', '.join(result['files'])}" + ("" if result["plot"] else f"; {missing_note('sensitivity.png')}"))
     print(f"next: reid-prune prune --config {args.config} --checkpoint {args.checkpoint} --method {cfg.prune.method} "
-          f"--scope {cfg.prune.scope} --layer-rates {Path(args.output) / 'layer_rates.yaml'}")
+          f"--scope {result['scope']} --layer-rates {Path(args.output) / 'layer_rates.yaml'}")
     return 0
 
 

@@ -108,11 +108,12 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     model = model_from_checkpoint(ckpt)
     model.set_retrieval_feature(cfg.model.retrieval_feature)
     p = cfg.prune
-    groups = find_channel_groups(model, scope=p.scope, include_stem=p.include_stem,
+    probe = pruner_from_config(cfg, layer_rates={})  # checks method and options; scope auto means internal here
+    scope = probe.scope
+    groups = find_channel_groups(model, scope=scope, include_stem=p.include_stem,
                                  include_downsample=p.include_downsample, include_last_stage=p.include_last_stage)
     if not groups:
-        raise ValueError(f"no prunable channel groups in this model at scope {p.scope!r}")
-    probe = pruner_from_config(cfg, layer_rates={groups[0].name: rates[0]})  # checks method and options
+        raise ValueError(f"no prunable channel groups in this model at scope {scope!r}")
     if probe.requires == "training":
         raise ValueError(f"pruning method {p.method!r} prunes during training; a sensitivity sweep prunes trained "
                          "models without training: use a one-shot method (haoli, fpgm, molchanov, entropy, thinet, "
@@ -163,9 +164,9 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     write_csv(rows, out / FILES[0])
     plotted = plot_sensitivity(rows, baseline["mAP"], out / FILES[1],
                                title=f"{p.method}, each group pruned alone, no fine-tuning")
-    write_layer_rates(allocation, out / FILES[2], method=p.method, scope=p.scope, target_macs=target_macs,
+    write_layer_rates(allocation, out / FILES[2], method=p.method, scope=scope, target_macs=target_macs,
                       baseline_map=baseline["mAP"])
-    return {"baseline": {"mAP": baseline["mAP"], "rank1": baseline["rank1"]}, "rows": rows,
+    return {"baseline": {"mAP": baseline["mAP"], "rank1": baseline["rank1"]}, "rows": rows, "scope": scope,
             "allocation": {"rates": allocation.rates, "macs_fraction": allocation.macs_fraction,
                            "predicted_drop": allocation.predicted_drop},
             "plot": plotted, "files": [str(out / f) for f in FILES if (out / f).exists()],

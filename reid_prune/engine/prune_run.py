@@ -1,8 +1,12 @@
 """The prune job: load a checkpoint, prune it with a method, fine-tune, report and save.
 
-The output folder is checked first, and files are written only at the end (``pruned.pt``
-atomically, ``widths.png``, then ``report.json``), so a bad rate, an unmeetable budget, an unknown
-method or an unwritable ``--output`` leaves nothing behind and costs no pruning time.
+The output folder is checked first, and the target is checked on the loaded model before the
+data is read (a latency target builds its table then), and files are written only at the end
+(``pruned.pt`` atomically, ``widths.png``, then ``report.json``), so a bad rate, an unmeetable
+budget, an unknown method or an unwritable ``--output`` leaves nothing behind and costs no pruning time.
+
+Every report has ``achieved``: the MACs and parameter ratios and the latency ratio measured after
+surgery against the unpruned model (interleaved, median of rounds), next to the target.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ..analysis.widths import kept_widths, plot_widths
 from ..checkpoint import (model_from_checkpoint, module_widths, read_checkpoint, remove_stale_temporaries,
                           save_checkpoint)
 from ..config import Config, TrainConfig
+from ..evaluation.complexity import latency_ratios
 from ..distributed import barrier, is_main_process
 from ..outputs import check_output_dir
 from ..precision import ComputeSettings
@@ -28,24 +33,62 @@ from .finetune import StepFinetuner
 from .trainer import Trainer, evaluate_with_config, resolve_device
 
 STAGES = ("before", "pruned", "finetuned")
-TARGET_KEYS = ("method", "scope", "rate", "layer_rates", "target_macs", "target_params")
+TARGET_KEYS = ("method", "scope", "rate", "layer_rates", "target_macs", "target_params", "target_latency")
+RATIO_ROUNDS = 7  # interleaved passes of the unpruned and the pruned model per batch size
 
 
 def pruner_from_config(cfg: Config, *, layer_rates: Mapping[str, float] | None = None) -> Pruner:
-    """The configured method with its target, scope and guards; ``layer_rates`` replaces the configured target."""
+    """The configured method with its target, scope and guards; ``layer_rates`` replaces the configured target.
+
+    A latency target is timed as ``eval`` measures: on ``train.device`` with the run's precision and
+    memory format, at ``prune.latency_batch_sizes`` (default ``eval.latency_batch_sizes``).
+    """
     p = cfg.prune
     if layer_rates is not None:
         target = {"layer_rates": layer_rates}
     else:
         target = {"rate": p.rate, "layer_rates": p.layer_rates, "target_macs": p.target_macs,
-                  "target_params": p.target_params}
+                  "target_params": p.target_params, "target_latency": p.target_latency}
     return get_pruner(
         p.method, **target, scope=p.scope,
         include_stem=p.include_stem, include_downsample=p.include_downsample,
         include_last_stage=p.include_last_stage, min_channels=p.min_channels, round_to=p.round_to,
         input_size=(cfg.data.height, cfg.data.width),
-        allocation="layer_rates" if layer_rates is not None else p.allocation, **p.options,
+        allocation="layer_rates" if layer_rates is not None else p.allocation,
+        latency_batch_sizes=latency_batch_sizes(cfg), latency_threads=p.latency_threads or 0,
+        latency_feedback=p.latency_feedback, compute=ComputeSettings.from_config(cfg.train,
+                                                                               resolve_device(cfg.train.device)),
+        **p.options,
     )
+
+
+def latency_batch_sizes(cfg: Config) -> tuple[int, ...]:
+    """The batch sizes a latency target and the achieved latency ratio use: prune's, else eval's."""
+    return tuple(cfg.prune.latency_batch_sizes or cfg.eval.latency_batch_sizes)
+
+
+def achieved(cfg: Config, report: Mapping[str, Any], original: nn.Module, pruned: nn.Module,
+             compute: ComputeSettings) -> dict[str, Any]:
+    """What the pruned model keeps of the original: MACs and params ratios, and its measured latency ratio.
+
+    The latency ratio is measured after surgery, the two models timed in turn (median of
+    :data:`RATIO_ROUNDS` rounds per batch size), in the run's precision, memory format and
+    ``prune.latency_threads``. It is left out (None) when ``eval.latency`` is false, except
+    for a latency target, whose result it is.
+    """
+    before, after = report["before"], report["pruned"] or report["finetuned"]
+    out: dict[str, Any] = {"macs_ratio": after["macs"] / before["macs"],
+                           "params_ratio": after["params"] / before["params"],
+                           "latency_ratio": None, "latency_ratio_mean": None, "latency_setting": None}
+    if cfg.eval.latency or cfg.prune.target_latency is not None:
+        threads = cfg.prune.latency_threads or 0
+        ratios = latency_ratios(original, pruned, (cfg.data.height, cfg.data.width),
+                                batch_sizes=latency_batch_sizes(cfg), compute=compute, threads=threads,
+                                rounds=RATIO_ROUNDS)
+        out.update(latency_ratio={k: round(v, 4) for k, v in ratios.items()},
+                   latency_ratio_mean=round(sum(ratios.values()) / len(ratios), 4),
+                   latency_setting={**compute.describe(), **({"threads": threads} if threads else {})})
+    return out
 
 
 def finetune_schedule(cfg: Config, epochs: int) -> TrainConfig:
@@ -77,12 +120,14 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     model.set_retrieval_feature(cfg.model.retrieval_feature)  # an evaluation choice: the config decides
     model_config = model.build_config
     original_widths = module_widths(model)
+    device = resolve_device(cfg.train.device)
+    compute = ComputeSettings.from_config(cfg.train, device)
+    pruner.check(compute.place(model).eval())  # an unmeetable target stops here, before the data is read
     dataset = prepare_dataset(cfg.data, verbose=progress)
     query, gallery = make_eval_loaders(cfg, dataset)
     train_loader = make_train_loader(cfg, dataset)
-    device = resolve_device(cfg.train.device)
-    compute = ComputeSettings.from_config(cfg.train, device)
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
+    report["scope"] = pruner.scope  # auto resolved
     report.update(finetune_epochs=epochs, checkpoint=str(checkpoint))
     report["before"] = model_report(model, cfg, query, gallery, progress=progress)
 
@@ -121,12 +166,16 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report.update(pruner.summary())
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     if is_main_process():
+        unpruned = model_from_checkpoint(ckpt)
+        unpruned.set_retrieval_feature(cfg.model.retrieval_feature)
+        report["achieved"] = achieved(cfg, report, unpruned, model, compute)
+    if is_main_process():
         remove_stale_temporaries(out / "pruned.pt")  # left by a kill during an earlier write
         report["widths"] = kept_widths(model, original_widths)
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
                         prune={k: report[k] for k in TARGET_KEYS})
         report["widths_plot"] = plot_widths(report["widths"], out / "widths.png",
-                                            title=f"{cfg.prune.method} ({cfg.prune.scope}): kept channels per group")
+                                            title=f"{cfg.prune.method} ({pruner.scope}): kept channels per group")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     barrier()
     return report

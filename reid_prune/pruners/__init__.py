@@ -10,9 +10,10 @@ per group); see :mod:`.base`.
 
 from . import methods  # noqa: F401  (registers every method)
 from .allocation import ALLOCATIONS, Allocation, Target
-from .base import Pruner, get_pruner, prune
+from .base import Pruner, get_pruner, prune, resolve_scope
 from .criteria import PruneContext
+from .latency import LatencyCost
 from .registry import Method, available, get_method, register
 
-__all__ = ["ALLOCATIONS", "Allocation", "Method", "PruneContext", "Pruner", "Target", "available", "get_method",
-           "get_pruner", "prune", "register"]
+__all__ = ["ALLOCATIONS", "Allocation", "LatencyCost", "Method", "PruneContext", "Pruner", "Target", "available",
+           "get_method", "get_pruner", "prune", "register", "resolve_scope"]

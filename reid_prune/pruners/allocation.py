@@ -1,10 +1,10 @@
 """How much each group keeps: the pruning target, and the allocations that turn it into keep counts.
 
 A :class:`Target` is what the user asks for: a prune ``rate`` (fraction of channels pruned),
-explicit ``layer_rates``, or the fraction of the model's MACs or parameters to keep. An
-allocation turns it into {group name: channels kept}:
+explicit ``layer_rates``, or the fraction of the model's MACs, parameters or latency to keep.
+An allocation turns it into {group name: channels kept}:
 
-* ``uniform``: one prune rate for every group, solved for a MACs/params budget by
+* ``uniform``: one prune rate for every group, solved for a MACs/params/latency budget by
   bisection (:func:`~.budget.keep_counts_for_budget`).
 * ``global``: every channel of every group ranked together by its normalised score
   (:func:`~.criteria.base.comparable`), the lowest cut until the target is met, no group
@@ -24,11 +24,12 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from .budget import (CostModel, _bounds, _check_rate, _check_rounding, _round_keep, budget_problem, kept,
-                     keep_counts_for_budget, keep_counts_for_rate)
+from .budget import (CostModel, LatencyMeasure, _bounds, _check_rate, _check_rounding, _round_keep, budget_problem,
+                     kept, keep_counts_for_budget, keep_counts_for_rate)
 from .groups import ChannelGroup
 
 ALLOCATIONS = ("uniform", "global", "layer_rates")
+BUDGETS = ("macs", "params", "latency")  # the Target fields that are fractions kept
 
 
 @dataclass(frozen=True)
@@ -39,29 +40,35 @@ class Target:
         rate: fraction of channels PRUNED in [0, 1).
         layer_rates: {group name: fraction pruned}; groups not named keep every channel.
         macs, params: fraction of the model's MACs / parameters KEPT, in (0, 1].
+        latency: fraction of the model's measured latency KEPT, in (0, 1] (:mod:`.latency`).
     """
 
     rate: float | None = None
     layer_rates: Mapping[str, float] | None = None
     macs: float | None = None
     params: float | None = None
+    latency: float | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("rate", "layer_rates", "macs", "params") if getattr(self, k) is not None]
+        given = [k if k in ("rate", "layer_rates") else f"target_{k}"
+                 for k in ("rate", "layer_rates", *BUDGETS) if getattr(self, k) is not None]
         if len(given) != 1:
-            names = {"macs": "target_macs", "params": "target_params"}
-            raise ValueError("give exactly one of rate, layer_rates, target_macs, target_params "
-                             f"(got {', '.join(names.get(k, k) for k in given) or 'none'})")
+            raise ValueError("give exactly one of rate, layer_rates, target_macs, target_params, target_latency "
+                             f"(got {', '.join(given) or 'none'})")
         if self.rate is not None:
             _check_rate(self.rate, "prune rate")
-        for key in ("macs", "params"):
+        for key in BUDGETS:
             value = getattr(self, key)
             if value is not None and not 0 < value <= 1:
                 raise ValueError(f"target_{key} must be a fraction kept in (0, 1], got {value}")
 
     @property
     def is_budget(self) -> bool:
-        return self.macs is not None or self.params is not None
+        return any(getattr(self, key) is not None for key in BUDGETS)
+
+    def budget(self) -> dict[str, float | None]:
+        """The budget as :func:`~.budget.budget_problem`'s keywords: target_macs, target_params, target_latency."""
+        return {f"target_{key}": getattr(self, key) for key in BUDGETS}
 
     def rescaled(self, start: Mapping[str, int], now: Mapping[str, int], full: CostModel, cost: CostModel) -> Target:
         """The same absolute target for a partly pruned model, so an allocation can be planned again on it.
@@ -72,7 +79,8 @@ class Target:
 
         A budget becomes a fraction of the current cost (1 when already met); a rate keeps
         floor(total (1 - rate)) of the groups' channels at the start, so it becomes the exact
-        fraction that leaves that many of the current ones. Per-group rates are returned as they are.
+        fraction that leaves that many of the current ones. Per-group rates, and latency
+        budgets (always predicted against the model at setup), are returned as they are.
         """
         if self.macs is not None:
             return Target(macs=min(1.0, self.macs * full.macs() / cost.macs()))
@@ -116,7 +124,7 @@ class Allocation:
 
     def keep_counts(self, groups: Sequence[ChannelGroup], target: Target, cost: CostModel,
                     scores: Mapping[str, Tensor] | None = None, *, min_channels: int = 1,
-                    round_to: int = 1) -> dict[str, int]:
+                    round_to: int = 1, latency: LatencyMeasure | None = None) -> dict[str, int]:
         """{group name: channels kept} for ``target`` on the model ``cost`` was built on.
 
         Args:
@@ -125,6 +133,8 @@ class Allocation:
             cost: the model's cost model.
             scores: comparable scores of every channel of ``groups`` (``global`` only).
             min_channels, round_to: per-group floor and granularity.
+            latency: the predicted latency fraction (:class:`~.latency.LatencyCost`) of the model at
+                setup, for a latency target.
 
         Raises:
             ValueError: an unreachable budget (naming the smallest reachable fraction), unknown
@@ -140,16 +150,17 @@ class Allocation:
         if self.kind == "uniform":
             if target.rate is not None:
                 return keep_counts_for_rate(groups, target.rate, min_channels=min_channels, round_to=round_to)
-            return keep_counts_for_budget(groups, cost, target_macs=target.macs, target_params=target.params,
+            return keep_counts_for_budget(groups, cost, **target.budget(), latency=latency,
                                           min_channels=min_channels, round_to=round_to)
         if scores is None:
             raise ValueError("the global allocation ranks channels by their scores: pass scores")
-        return global_keep_counts(groups, target, cost, scores, min_channels=min_channels, round_to=round_to)
+        return global_keep_counts(groups, target, cost, scores, min_channels=min_channels, round_to=round_to,
+                                  latency=latency)
 
 
 def global_keep_counts(groups: Sequence[ChannelGroup], target: Target, cost: CostModel,
                        scores: Mapping[str, Tensor], *, min_channels: int = 1, round_to: int = 1,
-                       tolerance: float = 0.02) -> dict[str, int]:
+                       tolerance: float = 0.02, latency: LatencyMeasure | None = None) -> dict[str, int]:
     """Cut the lowest-scoring channels of all groups together until ``target`` is met.
 
     Each group offers its channels in ascending score order, except the ``min_channels``
@@ -157,8 +168,8 @@ def global_keep_counts(groups: Sequence[ChannelGroup], target: Target, cost: Cos
     ascending order (ties: group order, then score order), and the first n are removed:
 
     * a ``rate`` removes n = total - floor(total (1 - rate)) of the groups' channels;
-    * a MACs / params budget takes the smallest n that meets it (the cost falls
-      monotonically with n, so n is found by bisection).
+    * a MACs / params / latency budget takes the smallest n that meets it (the cost falls
+      monotonically with n, so n is found by bisection; latency as ``latency`` predicts it).
 
     The counts are then rounded to the nearest multiple of ``round_to`` and, for a budget,
     single groups are moved one ``round_to`` step toward the target until within
@@ -187,8 +198,8 @@ def global_keep_counts(groups: Sequence[ChannelGroup], target: Target, cost: Cos
     if target.rate is not None:
         total = sum(channels.values())
         return rounded(counts(min(total - kept(total, target.rate), len(offers))))
-    problem = budget_problem(groups, cost, target_macs=target.macs, target_params=target.params,
-                             min_channels=min_channels, round_to=round_to, tolerance=tolerance)
+    problem = budget_problem(groups, cost, **target.budget(), latency=latency, min_channels=min_channels,
+                             round_to=round_to, tolerance=tolerance)
     low, high = 0, len(offers)  # fraction(counts(high)) <= target + tolerance (checked by budget_problem)
     while low < high:
         mid = (low + high) // 2

@@ -1,7 +1,8 @@
-"""How many channels each group keeps: from a prune rate, per-group rates, or a MACs/params budget.
+"""How many channels each group keeps: from a prune rate, per-group rates, or a MACs/params/latency budget.
 
 Rates are the fraction PRUNED; budget targets are the fraction KEPT of the whole model's
-MACs or parameters (``target_macs=0.5`` keeps half the MACs).
+MACs, parameters or latency (``target_macs=0.5`` keeps half the MACs). Latency is predicted
+by :class:`~.latency.LatencyCost`, which this module sees only through :class:`LatencyMeasure`.
 
 :class:`CostModel` records each layer's geometry once, with forward hooks at the given
 input size, so the MACs and parameters of the network under any per-group keep counts
@@ -19,6 +20,7 @@ import numbers
 from fractions import Fraction
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import nn
 
@@ -36,6 +38,8 @@ class LayerCost:
     of output positions, 1 for a (B, F) input (linear), and 0 for layers the forward does
     not run. Norms have ``params = 2 * channels`` when affine and no MACs.
     ``out_group`` / ``in_group`` name the channel groups that set the widths (None: fixed).
+    ``in_shape`` is the shape of one image's input to the layer without the batch dimension,
+    e.g. (C, H, W) for a conv; () for layers the forward does not run and for norms.
     """
 
     name: str
@@ -48,6 +52,7 @@ class LayerCost:
     out_group: str | None = None
     in_group: str | None = None
     is_norm: bool = False
+    in_shape: tuple[int, ...] = ()
 
 
 class CostModel:
@@ -73,7 +78,7 @@ class CostModel:
             groups = find_channel_groups(model, scope="all", include_last_stage=True)
         self.input_size = tuple(input_size)
         self.channels = {g.name: g.channels for g in groups}
-        positions = _output_positions(model, self.input_size)
+        positions, in_shapes = _run_shapes(model, self.input_size)
         out_group, in_group = {}, {}
         for g in groups:
             out_group.update(dict.fromkeys(g.producers + g.norms, g.name))
@@ -93,6 +98,7 @@ class CostModel:
                     bias=m.bias is not None,
                     out_group=out_group.get(name),
                     in_group=in_group.get(name),
+                    in_shape=in_shapes.get(name, ()),
                 )
             elif isinstance(m, NORMS) and m.affine:
                 layer = LayerCost(name, out_channels=m.num_features, in_channels=1, groups=1, kernel=0, per_pair=0,
@@ -104,12 +110,14 @@ class CostModel:
         # Parameters outside convs, linears and affine norms (e.g. GeM's p) never change.
         self.fixed_params = sum(p.numel() for p in model.parameters()) - counted
 
-    def _widths(self, layer: LayerCost, keep_counts: Mapping[str, int]) -> tuple[int, int]:
+    def widths(self, layer: LayerCost, keep_counts: Mapping[str, int]) -> tuple[int, int]:
+        """(out, in) channels of ``layer`` with ``keep_counts`` {group: channels kept} (others: as now)."""
         out_c = keep_counts.get(layer.out_group, layer.out_channels) if layer.out_group else layer.out_channels
         in_c = keep_counts.get(layer.in_group, layer.in_channels) if layer.in_group else layer.in_channels
         return out_c, in_c
 
-    def _check(self, keep_counts: Mapping[str, int] | None) -> Mapping[str, int]:
+    def check(self, keep_counts: Mapping[str, int] | None) -> Mapping[str, int]:
+        """``keep_counts`` ({} for None) after checking its group names and counts; raises ValueError."""
         keep_counts = keep_counts or {}
         unknown = sorted(set(keep_counts) - set(self.channels))
         if unknown:
@@ -121,20 +129,20 @@ class CostModel:
 
     def macs(self, keep_counts: Mapping[str, int] | None = None) -> int:
         """Conv and linear MACs for one image with ``keep_counts`` {group: channels kept} (others: as now)."""
-        keep_counts = self._check(keep_counts)
+        keep_counts = self.check(keep_counts)
         total = 0
         for layer in self.layers:
             if layer.per_pair:
-                out_c, in_c = self._widths(layer, keep_counts)
+                out_c, in_c = self.widths(layer, keep_counts)
                 total += out_c * (in_c // layer.groups) * layer.per_pair
         return total
 
     def params(self, keep_counts: Mapping[str, int] | None = None) -> int:
         """Number of parameters with ``keep_counts`` {group: channels kept} (others: as now)."""
-        keep_counts = self._check(keep_counts)
+        keep_counts = self.check(keep_counts)
         total = self.fixed_params
         for layer in self.layers:
-            out_c, in_c = self._widths(layer, keep_counts)
+            out_c, in_c = self.widths(layer, keep_counts)
             if layer.is_norm:
                 total += 2 * out_c
             else:
@@ -142,13 +150,18 @@ class CostModel:
         return total
 
 
-def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
-    """{layer name: output positions per channel} for the convs and linears run by ``model(x)``, batch 1.
+def _run_shapes(model: nn.Module, input_size: tuple[int, int]) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """Output positions per channel and input shapes of the convs and linears run by ``model(x)``, batch 1.
 
-    H_out * W_out for a conv; the output size over ``out_features`` for a linear (1 for (B, F)).
-    Runs in eval mode without gradients (:func:`~reid_prune.pruners.groups.inspection_mode`).
+    Positions: H_out * W_out for a conv; the output size over ``out_features`` for a linear
+    (1 for (B, F)). Input shapes: one image's input without the batch dimension. Runs in
+    eval mode without gradients (:func:`~reid_prune.pruners.groups.inspection_mode`).
+
+    Returns:
+        ({layer name: positions}, {layer name: input shape}).
     """
     positions: dict[str, int] = {}
+    in_shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -156,6 +169,7 @@ def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str
 
             def hook(module, inputs, output, name=name, channels=channels):
                 positions[name] = positions.get(name, 0) + output.numel() // channels
+                in_shapes[name] = tuple(inputs[0].shape[1:])
 
             handles.append(m.register_forward_hook(hook))
     try:
@@ -164,7 +178,7 @@ def _output_positions(model: nn.Module, input_size: tuple[int, int]) -> dict[str
     finally:
         for handle in handles:
             handle.remove()
-    return positions
+    return positions, in_shapes
 
 
 def kept(channels: int, rate: float | Fraction) -> int:
@@ -254,11 +268,13 @@ def keep_counts_for_budget(
     *,
     target_macs: float | None = None,
     target_params: float | None = None,
+    target_latency: float | None = None,
+    latency: LatencyMeasure | None = None,
     min_channels: int = 1,
     round_to: int = 1,
     tolerance: float = 0.02,
 ) -> dict[str, int]:
-    """Channels each group keeps so the model keeps a fraction of its MACs or parameters.
+    """Channels each group keeps so the model keeps a fraction of its MACs, parameters or latency.
 
     First one prune rate, the same for every group in ``groups``, is found by bisection
     (the cost falls monotonically with the rate). Because keep counts are integers (and
@@ -272,7 +288,10 @@ def keep_counts_for_budget(
         cost: the :class:`CostModel` of the same model; it must know every group.
         target_macs: fraction of the model's current MACs to KEEP, in (0, 1].
         target_params: fraction of the model's current parameters to KEEP, in (0, 1].
-            Give exactly one of the two targets.
+        target_latency: fraction of the model's latency to KEEP, in (0, 1], as ``latency`` predicts it.
+            Give exactly one of the three targets.
+        latency: the predicted latency fraction of keep counts (a
+            :class:`~.latency.LatencyCost`); needed by ``target_latency`` only.
         min_channels, round_to: as in :func:`keep_counts_for_rate`.
         tolerance: the largest accepted ``|cost(keep) / cost(full) - target|``.
 
@@ -280,12 +299,13 @@ def keep_counts_for_budget(
         {group name: channels kept}, within ``tolerance`` of the target.
 
     Raises:
-        ValueError: both or neither target given, a target outside (0, 1], a group unknown
-            to ``cost``, or a target that cannot be reached even with every group at its
+        ValueError: not exactly one target, a target outside (0, 1], a group unknown to
+            ``cost``, or a target that cannot be reached even with every group at its
             minimum (the message gives the smallest reachable fraction).
     """
     problem = budget_problem(groups, cost, target_macs=target_macs, target_params=target_params,
-                             min_channels=min_channels, round_to=round_to, tolerance=tolerance)
+                             target_latency=target_latency, latency=latency, min_channels=min_channels,
+                             round_to=round_to, tolerance=tolerance)
 
     def at(rate: float) -> dict[str, int]:
         return keep_counts_for_rate(groups, rate, min_channels=min_channels, round_to=round_to)
@@ -300,12 +320,18 @@ def keep_counts_for_budget(
     return problem.adjust(min((at(low), at(high)), key=problem.error))
 
 
+class LatencyMeasure(Protocol):
+    """What a latency budget needs of a latency model: the predicted fraction kept (:class:`~.latency.LatencyCost`)."""
+
+    def fraction(self, keep_counts: Mapping[str, int] | None = None) -> float: ...
+
+
 @dataclass
 class BudgetProblem:
-    """A checked MACs or params budget over some groups: what to measure and how close to land.
+    """A checked MACs, params or latency budget over some groups: what to measure and how close to land.
 
     Attributes:
-        what: ``"MACs"`` or ``"params"``. target: the fraction to keep.
+        what: ``"MACs"``, ``"params"`` or ``"latency"``. target: the fraction to keep.
         fraction: keep counts -> the model's fraction of ``what`` kept.
         lowest: the fewest channels each group may keep (min_channels and round_to applied).
     """
@@ -328,33 +354,43 @@ class BudgetProblem:
 
 
 def budget_problem(groups: Sequence[ChannelGroup], cost: CostModel, *, target_macs: float | None = None,
-                   target_params: float | None = None, min_channels: int = 1, round_to: int = 1,
+                   target_params: float | None = None, target_latency: float | None = None,
+                   latency: LatencyMeasure | None = None, min_channels: int = 1, round_to: int = 1,
                    tolerance: float = 0.02) -> BudgetProblem:
     """Check a budget (arguments as :func:`keep_counts_for_budget`) and that it can be met at all.
 
     Raises:
-        ValueError: as :func:`keep_counts_for_budget`.
+        ValueError: as :func:`keep_counts_for_budget`, or ``target_latency`` without ``latency``.
     """
     _check_rounding(min_channels, round_to)
-    if (target_macs is None) == (target_params is None):
-        raise ValueError("give exactly one of target_macs and target_params (the fraction of the model to keep)")
-    what, target = ("MACs", target_macs) if target_macs is not None else ("params", target_params)
+    targets = {"MACs": target_macs, "params": target_params, "latency": target_latency}
+    given = [what for what, value in targets.items() if value is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of target_macs, target_params and target_latency "
+                         "(the fraction of the model to keep)")
+    what, target = given[0], targets[given[0]]
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target_{what.lower()}: the fraction of {what} to keep must be in (0, 1], got {target!r}")
     unknown = sorted({g.name for g in groups} - set(cost.channels))
     if unknown:
         raise ValueError(f"the cost model does not know groups {unknown[:5]}; build it on the same model")
-    measure = cost.macs if what == "MACs" else cost.params
-    full = measure()
+    if what == "latency":
+        if latency is None:
+            raise ValueError("a latency budget needs the model's predicted latency: pass latency=LatencyCost(...)")
+        fraction = latency.fraction
+    else:
+        measure = cost.macs if what == "MACs" else cost.params
+        full = measure()
 
-    def fraction(counts: Mapping[str, int]) -> float:
-        return measure(counts) / full
+        def fraction(counts: Mapping[str, int]) -> float:
+            return measure(counts) / full
 
     lowest = {g.name: _bounds(g.channels, min_channels, round_to) for g in groups}
     if fraction(lowest) > target + tolerance:
+        predicted = " (predicted from this machine's timings)" if what == "latency" else ""
         raise ValueError(
             f"a {what} budget of {target:.3f} cannot be met: with every selected group at its minimum the model "
-            f"keeps {fraction(lowest):.3f} of its {what}. Prune more layers (scope=all, include the stem, "
+            f"keeps {fraction(lowest):.3f} of its {what}{predicted}. Prune more layers (scope=all, include the stem, "
             "downsample or last stage) or lower min_channels / round_to"
         )
     return BudgetProblem(list(groups), what, target, fraction, lowest, round_to, tolerance)
