@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from reid_prune import build_model
-from reid_prune.pruners.budget import CostModel, keep_counts_for_budget, keep_counts_for_rate, kept
+from reid_prune.pruners.budget import keep_counts_for_budget, keep_counts_for_rate, kept
+from reid_prune.pruners.cost import CostModel
 from reid_prune.pruners.groups import ChannelGroup, find_channel_groups
 from reid_prune.pruners.surgery import apply_plan
 

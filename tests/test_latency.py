@@ -14,7 +14,8 @@ from reid_prune.precision import ComputeSettings
 from reid_prune.pruners import get_pruner, latency, latency_feedback, latency_table
 from reid_prune.pruners.allocation import Target, global_keep_counts
 from reid_prune.pruners.base import resolve_scope
-from reid_prune.pruners.budget import CostModel, budget_problem, keep_counts_for_budget
+from reid_prune.pruners.budget import budget_problem, keep_counts_for_budget
+from reid_prune.pruners.cost import CostModel
 from reid_prune.pruners.groups import ChannelGroup
 from reid_prune.pruners.latency import LatencyCost, axis, monotone
 from reid_prune.pruners.latency_feedback import Step, plan_to_measured

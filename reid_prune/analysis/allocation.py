@@ -12,7 +12,7 @@ choice from the measured curves of :mod:`~reid_prune.analysis.sensitivity`:
   are taken as additive, the usual first-order assumption). Widths below the smallest
   swept one are never chosen;
 * the **cost** is the exact MAC count of the model with those widths (a callable, e.g.
-  :class:`~reid_prune.pruners.budget.CostModel`), which is not additive: a conv between two
+  :class:`~reid_prune.pruners.cost.CostModel`), which is not additive: a conv between two
   pruned groups costs ``out * in``.
 
 Two searches start the solution, and the one with the smaller predicted loss is kept:

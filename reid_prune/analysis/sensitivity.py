@@ -38,7 +38,8 @@ from ..engine.prune_run import pruner_from_config
 from ..engine.run import check_architecture, make_eval_loaders, make_train_loader, prepare_dataset
 from ..engine.trainer import evaluate_with_config, resolve_device
 from ..pruners import PruneContext
-from ..pruners.budget import CostModel, keep_counts_for_rate
+from ..pruners.budget import keep_counts_for_rate
+from ..pruners.cost import CostModel
 from ..pruners.groups import find_channel_groups
 from .allocation import Allocation, allocate_rates, check_budget
 from .plotting import new_figure, save_figure

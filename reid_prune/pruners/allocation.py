@@ -24,8 +24,9 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from .budget import (CostModel, LatencyMeasure, _bounds, _check_rate, _check_rounding, _round_keep, budget_problem,
+from .budget import (LatencyMeasure, _bounds, _check_rate, _check_rounding, _round_keep, budget_problem,
                      kept, keep_counts_for_budget, keep_counts_for_rate)
+from .cost import CostModel
 from .groups import ChannelGroup
 
 ALLOCATIONS = ("uniform", "global", "layer_rates")

@@ -6,7 +6,7 @@ needs the time the network takes where it runs. As in NetAdapt (Yang et al., ECC
 HALP (Shen et al., NeurIPS 2022), it is predicted from a lookup table measured on the device:
 
 1. every conv and linear the retrieval forward runs is taken from the layer list of
-   :class:`~.budget.CostModel` (its widths, the channel groups that set them, its input shape);
+   :class:`~.cost.CostModel` (its widths, the channel groups that set them, its input shape);
 2. each layer is timed as a standalone op (:meth:`~.latency_table.Signature.op`) on a grid of (in, out) widths: the fractions
    :data:`GRID` of each width plus its smallest allowed width, rounded to ``round_to``
    (:func:`axis`). Layers with the same signature and widths share their measurements
@@ -41,7 +41,8 @@ from torch import nn
 from ..distributed import broadcast_object, is_main_process
 from ..evaluation.complexity import measure_latency
 from ..precision import ComputeSettings, cpu_threads
-from .budget import CostModel, LayerCost, _bounds, _round_keep
+from .budget import _bounds, _round_keep
+from .cost import CostModel, LayerCost
 from .latency_table import LatencySetting, LatencyTable, Signature, cache_folder
 
 # Fractions of a layer's width at which it is timed (plus its smallest allowed width). The time of a
@@ -114,7 +115,7 @@ class LatencyModel:
     Args:
         model: the network at the widths the predictions refer to (not changed; a copy is timed).
         setting: device, precision, memory format, threads, batch size and input size.
-        cost: the network's :class:`~.budget.CostModel` at ``setting.input_size`` (built when None).
+        cost: the network's :class:`~.cost.CostModel` at ``setting.input_size`` (built when None).
         min_channels, round_to: the smallest width and granularity the plans will have.
         cache: keep the measurements in :func:`~.latency_table.cache_folder` (False: in memory only).
 
@@ -210,7 +211,7 @@ class LatencyCost:
         batch_sizes: the batch sizes the budget targets (``eval`` reports 1 and 32).
         threads: CPU intra-op threads while timing; 0 = torch's current count.
         input_size: (H, W) of the input image.
-        cost: the model's :class:`~.budget.CostModel` at ``input_size`` (built when None).
+        cost: the model's :class:`~.cost.CostModel` at ``input_size`` (built when None).
         min_channels, round_to: as in the allocation.
         cache: keep the measurements in :func:`~.latency_table.cache_folder` (False: in memory only).
     """

@@ -30,7 +30,7 @@ from ..checkpoint import apply_widths, module_widths
 from ..distributed import broadcast_object, is_main_process
 from ..evaluation.complexity import latency_ratios
 from ..precision import ComputeSettings
-from .budget import CostModel
+from .cost import CostModel
 from .latency import LatencyCost, widths_for
 
 # Stop correcting when the measured ratio is this close to the target: half of the +-0.05 a user
@@ -161,7 +161,7 @@ class LatencyBudget:
 
         Args:
             model: the model as it is now (at its widths at setup when ``measure``).
-            cost: its :class:`~.budget.CostModel`, to turn keep counts into module widths.
+            cost: its :class:`~.cost.CostModel`, to turn keep counts into module widths.
             plan: aim -> keep counts (the allocation, with the latency table).
             lowest: every group at its minimum, the most a plan can cut.
             measure: measure and correct now, unless an aim was learned already; otherwise

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .budget import CostModel
+from .cost import CostModel
 from .criteria.base import Selection
 from .groups import ChannelGroup, find_channel_groups
 from .surgery import apply_plan, zero_group
