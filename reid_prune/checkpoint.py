@@ -145,7 +145,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {exc}") from exc
+        # torch's own message (about weights_only=False) would advise something unsafe and useless here.
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable reid-prune checkpoint "
+                         f"({type(exc).__name__}); pass a best.pt, last.pt or pruned.pt written by reid-prune") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
             f"checkpoint {str(path)!r} is not a reid-prune checkpoint (format {FORMAT!r}); "

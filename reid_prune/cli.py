@@ -13,6 +13,7 @@ from .analysis import commands as analysis_commands
 from .analysis.commands import method_overrides
 from .analysis.plotting import missing_note
 from .bench import add_bench_command
+from .argtypes import int_at_least
 from .config import ConfigError, load_config, read_yaml
 from .outputs import check_output_dir, check_output_file
 from .pruners import ALLOCATIONS, available, get_method, get_pruner
@@ -28,21 +29,6 @@ INTERRUPTED = {
     "bench": "finished models are kept (run the same command again to continue)",
     None: "nothing was written (run the command again to start over)",
 }
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low`` (argparse then names the flag in its error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -406,10 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_prune.add_argument("--scope", choices=("auto", "internal", "all"),
                          help="internal: convs inside blocks; all: also residual streams; auto: all for a MACs, "
                               "params or latency target, internal for rates (default: config, auto)")
-    p_prune.add_argument("--latency-batch-sizes", type=_int_at_least(1), nargs="+", metavar="B",
+    p_prune.add_argument("--latency-batch-sizes", type=int_at_least(1), nargs="+", metavar="B",
                          help="batch sizes whose mean kept latency --target-latency is (default: "
                               "eval.latency_batch_sizes, 1 32)")
-    p_prune.add_argument("--finetune-epochs", type=_int_at_least(0), metavar="N",
+    p_prune.add_argument("--finetune-epochs", type=int_at_least(0), metavar="N",
                          help="epochs of fine-tuning after pruning")
     p_prune.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="method setting, e.g. --option mode=soft (repeatable)")
@@ -428,27 +414,27 @@ def build_parser() -> argparse.ArgumentParser:
     p_export.add_argument("--images", metavar="DIR_OR_LIST", help="also check parity on up to 16 of these images")
     p_export.add_argument("--tolerance", type=float, default=1e-4,
                           help="largest allowed |PyTorch - onnxruntime| on a feature value (default: 1e-4)")
-    p_export.add_argument("--threads", type=_int_at_least(1), metavar="N",
+    p_export.add_argument("--threads", type=int_at_least(1), metavar="N",
                           help="CPU threads of both runtimes when timing (default: PyTorch's default)")
     p_extract.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
     p_extract.add_argument("--images", required=True, metavar="DIR_OR_LIST",
                            help="a folder (searched recursively) or a text file with one image path per line")
     p_extract.add_argument("--output", required=True, metavar="FEATS.npy",
                            help="features file; the paths go beside it as FEATS.paths.txt")
-    p_extract.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="B",
+    p_extract.add_argument("--batch-size", type=int_at_least(1), default=64, metavar="B",
                            help="images per batch (default: 64)")
     p_extract.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                            help="input height and width (default: the checkpoint's training size, else 256 128)")
     p_extract.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     p_extract.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    p_extract.add_argument("--workers", type=_int_at_least(0), default=2, help="image decoding processes (default: 2)")
+    p_extract.add_argument("--workers", type=int_at_least(0), default=2, help="image decoding processes (default: 2)")
     _add_compute_args(p_extract, "the forward passes")
     _add_compute_args(p_export, "the PyTorch latency (fp32 is always timed; the ONNX file is fp32)")
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
-    p_synth.add_argument("--ids", type=_int_at_least(2), default=60, help="training identities (default: 60)")
-    p_synth.add_argument("--test-ids", type=_int_at_least(1), default=30,
+    p_synth.add_argument("--ids", type=int_at_least(2), default=60, help="training identities (default: 60)")
+    p_synth.add_argument("--test-ids", type=int_at_least(1), default=30,
                          help="test identities, query + gallery (default: 30)")
-    p_synth.add_argument("--seed", type=_int_at_least(0), default=0,
+    p_synth.add_argument("--seed", type=int_at_least(0), default=0,
                          help="random seed; the same seed gives the same files (default: 0)")
     p_synth.add_argument("--overwrite", action="store_true",
                          help="replace a dataset written by an earlier synth (never any other folder)")

@@ -234,7 +234,7 @@ def validate(cfg: Config) -> Config:
 
 
 def _check_prune(p: PruneConfig) -> None:
-    """Per-group rates, the method, its options (names, types, ranges) and the allocation."""
+    """Per-group rates, latency settings, the method, its options (names, types, ranges) and the allocation."""
     from .pruners import ALLOCATIONS, get_method  # the pruning layer imports this module
     from .pruners.options import build_options
 
@@ -248,6 +248,9 @@ def _check_prune(p: PruneConfig) -> None:
     build_options(method.options, p.options, "prune.options.")
     _require(p.latency_batch_sizes is None or bool(p.latency_batch_sizes), "prune.latency_batch_sizes",
              "give at least one batch size, or null for eval.latency_batch_sizes")
+    for key in ("latency_batch_sizes", "latency_threads"):
+        _require(getattr(p, key) is None or p.target_latency is not None, f"prune.{key}",
+                 "applies to a latency target only: set prune.target_latency (--target-latency), or leave it unset")
     _require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
              f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
 
@@ -269,6 +272,19 @@ class _Loader(yaml.SafeLoader):
 
     PyYAML follows YAML 1.1, where ``1e-4`` is a string; YAML 1.2 and users read it as a number.
     """
+
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys without a word; a config (or layer_rates file) that names a
+        # key twice is almost surely a mistake, so it is refused.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 # Copy the resolver table first: add_implicit_resolver would otherwise append to SafeLoader's lists.

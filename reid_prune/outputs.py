@@ -1,13 +1,15 @@
 """Checks that an output path can be written, made by every command before any work starts.
 
 A run folder, a ``--json`` report or an export file that cannot be written should stop a
-command in its first second, not after hours of training. The checks create nothing:
-a refused command leaves no files behind.
+command in its first second, not after hours of training. The checks leave nothing behind:
+a refused command leaves no files. Writability is tried, not asked: ``os.access`` says yes
+to root everywhere, even on read-only or virtual file systems (``/sys``, ``/proc``).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -25,8 +27,12 @@ def _writable_folder(path: Path, option: str) -> Path:
     if not folder.is_dir():
         raise OutputPathError(f"{option} '{path}': '{folder}' is a file, so nothing can be created under it; "
                               "choose another path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{option} '{path}': no permission to write in '{folder}'; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # created and removed at once
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"{option} '{path}': cannot write in '{folder}' ({exc.strerror or exc}); "
+                              "choose another path") from None
     return folder
 
 

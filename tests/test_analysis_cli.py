@@ -136,7 +136,7 @@ def test_learning_curves_of_one_and_several_runs(cache, tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["run", "epoch", "loss", "lr", "mAP", "rank1"]
     assert [(int(r["epoch"]), float(r["loss"]), float(r["mAP"])) for r in rows] == \
-        [(rec["epoch"] + 1, rec["loss"], rec["mAP"]) for rec in records]
+        [(rec["epoch"], rec["loss"], rec["mAP"]) for rec in records]  # metrics.jsonl counts epochs from 1
     # Several runs overlaid: the same run twice gets two labels, and the picture needs a place.
     assert main(["plot", str(run), str(run), "--output", str(tmp_path / "two.png")]) == 0
     with open(tmp_path / "two.csv") as fh:
@@ -167,15 +167,23 @@ def test_without_matplotlib_tables_are_written_and_the_fix_is_named(cache, tmp_p
     [
         ("sensitivity", ["--method", "psfp"], "prunes during training"),
         ("sensitivity", ["--method", "haoli", "--rates", "0.1", "--target-macs", "0.2"], "cannot be met"),
-        ("sensitivity", ["--method", "haoli", "--rates", "0.5,1.0"], "--rates: each rate is a fraction"),
+        ("sensitivity", ["--method", "haoli", "--rates", "0.5,1.0"], "--rates: each rate must lie in (0, 1), got 1"),
+        ("sensitivity", ["--method", "haoli", "--rates", "0.3,,0.5"], "--rates: expected comma-separated fractions"),
+        ("sensitivity", ["--method", "haoli", "--rates", "0.5,0.5"], "--rates: a rate is given twice"),
+        ("sensitivity", ["--method", "haoli", "--option", "greedy"], "--option 'greedy': expected KEY=VALUE"),
+        ("sensitivity", ["--method", "haoli", "--seed", "-5"], "--seed: must be >= 0, got -5"),
         ("visrank", ["--query-ids", "9999"], "person ids [9999] have no query image"),
-        ("visrank", ["--topk", "0"], "--topk: expected at least 1"),
+        ("visrank", ["--topk", "0"], "--topk: must be >= 1, got 0"),
     ],
 )
 def test_errors_are_clear_and_write_nothing(cache, tmp_path, capsys, command, extra, message):
     out = tmp_path / "out"
-    assert main([command, "--config", CONFIG, "--quiet", "--checkpoint", str(cache / "run" / "best.pt"), *SET,
-                 *extra, "--output", str(out)]) == 2
+    try:
+        code = main([command, "--config", CONFIG, "--quiet", "--checkpoint", str(cache / "run" / "best.pt"), *SET,
+                     *extra, "--output", str(out)])
+    except SystemExit as exit_:  # a bad flag value: argparse names the flag and exits
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()

@@ -297,3 +297,17 @@ def test_resumed_run_matches_an_uninterrupted_one(method, options, tmp_path):
     assert resumed.start_epoch == 2
     resumed.fit()
     assert pruner.summary() == expected
+
+
+def test_regularised_methods_plan_the_global_allocation_at_the_start():
+    model = _model()
+    pruner = get_pruner("autobalanced", target_macs=0.6, allocation="global", rounds=2, input_size=(64, 32))
+    pruner.on_train_start(_loop(model, epochs=3))
+    final = pruner.schedule.final_keep
+    fractions = [final[name] / width for name, width in pruner.schedule.start_channels.items()]
+    assert max(fractions) - min(fractions) > 0  # the ranking, not one rate, set the widths
+    pruner.finalize(model)
+    assert {g.name: g.channels for g in pruner.groups} == final
+    afp = get_pruner("afp_prc", target_macs=0.6, allocation="global", input_size=(64, 32))
+    afp.on_train_start(_loop(_model(), epochs=1, maps=[50.0]))
+    assert afp.schedule.floor and all(afp.schedule.floor[g.name] <= g.channels for g in afp.groups)

@@ -155,7 +155,7 @@ def test_read_checkpoint_rejects_foreign_files(tmp_path):
         read_checkpoint(plain)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="could not be read"):
+    with pytest.raises(ValueError, match="is not a readable reid-prune checkpoint .*pass a best.pt"):
         load_model(garbage)
 
 

@@ -215,3 +215,10 @@ def test_triplet_only_training_needs_two_images_per_identity(tmp_path, capsys):
     assert main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--output", str(tmp_path / "run"),
                  "--set", "data.k=1", "--set", "loss.id_weight=0"]) == 2
     assert "data.k must be at least 2" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML: .*the key 'lr' is given twice"):
+        load_config(path)

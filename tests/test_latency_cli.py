@@ -100,3 +100,10 @@ def test_latency_flags(tmp_path, capsys):
     assert load_config(None, overrides).prune.latency_batch_sizes == [1, 8]
     help_text = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
     assert "--target-latency" in help_text and "(prune.scope auto)" in help_text
+
+
+def test_latency_settings_without_a_latency_target_are_refused():
+    from reid_prune.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="prune.latency_batch_sizes: applies to a latency target only"):
+        load_config(None, ["prune.rate=0.3", "prune.latency_batch_sizes=[4]"])

@@ -109,3 +109,12 @@ def test_export_extract_synth_and_bench_check_their_outputs(checkpoint, tmp_path
                  "--output", str(blocked)]) == 2
     assert f"--output '{blocked}': a file of that name exists" in capsys.readouterr().err
     assert sorted(p.name for p in blocked.parent.iterdir()) == ["taken"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_folder_nothing_can_be_written_in_is_refused_even_for_root():
+    from reid_prune.outputs import OutputPathError, check_output_dir
+
+    # os.access says yes to root everywhere; writing is tried instead.
+    with pytest.raises(OutputPathError, match="cannot write in '/proc'"):
+        check_output_dir("/proc/reid-prune-run")

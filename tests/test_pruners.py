@@ -45,7 +45,7 @@ def test_registry_names_and_errors():
                                 "channel_pruning", "afp_prc", "l2", "random"}
     with pytest.raises(ValueError, match="unknown pruning method 'fpg'; did you mean 'fpgm'"):
         get_pruner("fpg", rate=0.5)
-    with pytest.raises(ValueError, match="exactly one of rate, layer_rates, target_macs, target_params"):
+    with pytest.raises(ValueError, match="exactly one target: rate, layer_rates, target_macs.*--target-macs"):
         get_pruner("haoli", rate=0.5, target_macs=0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         get_pruner("haoli", rate=1.0)
@@ -61,8 +61,12 @@ def test_registry_names_and_errors():
         get_pruner("haoli", rate=0.5, allocation="greedy")
     with pytest.raises(ValueError, match="cannot be ranked across groups"):
         get_pruner("thinet", rate=0.5, allocation="global")
-    with pytest.raises(ValueError, match=r"\(layer_rates\) go with allocation 'layer_rates'"):
+    with pytest.raises(ValueError, match=r"\(layer_rates\) set every group's width themselves: drop allocation"):
         get_pruner("haoli", layer_rates={"layer1.0.conv1": 0.5}, allocation="global")
+    with pytest.raises(ValueError, match="allocation 'layer_rates' takes its rates from a file: .*--layer-rates"):
+        get_pruner("haoli", target_macs=0.5, allocation="layer_rates")
+    with pytest.raises(ValueError, match=r"unknown groups \['stream.layer2'\] .*--scope all"):
+        get_pruner("haoli", layer_rates={"stream.layer2": 0.5}, scope="internal").check(_model())
 
 
 def test_config_checks_method_options_on_load():

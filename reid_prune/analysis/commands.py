@@ -7,11 +7,13 @@ where they apply) and takes :func:`method_overrides` for ``prune`` too.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..config import load_config
+from ..argtypes import fraction_list, int_at_least
+from ..config import ConfigError, load_config
 from ..report import format_table
 from .plotting import missing_note
 
@@ -19,6 +21,9 @@ from .plotting import missing_note
 def method_overrides(args: argparse.Namespace) -> list[str]:
     """Map --method, --scope and --option onto prune.* config keys (flags win over the file and --set)."""
     flags = {"method": args.method, "scope": args.scope}
+    for text in args.option:
+        if "=" not in text or not text.partition("=")[0].strip():
+            raise ConfigError(f"--option {text!r}: expected KEY=VALUE, for example --option greedy=true")
     return [f"prune.{k}={v}" for k, v in flags.items() if v is not None] + [f"prune.options.{t}" for t in args.option]
 
 
@@ -30,13 +35,6 @@ def cmd_visrank(args: argparse.Namespace) -> int:
                                 query_ids=args.query_ids, topk=args.topk, seed=args.seed, progress=not args.quiet)
     print(f"wrote {len(record['queries'])} query pictures, summary.png and visrank.json to {args.output}")
     return 0
-
-
-def _rate_list(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.1,0.3,0.5, got {text!r}") from None
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -58,8 +56,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(f"layer_rates.yaml keeps {allocation['macs_fraction']:.4f} of the MACs (target {target:g}); predicted mAP "
           f"drop {allocation['predicted_drop']:.2f} points")
     print(f"wrote {', '.join(result['files'])}" + ("" if result["plot"] else f"; {missing_note('sensitivity.png')}"))
+    settings = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)  # the same config as this sweep
     print(f"next: reid-prune prune --config {args.config} --checkpoint {args.checkpoint} --method {cfg.prune.method} "
-          f"--scope {result['scope']} --layer-rates {Path(args.output) / 'layer_rates.yaml'}")
+          f"--scope {result['scope']} --layer-rates {Path(args.output) / 'layer_rates.yaml'}{settings}")
     return 0
 
 
@@ -137,21 +136,21 @@ def add_arguments(parsers: Mapping[str, argparse.ArgumentParser]) -> None:
     for p in (p_sens, p_visrank):
         p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
         p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and tables")
-        p.add_argument("--seed", type=int, default=0, help="seed of the queries or identities drawn (default: 0)")
+        p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the queries or identities drawn (default: 0)")
     p_sens.add_argument("--method", help="pruning method (default: the config's prune.method), e.g. haoli")
-    p_sens.add_argument("--rates", type=_rate_list, default=[0.1, 0.3, 0.5, 0.7, 0.9], metavar="R,R,...",
+    p_sens.add_argument("--rates", type=fraction_list, default=[0.1, 0.3, 0.5, 0.7, 0.9], metavar="R,R,...",
                         help="fractions pruned in each group (default: 0.1,0.3,0.5,0.7,0.9)")
     p_sens.add_argument("--scope", choices=("internal", "all"), help="which groups (default: the config's)")
     p_sens.add_argument("--target-macs", type=float, metavar="F", help="fraction of the MACs layer_rates.yaml "
                         "keeps (default: the config's prune.target_macs, else 0.5)")
-    p_sens.add_argument("--subset-ids", type=int, default=0, metavar="N",
+    p_sens.add_argument("--subset-ids", type=int_at_least(0), default=0, metavar="N",
                         help="evaluate on N test identities drawn with --seed (default: 0 = all)")
     p_sens.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="method setting, e.g. --option finetune_steps=0 (repeatable)")
     choice = p_visrank.add_mutually_exclusive_group()
-    choice.add_argument("--queries", type=int, default=8, metavar="N", help="draw N random queries (default: 8)")
+    choice.add_argument("--queries", type=int_at_least(1), default=8, metavar="N", help="draw N random queries (default: 8)")
     choice.add_argument("--query-ids", type=int, nargs="+", metavar="PID", help="draw every query of these person ids")
-    p_visrank.add_argument("--topk", type=int, default=10, metavar="K", help="matches per query (default: 10)")
+    p_visrank.add_argument("--topk", type=int_at_least(1), default=10, metavar="K", help="matches per query (default: 10)")
     p_plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders holding metrics.jsonl")
     p_plot.add_argument("--output", metavar="FILE.png", help="the picture (default: RUN_DIR/curves.png for one "
                         "run); the numbers go beside it as FILE.csv")

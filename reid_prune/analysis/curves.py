@@ -25,7 +25,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no metrics.jsonl in ``run_dir``.
-        ValueError: a line that is not JSON, or a file without records (the line is named).
+        ValueError: a line that is not a JSON record with an integer ``epoch``, or a file without records
+            (the line is named).
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -35,9 +36,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}, line {number}: not a JSON record ({exc})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise ValueError(f"{path}, line {number}: expected a record of one epoch with an integer \"epoch\", "
+                             f"got {line.strip()[:80]}")
+        records.append(record)
     if not records:
         raise ValueError(f"{path} holds no epoch yet")
     return records
@@ -52,8 +57,9 @@ def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
 
 
 def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """{run label: records} -> CSV rows (epochs 1-based; mAP and rank1 empty on epochs not evaluated)."""
-    return [{"run": label, "epoch": r["epoch"] + 1, "loss": r.get("loss", ""), "lr": r.get("lr", ""),
+    """{run label: records} -> CSV rows (the epochs as metrics.jsonl counts them, from 1; mAP and rank1 empty
+    on epochs not evaluated)."""
+    return [{"run": label, "epoch": r["epoch"], "loss": r.get("loss", ""), "lr": r.get("lr", ""),
              "mAP": r.get("mAP", ""), "rank1": r.get("rank1", "")}
             for label, records in runs.items() for r in records]
 
@@ -80,8 +86,9 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> bo
         for ax, (key, _) in zip(axes, PANELS):
             points = [(r["epoch"], r[key]) for r in rows if r["run"] == run and r[key] != ""]
             if points:
-                ax.plot(*zip(*points), marker="o" if key == "mAP" else None, markersize=3, color=f"C{colour}",
-                        label=run)
+                # A marker wherever a line alone would not show: evaluations, and single-epoch runs.
+                marker = "o" if key == "mAP" or len(points) == 1 else None
+                ax.plot(*zip(*points), marker=marker, markersize=3, color=f"C{colour}", label=run)
     for ax, (key, label) in zip(axes, PANELS):
         ax.set(xlabel="epoch", ylabel=label, title=label)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -68,6 +69,9 @@ def subset_split(dataset: ReIDDataset, num_ids: int, seed: int) -> tuple[list[Sa
     if num_ids < 0:
         raise ValueError(f"--subset-ids: expected 0 (the whole test split) or a positive count, got {num_ids}")
     pids = sorted({s.pid for s in dataset.query})
+    if num_ids > len(pids):
+        warnings.warn(f"--subset-ids {num_ids}: the test split has {len(pids)} query identities; using all of them",
+                      UserWarning, stacklevel=2)
     if num_ids == 0 or num_ids >= len(pids):
         return list(dataset.query), list(dataset.gallery)
     chosen = set(np.random.default_rng(seed).choice(pids, size=num_ids, replace=False).tolist())

@@ -20,6 +20,7 @@ Market-1501 protocol, and ties keep gallery order. Modelled on torchreid's ``vis
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -111,6 +112,9 @@ def choose_queries(query: Sequence[ImageRecord], gallery: Sequence[ImageRecord],
     valid = [i for i, q in enumerate(query) if cameras.get(q.pid, set()) - {q.camid}]
     if not valid:
         raise ValueError("no query has a true match in the gallery from another camera; check the dataset")
+    if num > len(valid):
+        warnings.warn(f"--queries {num}: only {len(valid)} queries have a true match in another camera; "
+                      f"drawing all {len(valid)}", UserWarning, stacklevel=2)
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(valid, size=min(num, len(valid)), replace=False).tolist())
 
@@ -201,12 +205,16 @@ def visualize_ranked(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     drawn, rows = [], []
+    orders = {qi: ranked_gallery(distmat[qi], query[qi].pid, query[qi].camid, g_pids, g_camids)[:topk]
+              for qi in queries}
+    # Every row has the same width (summary.png stacks them), but no wider than the longest ranking:
+    # a k beyond the gallery would only add blank tiles.
+    tiles = min(topk, max((len(order) for order in orders.values()), default=1)) or 1
     for qi in tqdm(queries, desc="visrank", disable=not progress, leave=False):
         q = query[qi]
-        order = ranked_gallery(distmat[qi], q.pid, q.camid, g_pids, g_camids)[:topk]
         matches = [RankedMatch(int(gi), rank, float(distmat[qi, gi]), bool(g_pids[gi] == q.pid))
-                   for rank, gi in enumerate(order, 1)]
-        row = draw_ranked_row(q, [(gallery[m.gallery_index], m) for m in matches], topk, tile_size=tile_size)
+                   for rank, gi in enumerate(orders[qi], 1)]
+        row = draw_ranked_row(q, [(gallery[m.gallery_index], m) for m in matches], tiles, tile_size=tile_size)
         path = out / f"query_{qi:05d}_id{q.pid}_c{q.camid + 1}.png"
         row.save(path)
         drawn.append(RankedQuery(qi, path, matches))

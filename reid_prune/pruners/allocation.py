@@ -54,8 +54,9 @@ class Target:
         given = [k if k in ("rate", "layer_rates") else f"target_{k}"
                  for k in ("rate", "layer_rates", *BUDGETS) if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of rate, layer_rates, target_macs, target_params, target_latency "
-                             f"(got {', '.join(given) or 'none'})")
+            raise ValueError("give exactly one target: rate, layer_rates, target_macs, target_params or target_latency "
+                             "(on the command line --rate, --layer-rates, --target-macs, --target-params, "
+                             f"--target-latency); got {', '.join(given) or 'none'}")
         if self.rate is not None:
             _check_rate(self.rate, "prune rate")
         for key in BUDGETS:
@@ -119,9 +120,13 @@ class Allocation:
 
     def check(self, target: Target) -> None:
         """Refuse a target this allocation cannot serve."""
-        if (target.layer_rates is not None) != (self.kind == "layer_rates"):
-            raise ValueError("per-group rates (layer_rates) go with allocation 'layer_rates', and only with it; "
-                             f"got allocation {self.kind!r}" + (" with layer_rates" if target.layer_rates else ""))
+        if self.kind == "layer_rates" and target.layer_rates is None:
+            raise ValueError("allocation 'layer_rates' takes its rates from a file: give layer_rates "
+                             "(--layer-rates FILE, e.g. the layer_rates.yaml of reid-prune sensitivity) instead of "
+                             "another target, or choose allocation uniform or global")
+        if target.layer_rates is not None and self.kind != "layer_rates":
+            raise ValueError(f"per-group rates (layer_rates) set every group's width themselves: drop allocation "
+                             f"{self.kind!r}, or drop layer_rates to let {self.kind!r} decide")
 
     def keep_counts(self, groups: Sequence[ChannelGroup], target: Target, cost: CostModel,
                     scores: Mapping[str, Tensor] | None = None, *, min_channels: int = 1,
@@ -146,7 +151,10 @@ class Allocation:
             names = {g.name for g in groups}
             unknown = sorted(set(target.layer_rates) - names)
             if unknown:
-                raise ValueError(f"layer_rates names unknown groups {unknown[:3]}; groups are: {sorted(names)[:6]} ...")
+                hint = (" (residual-stream groups are pruned only with scope all: --scope all)"
+                        if any(name.startswith("stream.") for name in unknown) else "")
+                raise ValueError(f"layer_rates names unknown groups {unknown[:3]}{hint}; the groups are: "
+                                 f"{', '.join(sorted(names))}")
             return keep_counts_for_rate(groups, target.layer_rates, min_channels=min_channels, round_to=round_to)
         if self.kind == "uniform":
             if target.rate is not None:

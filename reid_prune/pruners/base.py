@@ -26,7 +26,7 @@ from ..engine.hooks import TrainerHook, TrainingLoop
 from ..precision import ComputeSettings
 from .allocation import Allocation, Target
 from .budget import _bounds, budget_problem
-from .criteria.base import NO_DATA, PruneContext, comparable
+from .criteria.base import NO_DATA, PruneContext, comparable, score_groups
 from .latency import LatencyCost
 from .latency_feedback import LatencyBudget
 from .options import build_options
@@ -93,6 +93,9 @@ class Pruner(TrainerHook):
                  allocation: str | None = None, latency_batch_sizes: Sequence[int] = (1, 32),
                  latency_threads: int = 0, latency_feedback: int = 3, compute: ComputeSettings | None = None,
                  **options: Any) -> None:
+        if not isinstance(method, (str, Method)):
+            raise TypeError(f"method: expected a registered name such as 'haoli' (see available()) or a Method, "
+                            f"got {type(method).__name__}")
         self.method = get_method(method) if isinstance(method, str) else method
         self.name = self.method.name
         self.target = Target(rate=rate, layer_rates=dict(layer_rates) if layer_rates is not None else None,
@@ -168,6 +171,17 @@ class Pruner(TrainerHook):
         elif self.target.layer_rates is not None:
             self.allocation.keep_counts(groups, self.target, full_cost, min_channels=self.min_channels,
                                         round_to=self.round_to)
+
+    def final_counts(self, model: nn.Module) -> dict[str, int]:
+        """The keep counts at the end of the schedule, fixed now: from the scores when the allocation ranks them.
+
+        For training-time schedules that cut in rounds towards fixed widths (AutoBalanced,
+        AFP+PRC's cap); call after :meth:`setup`.
+        """
+        if self.allocation.needs_scores:
+            scores = score_groups(self.criterion, model, self.session.groups, self.context)
+            self.keep_counts = self.allocate(model, scores)
+        return self.keep_counts
 
     def allocate(self, model: nn.Module, scores: Mapping[str, Tensor] | None = None) -> dict[str, int]:
         """Keep counts of the current groups that meet the target, measured against the model at setup.

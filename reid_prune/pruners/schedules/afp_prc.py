@@ -140,7 +140,7 @@ class PlayAndPrune(Schedule):
         if self.baseline is None:
             pruner.setup(loop.model)
             self.start_channels = pruner.session.widths()
-            self.floor = dict(pruner.keep_counts)
+            self.floor = dict(pruner.final_counts(loop.model))
             self.baseline = float(loop.evaluate()["mAP"])
             self.lam, self.threshold = float(self.reg), float(self.initial_threshold)
             self.select_unimportant(pruner, loop.model)

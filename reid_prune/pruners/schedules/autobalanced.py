@@ -106,7 +106,7 @@ class AutoBalanced(Schedule):
     def begin(self, pruner: Pruner, model: nn.Module) -> None:
         pruner.setup(model)
         self.start_channels = pruner.session.widths()
-        self.final_keep = dict(pruner.keep_counts)
+        self.final_keep = dict(pruner.final_counts(model))
 
     def regularization_loss(self, pruner: Pruner, model: nn.Module) -> Tensor | None:
         if self.rounds_done >= self.rounds or self.strength == 0:
