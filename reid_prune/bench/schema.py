@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..config import Config, ConfigError, DataConfig, nest, parse_override, read_yaml, validate
+from ..config import Config, ConfigError, DataConfig, PruneConfig, nest, parse_override, read_yaml, validate
 from ..config_fields import check_fields, choice, merge, number_range
 from ..pruners import available, get_method
 
@@ -185,7 +185,11 @@ class Bench:
                 cfg.train.milestones = [round(f * cfg.train.epochs) for f in self.lr_steps]
             elif extra_epochs:
                 cfg.train.milestones = [round(m * cfg.train.epochs / trained) for m in cfg.train.milestones]
-            if target_macs is not None:
+            if target_macs is None:
+                # A training reads no prune key: the base's stay out of its config and key, so that changing
+                # them retrains no baseline (and a baseline's key is the same in every bench).
+                cfg.prune = PruneConfig()
+            else:
                 merge(cfg, {"prune": {"rate": None, "target_params": None, "target_macs": target_macs,
                                       "finetune_epochs": self.finetune_epochs}})
             if method is not None:
