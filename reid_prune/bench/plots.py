@@ -27,6 +27,15 @@ def _colours(labels: list[str]) -> dict[str, Any]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(dict.fromkeys(labels))}
 
 
+def _by_label(groups: Any) -> dict[str, list[dict[str, Any]]]:
+    """Groups by label (with the fine-tuning data in cross-domain tables), in order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for g in groups:
+        label = g["label"] if g["scenario"] == "in_domain" else f"{g['label']}, fine-tuned on {g['finetune']}"
+        out.setdefault(label, []).append(g)
+    return out
+
+
 def pareto_plot(bench: Bench, groups: list[dict[str, Any]], path: Path) -> bool | None:
     """mAP (mean ± std over seeds) against GMACs and against CPU latency, one row of panels per results table."""
     panels = [(f"{d} (in-domain)", [g for g in groups if g["scenario"] == "in_domain" and g["dataset"] == d])
@@ -57,13 +66,20 @@ def pareto_plot(bench: Bench, groups: list[dict[str, Any]], path: Path) -> bool 
                 for g in baselines:
                     ax.annotate(g["name"], (g[key] * scale, g["mAP"]), textcoords="offset points", xytext=(5, -12),
                                 fontsize=8)
-            for g in (g for g in members if g["kind"] != "baseline"):
-                name = g["name"] if g["scenario"] == "in_domain" else f"{g['name']}, fine-tuned on {g['finetune']}"
-                ax.errorbar([g[key] * scale], [g["mAP"]], yerr=[g["mAP_std"] or 0],
-                            xerr=[(g.get(f"{key}_std") or 0) * scale], fmt=MARKERS[budgets.index(g["budget"])
-                                                                              % len(MARKERS)],
-                            color=colours[g["label"]], capsize=3, label=name)
-            ax.set(title=title, xlabel=xlabel, ylabel="mAP (%)")
+            for label, points in _by_label(g for g in members if g["kind"] != "baseline").items():
+                points.sort(key=lambda g: g[key])
+                colour = colours[label]
+                # A method's budgets joined: its own trade-off curve.
+                ax.plot([g[key] * scale for g in points], [g["mAP"] for g in points], "-", color=colour, alpha=0.5,
+                        linewidth=1)
+                for g in points:
+                    ax.errorbar([g[key] * scale], [g["mAP"]], yerr=[g["mAP_std"] or 0],
+                                xerr=[(g.get(f"{key}_std") or 0) * scale], color=colour, capsize=3,
+                                fmt=MARKERS[budgets.index(g["budget"]) % len(MARKERS)],
+                                label=label if g is points[0] else None)
+            marks = ", ".join(f"{MARKERS[i % len(MARKERS)]} = {b}" for i, b in enumerate(budgets))
+            ax.set(title=f"{title}; budgets: {marks}" if len(budgets) > 1 else title, xlabel=xlabel,
+                   ylabel="mAP (%), mean ± std over seeds")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     save_figure(figure, path)
@@ -71,10 +87,11 @@ def pareto_plot(bench: Bench, groups: list[dict[str, Any]], path: Path) -> bool 
 
 
 def widths_plot(plan: Plan, cells_dir: Path, path: Path) -> bool | None:
-    """The kept fraction of every channel group for each method, one panel per budget.
+    """The kept fraction of every channel group for each method: one heat map per budget (methods x groups).
 
     In-domain pruned and anchor cells of the first dataset and baseline seed, the fraction
-    averaged over fine-tuning seeds, read from each cell's ``report.json`` (``widths``).
+    averaged over fine-tuning seeds, from the rows :func:`~reid_prune.analysis.widths.kept_widths`
+    wrote into each cell's ``report.json`` (``widths``).
     """
     specs = [r for r in plan.rows if r.scenario == "in_domain" and r.cell.kind in ("prune", "anchor")]
     if not specs:
@@ -93,19 +110,25 @@ def widths_plot(plan: Plan, cells_dir: Path, path: Path) -> bool | None:
                 item["fraction"])
     if not fractions:
         return None
-    figure = new_figure(max(8.0, 0.35 * len(order) + 3.0), 4.0 * len(fractions))
+    labels = list(dict.fromkeys(label for per_label in fractions.values() for label in per_label))
+    names = list(order)
+    figure = new_figure(max(8.0, 0.6 * len(names) + 3.0), sum(0.3 * len(p) + 1.8 for p in fractions.values()))
     if figure is None:
         return False
-    colours = _colours([label for per_label in fractions.values() for label in per_label])
-    names = list(order)
-    for ax, (budget, per_label) in zip(figure.subplots(len(fractions), 1, squeeze=False)[:, 0], fractions.items()):
-        for label, per_group in per_label.items():
-            ax.plot(range(len(names)), [statistics.fmean(per_group.get(n, [1.0])) for n in names], "-o",
-                    markersize=3, color=colours[label], label=label)
+    axes = figure.subplots(len(fractions), 1, squeeze=False,
+                           height_ratios=[len(p) + 4 for p in fractions.values()])[:, 0]
+    for ax, (budget, per_label) in zip(axes, fractions.items()):
+        shown = [label for label in labels if label in per_label]
+        kept = [[statistics.fmean(per_label[label].get(n, [1.0])) for n in names] for label in shown]
+        image = ax.imshow(kept, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for i, row in enumerate(kept):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if value > 0.6 else "white")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-        ax.set(ylim=(0, 1.05), ylabel="fraction of channels kept",
-               title=f"budget {budget} ({plan.budgets[budget]:.3f} of the MACs): kept channels per group")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.set_yticks(range(len(shown)), shown, fontsize=7)
+        ax.set_title(f"budget {budget} ({plan.budgets[budget]:.3f} of the MACs): fraction of channels kept per group",
+                     fontsize=9)
+        figure.colorbar(image, ax=ax, fraction=0.02)
     save_figure(figure, path)
     return True

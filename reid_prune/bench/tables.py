@@ -198,13 +198,15 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups
         costs.append(f"CPU ms/image (batch {batch}, {threads_text(bench)}, {compute_text(plan)})")
     costs += ["prune s", "n", "mAP", "R-1", "mINP"]
     lines = [f"# Benchmark {bench.name}", ""] + ([f"Produced by `{command}`.", ""] if command else [])
-    lines += [" ".join(_intro(bench, plan, latency_key)), ""]
+    lines += [f"- {line}" for line in _intro(bench, plan, latency_key)] + [""]
     if pending:
         lines += [f"**Partial results: {pending} of {len(plan.cells)} cells are not finished yet.**", ""]
     control = any(g["vs_random"] for g in groups)
+    budget_order = {label: i for i, label in enumerate(plan.budgets)}
     for dataset in bench.compare:
-        table = [[g["name"], *_cells(g, latency_key)] + ([g["vs_random"]] if control else [])
-                 for g in groups if g["scenario"] == "in_domain" and g["dataset"] == dataset]
+        members = [g for g in groups if g["scenario"] == "in_domain" and g["dataset"] == dataset]
+        members.sort(key=lambda g: budget_order.get(g["budget"], -1))  # baselines, then one budget after the other
+        table = [[g["name"], *_cells(g, latency_key)] + ([g["vs_random"]] if control else []) for g in members]
         if table:
             headers = ["Networks", *costs] + (["vs Random (mAP)"] if control else [])
             lines += [f"## In-domain: {dataset}", "", _table(headers, table), ""]
