@@ -278,3 +278,20 @@ def test_evaluation_only_settings_rescore_without_training(tmp_path, monkeypatch
     last = {r["label"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert last["Molchanov"]["cell"] != before["Molchanov"]["cell"]
     assert last["HaoLi"]["cell"] == before["HaoLi"]["cell"] and last["HaoLi"]["scored_by"] != after["HaoLi"]["scored_by"]
+
+
+def test_torch_pruning_anchor_meets_the_budget_without_a_classifier():
+    pytest.importorskip("torch_pruning")
+    from reid_prune.backbone import build_model
+    from reid_prune.bench.anchors import TorchPruningAnchor
+    from reid_prune.evaluation import complexity
+    from reid_prune.pruners import PruneContext
+
+    model = build_model("resnet18").eval()
+    full = complexity(model, (64, 32))["macs"]
+    pruned = TorchPruningAnchor("l1", target_macs=0.5, input_size=(64, 32)).prune(model, PruneContext())
+    assert complexity(pruned, (64, 32))["macs"] / full == pytest.approx(0.5, abs=0.02)
+    # The BNNeck follows the cut last stage and keeps its fixed shift; the network still runs.
+    assert pruned.neck.num_features == pruned.layer4[1].bn2.num_features < 512
+    assert not pruned.neck.bias.requires_grad
+    assert pruned(torch.randn(2, 3, 64, 32)).shape == (2, pruned.neck.num_features)

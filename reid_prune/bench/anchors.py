@@ -24,16 +24,33 @@ from ..pruners import PruneContext
 # The pruners of this library meet a MACs budget within 0.02 (pruners/budget.py); the anchors must too.
 TOLERANCE = 0.02
 BISECTION_STEPS = 12  # the fraction to within 0.99 / 2^12, finer than one channel of the widest group
-# Fractions found before, by (architecture's widths, budget, input size, round_to): the fraction depends on
+# Fractions found before, by (architecture's widths, budget, input size, round_to, last stage): the fraction depends on
 # these alone, so every seed and importance at one budget cuts with the same one, found once per process.
 _FOUND: dict[str, float] = {}
+
+
+def _through_every_layer(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An output that every layer reaches: Torch-Pruning follows only the layers between input and output.
+
+    The logits pass through the BNNeck and the classifier (which reads the cut feature); without a
+    classifier, the BNNeck's output, whatever feature the model retrieves.
+    """
+    if net.classifier is not None:
+        return net(x, with_logits=True)[1]
+    retrieval = net.retrieval_feature
+    net.set_retrieval_feature("after_neck")
+    try:
+        return net(x)
+    finally:
+        net.set_retrieval_feature(retrieval)
 
 
 class TorchPruningAnchor:
     """Torch-Pruning's uniform pruner at a fraction of the MACs kept.
 
     Torch-Pruning cuts the same fraction of every channel group it finds (its default),
-    every layer but the identity classifier's outputs, the last stage included. It takes
+    every layer but the identity classifier's outputs; with ``last_stage=False`` every layer
+    of the last stage is left whole too (``ignored_layers``). It takes
     that fraction, not a MACs budget, so the fraction is bisected on copies with the L1
     importance (at one uniform fraction the widths do not depend on the importance), then
     the model is cut once with the chosen importance. Taylor importance reads gradients: those
@@ -46,10 +63,12 @@ class TorchPruningAnchor:
         target_macs: fraction of the model's MACs to keep.
         input_size: (H, W) at which MACs are counted.
         round_to: kept channel counts are multiples of this.
+        last_stage: also cut the last stage (the re-ID feature), as Torch-Pruning does by default.
     """
 
-    def __init__(self, importance: str, *, target_macs: float, input_size: tuple[int, int], round_to: int = 1) -> None:
-        self.importance, self.target_macs = importance, target_macs
+    def __init__(self, importance: str, *, target_macs: float, input_size: tuple[int, int], round_to: int = 1,
+                 last_stage: bool = True) -> None:
+        self.importance, self.target_macs, self.last_stage = importance, target_macs, last_stage
         self.input_size, self.round_to = tuple(input_size), round_to
         self.name = f"torch_pruning_{importance}"
         self.requires = "data" if importance == "taylor" else "weights"
@@ -62,9 +81,9 @@ class TorchPruningAnchor:
         example = torch.randn(1, 3, *self.input_size, device=device)
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, pruning_ratio=ratio,
-            ignored_layers=[model.classifier] if model.classifier is not None else [],
+            ignored_layers=[m for m in (model.classifier, None if self.last_stage else model.layer4) if m is not None],
             round_to=self.round_to if self.round_to > 1 else None,
-            forward_fn=lambda net, x: net(x, with_logits=True),  # trace the classifier too: it reads the cut feature
+            forward_fn=_through_every_layer,
         )
         pruner.step()
         return model
@@ -103,7 +122,8 @@ class TorchPruningAnchor:
         """Cut ``model`` in place to the budget and return it."""
         import torch_pruning as tp
 
-        memo = json.dumps([module_widths(model), self.target_macs, self.input_size, self.round_to], sort_keys=True)
+        memo = json.dumps([module_widths(model), self.target_macs, self.input_size, self.round_to, self.last_stage],
+                          sort_keys=True)
         self.ratio = _FOUND[memo] = _FOUND[memo] if memo in _FOUND else self._find_ratio(model)
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         if self.importance == "taylor":
@@ -122,4 +142,5 @@ class TorchPruningAnchor:
         """What the cut did, for ``report.json``."""
         import torch_pruning as tp
 
-        return {"allocation": "uniform (Torch-Pruning)", "pruning_ratio": self.ratio, "torch_pruning": tp.__version__}
+        return {"allocation": "uniform (Torch-Pruning)", "pruning_ratio": self.ratio, "last_stage": self.last_stage,
+                "torch_pruning": tp.__version__}

@@ -132,7 +132,7 @@ def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dic
     if cell.kind == "anchor":
         anchor = TorchPruningAnchor(cell.anchor.importance, target_macs=cell.target_macs,
                                     input_size=(cell.cfg.data.height, cell.cfg.data.width),
-                                    round_to=cell.cfg.prune.round_to)
+                                    round_to=cell.cfg.prune.round_to, last_stage=cell.anchor.last_stage)
     report = prune_checkpoint(cell.cfg, start, output=folder, progress=progress, pruner=anchor)
     if not is_main_process():
         return None

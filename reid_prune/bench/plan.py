@@ -234,7 +234,8 @@ def plan_bench(bench: Bench) -> Plan:
                                target_macs=budgets[budget.label])
         reads = ("model.retrieval_feature",) if anchor.importance == "taylor" else ()  # its Taylor loss reads it
         key = cell_key(f"anchor-{dataset}-{anchor.label}-{budget.label}{suffix(seed, ft)}",
-                       {"kind": "anchor", "importance": anchor.importance, "torch_pruning": tp_version,
+                       {"kind": "anchor", "importance": anchor.importance, "last_stage": anchor.last_stage,
+                        "torch_pruning": tp_version,
                         "config": hashed(cfg, reads), "parent": parent.key})
         return add(Cell(key, "anchor", cfg, dataset, dataset, seed, arch, anchor.label, anchor=anchor,
                         budget=budget.label, target_macs=budgets[budget.label], finetune_seed=ft, parent=parent))
@@ -242,29 +243,39 @@ def plan_bench(bench: Bench) -> Plan:
     def name(label: str, budget: BudgetSpec) -> str:
         return label if len(budgets) == 1 else f"{label} @ {budget.label}"
 
-    def each(make, scenario: str, label: str, evaluated_on: str, *args) -> None:
-        for budget in bench.budgets:
-            for ft in bench.finetune_seeds_of(budget, seed):
-                rows.append(RowSpec(scenario, name(label, budget), make(*args, budget, seed, ft), evaluated_on))
+    def rounds(seed: int) -> list[tuple[BudgetSpec, int | None]]:
+        """(budget, fine-tuning seed) in rounds: each budget's first seed, then each budget's second, ...
+
+        Cells run in this order, so a bench stopped early has every method at every budget once.
+        """
+        per_budget = [(b, bench.finetune_seeds_of(b, seed)) for b in bench.budgets]
+        return [(budget, seeds[i]) for i in range(max(len(s) for _, s in per_budget))
+                for budget, seeds in per_budget if i < len(seeds)]
 
     for seed in bench.seeds:
         for dataset in bench.compare:
             for baseline in bench.baselines:
                 cell = trained(dataset, baseline.arch, seed)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
-            for method in bench.methods:
-                each(pruned, "in_domain", method.label, dataset, dataset, dataset, method)
-            for anchor in bench.anchors if tp_version else []:
-                each(anchored, "in_domain", anchor.label, dataset, dataset, anchor)
-            if bench.scratch is not None:
-                each(from_scratch, "in_domain", bench.scratch.label, dataset, dataset)
+            for budget, ft in rounds(seed):
+                for method in bench.methods:
+                    rows.append(RowSpec("in_domain", name(method.label, budget),
+                                        pruned(dataset, dataset, method, budget, seed, ft), dataset))
+                for anchor in bench.anchors if tp_version else []:
+                    rows.append(RowSpec("in_domain", name(anchor.label, budget),
+                                        anchored(dataset, anchor, budget, seed, ft), dataset))
+                if bench.scratch is not None:
+                    rows.append(RowSpec("in_domain", name(bench.scratch.label, budget),
+                                        from_scratch(dataset, budget, seed, ft), dataset))
         for scenario in bench.cross_domain:
             a, b = scenario.source, scenario.target
             cell = trained(a, arch, seed)
             rows.append(RowSpec("cross_domain", cell.label, cell, b))
-            for method in (m for m in bench.methods if m.label in scenario.methods):
-                for finetune in (a, b):
-                    each(pruned, "cross_domain", method.label, b, a, finetune, method)
+            for budget, ft in rounds(seed):
+                for method in (m for m in bench.methods if m.label in scenario.methods):
+                    for finetune in (a, b):
+                        rows.append(RowSpec("cross_domain", name(method.label, budget),
+                                            pruned(a, finetune, method, budget, seed, ft), b))
     return Plan(list(cells.values()), rows, budgets, notes)
 
 

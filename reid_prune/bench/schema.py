@@ -124,6 +124,7 @@ class AnchorSpec:
 
     SHORTHAND: ClassVar[str] = "importance"
     importance: str = choice("l1", *ANCHORS)
+    last_stage: bool = True  # cut the last stage too (Torch-Pruning's default); false leaves all of it whole
     label: str = ""  # default: "Torch-Pruning L1" / "Torch-Pruning Taylor"
 
 
