@@ -171,10 +171,28 @@ def test_bad_method_option_fails_before_any_training(tmp_path):
     ("baselines=[resnet50, {arch: resnet18, set: {train.epoch: 3}}]",
      r"config key baselines\[1\].set.train.epoch is not a valid key; did you mean baselines\[1\].set.train.epochs?"),
     ("lr_steps=[0.9, 0.5]", "bench key lr_steps: expected increasing fractions"),
+    ("anchors=[l2]", r"bench key anchors\[0\].importance: expected one of l1, taylor, got 'l2'"),
+    ("scratch={widths: Haoli}", "bench key scratch.widths: 'Haoli' is not the label of a method in methods; "
+                                "did you mean HaoLi?"),
+    ("finetune_seeds=[0, -1]", r"bench key finetune_seeds\[1\]: must be >= 0, got -1"),
+    ("budgets=[{value: 0.5, finetune_seeds: [1, 1]}]", r"bench key budgets\[0\].finetune_seeds: seeds must differ"),
+    ("budgets=[{value: 0.5, seeds: [1]}]", r"bench key budgets\[0\].seeds is not a valid key; "
+                                           r"valid keys: budgets\[0\].value, budgets\[0\].finetune_seeds"),
+    ("input_size=[64]", r"bench key input_size: expected \[height, width\]"),
+    ("methods[5].name=fpgm", r"--set 'methods\[5\].name=fpgm': methods\[5\] does not exist \(methods has 2 items\)"),
+    ("base_config=missing.yaml", "bench key base_config: run config '.*missing.yaml' does not exist"),
 ])
 def test_bench_file_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         plan_bench(load_bench(TINY_FILE, [override]))
+
+
+def test_set_indexes_lists_and_expands_short_items():
+    bench = load_bench(TINY_FILE, ["methods[0].options.greedy=true", "methods[1].label=FPGM hard",
+                                   "baselines[2].epochs=3"])
+    assert [(m.name, m.label, m.options) for m in bench.methods] == [
+        ("haoli", "HaoLi", {"greedy": True}), ("fpgm", "FPGM hard", {})]
+    assert [(b.arch, b.epochs) for b in bench.baselines] == [("resnet50", 6), ("resnet34", 6), ("resnet18", 3)]
 
 
 def test_shipped_bench_files():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reid_prune.bench import cells as bench_cells, load_bench, plan_bench
+from reid_prune.bench import cells as bench_cells, check_plan, load_bench, plan_bench
 from reid_prune.bench.cells import scratch_model
 from reid_prune.bench.tables import versus
 from reid_prune.checkpoint import module_widths, read_checkpoint
@@ -28,7 +28,7 @@ from reid_prune.engine import evaluate_checkpoint
 from reid_prune.precision import resolve_precision
 from reid_prune.pruners import available
 
-from conftest import REPO
+from conftest import REPO, shared_data
 
 FILE = REPO / "configs" / "bench" / "cuhk03_methods_cpu.yaml"
 SURVEY = {"haoli", "fpgm", "psfp", "molchanov", "entropy", "thinet", "channel_pruning", "autobalanced", "afp_prc"}
@@ -106,6 +106,12 @@ def test_the_file_plans_the_protocol():
     assert {c.parent.label for c in scratch} == {"HaoLi"}
     assert all(c.cfg.train.epochs == 40 + bench.finetune_epochs for c in scratch)
     assert all(c.cfg.train.milestones == [round(24 * 50 / 40), round(34 * 50 / 40)] for c in scratch)
+
+
+def test_the_file_finds_its_data(monkeypatch):
+    shared_data("cuhk03_market")
+    monkeypatch.chdir(REPO)  # data.root is relative to the working directory
+    check_plan(plan_bench(load_bench(FILE)), dry_run=True)  # the root, every method's settings and budget
 
 
 def test_comparison_with_random_hand_cases():
@@ -201,6 +207,8 @@ def test_protocol_end_to_end_files_and_rows(protocol):
     assert anchor["layer4.1.conv2"][0] < 512 and haoli["widths"]["layer4.1.conv2"][0] == 512
     with open(out / "results.csv", newline="") as fh:
         assert [r["cell"] for r in csv.DictReader(fh)] == [r["cell"] for r in rows]
+    # bench.yaml is the resolved file: read back, it plans the same cells.
+    assert {c.key for c in plan_bench(load_bench(out / "bench.yaml")).cells} == {r["cell"] for r in rows}
 
 
 def test_protocol_mean_std_and_random_columns(protocol):
