@@ -243,21 +243,18 @@ def plan_bench(bench: Bench) -> Plan:
     def name(label: str, budget: BudgetSpec) -> str:
         return label if len(budgets) == 1 else f"{label} @ {budget.label}"
 
-    def rounds(seed: int) -> list[tuple[BudgetSpec, int | None]]:
-        """(budget, fine-tuning seed) in rounds: each budget's first seed, then each budget's second, ...
-
-        Cells run in this order, so a bench stopped early has every method at every budget once.
-        """
-        per_budget = [(b, bench.finetune_seeds_of(b, seed)) for b in bench.budgets]
-        return [(budget, seeds[i]) for i in range(max(len(s) for _, s in per_budget))
-                for budget, seeds in per_budget if i < len(seeds)]
+    # (budget, fine-tuning seed) in rounds: each budget's first seed, then each budget's second, ...
+    # Cells run in this order, so a bench stopped early has every method at every budget once.
+    per_budget = [(b, bench.finetune_seeds_of(b)) for b in bench.budgets]
+    rounds = [(budget, seeds[i]) for i in range(max(len(s) for _, s in per_budget))
+              for budget, seeds in per_budget if i < len(seeds)]
 
     for seed in bench.seeds:
         for dataset in bench.compare:
             for baseline in bench.baselines:
                 cell = trained(dataset, baseline.arch, seed)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
-            for budget, ft in rounds(seed):
+            for budget, ft in rounds:
                 for method in bench.methods:
                     rows.append(RowSpec("in_domain", name(method.label, budget),
                                         pruned(dataset, dataset, method, budget, seed, ft), dataset))
@@ -271,7 +268,7 @@ def plan_bench(bench: Bench) -> Plan:
             a, b = scenario.source, scenario.target
             cell = trained(a, arch, seed)
             rows.append(RowSpec("cross_domain", cell.label, cell, b))
-            for budget, ft in rounds(seed):
+            for budget, ft in rounds:
                 for method in (m for m in bench.methods if m.label in scenario.methods):
                     for finetune in (a, b):
                         rows.append(RowSpec("cross_domain", name(method.label, budget),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,7 +14,7 @@ from .cells import run_cell
 from .latency import cell_latencies, compute_text, latency_compute, threads_text
 from .plan import check_plan, plan_bench
 from .plots import PLOT_NOTE
-from .schema import Bench, dump
+from .schema import Bench
 from .scoring import RUN, score
 from .tables import write_results
 
@@ -38,7 +39,8 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
     cells_dir = out / "cells"
     if main:
         cells_dir.mkdir(parents=True, exist_ok=True)
-        (out / "bench.yaml").write_text(yaml.safe_dump(dump(bench), sort_keys=False))
+        # The resolved file (base_config read in): it reads back as the same bench.
+        (out / "bench.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
     results: dict[str, dict[str, Any]] = {}
     scores: dict[tuple[str, str], dict[str, Any]] = {}
     for i, cell in enumerate(plan.cells, 1):

@@ -223,8 +223,8 @@ class Bench:
         e = self.base_defaults().eval
         return list(e.latency_batch_sizes) if e.latency else []
 
-    def finetune_seeds_of(self, budget: BudgetSpec, seed: int) -> list[int | None]:
-        """Fine-tuning seeds of a pruned cell at ``budget`` from the baseline of ``seed``; None: the baseline's."""
+    def finetune_seeds_of(self, budget: BudgetSpec) -> list[int | None]:
+        """Fine-tuning seeds of the pruned cells at ``budget``; [None]: each uses its baseline's seed."""
         seeds = budget.finetune_seeds if budget.finetune_seeds is not None else self.finetune_seeds
         return list(seeds) if seeds is not None else [None]
 
@@ -393,9 +393,3 @@ def load_bench(path: str | Path, overrides: Sequence[str] = ()) -> Bench:
     for text in overrides:
         set_key(raw, text)
     return parse_bench(raw, path.stem, path.parent)
-
-
-def dump(bench: Bench) -> dict[str, Any]:
-    """The resolved bench as a bench-file mapping (``bench.yaml`` in the results folder reads back the same)."""
-    return dataclasses.asdict(bench)
-

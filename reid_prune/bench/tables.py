@@ -159,7 +159,7 @@ def _cells(group: dict[str, Any], latency_key: str | None) -> list[str]:
 def _intro(bench: Bench, plan: Plan, latency_key: str | None) -> list[str]:
     cfg = plan.cells[0].cfg
     e = eval_settings(cfg.to_dict())
-    finetune = {label: bench.finetune_seeds_of(b, 0) for b, label in zip(bench.budgets, plan.budgets)}
+    finetune = {label: bench.finetune_seeds_of(b) for b, label in zip(bench.budgets, plan.budgets)}
     seeds = (f"Baselines: seeds {bench.seeds}; each pruned model is fine-tuned with its baseline's seed."
              if all(s == [None] for s in finetune.values()) else
              f"Baselines: seeds {bench.seeds}. Fine-tuning seeds per budget: "
@@ -243,7 +243,7 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
     summary = {
         "bench": bench.name, "command": command, "complete": pending == 0, "pending_cells": pending,
         "budgets": plan.budgets, "seeds": bench.seeds,
-        "finetune_seeds": {label: bench.finetune_seeds_of(b, 0) for b, label in zip(bench.budgets, plan.budgets)},
+        "finetune_seeds": {label: bench.finetune_seeds_of(b) for b, label in zip(bench.budgets, plan.budgets)},
         "evaluation": eval_settings(plan.cells[0].cfg.to_dict()),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                         "world_size": env_world_size(),
