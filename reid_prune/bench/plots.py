@@ -68,7 +68,7 @@ def pareto_plot(bench: Bench, groups: list[dict[str, Any]], path: Path) -> bool 
                                 fontsize=8)
             for label, points in _by_label(g for g in members if g["kind"] != "baseline").items():
                 points.sort(key=lambda g: g[key])
-                colour = colours[label]
+                colour = colours[points[0]["label"]]
                 # A method's budgets joined: its own trade-off curve.
                 ax.plot([g[key] * scale for g in points], [g["mAP"] for g in points], "-", color=colour, alpha=0.5,
                         linewidth=1)
