@@ -72,6 +72,7 @@ class TorchPruningAnchor:
         self.input_size, self.round_to = tuple(input_size), round_to
         self.name = f"torch_pruning_{importance}"
         self.requires = "data" if importance == "taylor" else "weights"
+        self.scope = "all"  # the residual streams are cut too
         self.ratio: float | None = None
 
     def _cut(self, model: nn.Module, importance: Any, ratio: float) -> nn.Module:
@@ -118,13 +119,17 @@ class TorchPruningAnchor:
         for name, grad in all_reduce_mean(grads).items():
             params[name].grad = grad
 
+    def check(self, model: nn.Module) -> None:
+        """Raise a ValueError now if no uniform fraction meets the budget on ``model`` (the fraction is kept)."""
+        memo = json.dumps([module_widths(model), self.target_macs, self.input_size, self.round_to, self.last_stage],
+                          sort_keys=True)
+        self.ratio = _FOUND[memo] = _FOUND[memo] if memo in _FOUND else self._find_ratio(model)
+
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
         """Cut ``model`` in place to the budget and return it."""
         import torch_pruning as tp
 
-        memo = json.dumps([module_widths(model), self.target_macs, self.input_size, self.round_to, self.last_stage],
-                          sort_keys=True)
-        self.ratio = _FOUND[memo] = _FOUND[memo] if memo in _FOUND else self._find_ratio(model)
+        self.check(model)
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         if self.importance == "taylor":
             self._taylor_gradients(model, context)
