@@ -213,6 +213,27 @@ def zero_residual_scales(model: ReIDNet) -> None:
             nn.init.zeros_(last.weight)
 
 
+def reinitialise(model: ReIDNet, *, zero_init_residual: bool = False) -> ReIDNet:
+    """Draw every weight again as :func:`build_model` does, at the model's current widths; returns ``model``.
+
+    For a pruned architecture trained from scratch: layers resized by
+    :func:`~reid_prune.checkpoint.apply_widths` otherwise start with PyTorch's default
+    initialisation, the others with torchvision's. The trunk follows torchvision's ResNet rule
+    (Kaiming normal, fan-out, for convolutions; BatchNorm scale 1, shift 0), then the head's
+    and, with ``zero_init_residual``, :func:`zero_residual_scales`.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    model._init_head()
+    if zero_init_residual:
+        zero_residual_scales(model)
+    return model
+
+
 def build_model(
     arch: str = "resnet50",
     *,

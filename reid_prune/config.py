@@ -31,9 +31,6 @@ import yaml
 from .config_fields import ConfigError, check_fields, choice, merge, number_range
 from .precision import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, LEGACY_AMP
 
-# bench.py merges its sections with the same checks.
-_merge = merge
-
 # Keys that change how fast a run goes or what it prints, never the weights it computes.
 RUNTIME_KEYS = ("output", "data.workers", "data.eval_batch_size", "data.check_images", "data.cache", "eval.latency",
                 "eval.latency_batch_sizes", "train.device", "train.channels_last")
@@ -311,7 +308,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+def nest(keys: list[str], value: Any) -> dict[str, Any]:
+    """``(["a", "b"], 1)`` -> ``{"a": {"b": 1}}``."""
     for key in reversed(keys):
         value = {key: value}
     return value
@@ -346,7 +344,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         merge(cfg, read_yaml(path))
     for text in overrides:
         keys, value = parse_override(text)
-        merge(cfg, _nest(keys, value))
+        merge(cfg, nest(keys, value))
     return validate(cfg)
 
 

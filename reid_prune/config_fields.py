@@ -7,6 +7,10 @@ Errors name the dotted key path::
 
     config key train.lr: expected a number, got 'fast'
     config key train.gamma: must lie in (0, 1], got -0.1
+
+Sections may also be lists of dataclasses (``list[Entry]``) or optional ones (``Entry | None``);
+an item that is not a mapping is read as ``{Entry.SHORTHAND: item}`` (e.g. a bench file's
+``methods: [haoli]``). ``noun`` names the kind of key in errors (``config key``, ``bench key``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import types
 import typing
 from dataclasses import field
 from typing import Any
+
+NOUN = "config key"
 
 
 class ConfigError(ValueError):
@@ -61,31 +67,35 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     return str(tp)
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
+def _coerce(value: Any, tp: Any, path: str, noun: str = NOUN) -> Any:
     """Check ``value`` against annotation ``tp``: ints count as numbers; NaN and infinity are refused anywhere."""
-    _check_finite(value, path)
+    _check_finite(value, path, noun)
     origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _section(tp, value, path, noun)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:
                 return None
         for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg):  # a section's own errors name its keys: let them through
+                return _coerce(value, arg, path, noun)
             if arg is not type(None):
                 try:
-                    return _coerce(value, arg, path)
+                    return _coerce(value, arg, path, noun)
                 except ConfigError:
                     pass
     elif origin is list:
         if isinstance(value, (list, tuple)):
             (item_tp,) = typing.get_args(tp)
-            return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [_coerce(v, item_tp, f"{path}[{i}]", noun) for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
             return dict(value)
@@ -101,25 +111,35 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"config key {path}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{noun} {path}: expected {_type_name(tp)}, got {value!r}")
 
 
-def _check_finite(value: Any, path: str) -> None:
+def _section(tp: type, value: Any, path: str, noun: str) -> Any:
+    """A new ``tp`` section with ``value`` merged in; a non-mapping is ``{tp.SHORTHAND: value}`` when declared."""
+    shorthand = getattr(tp, "SHORTHAND", None)
+    if not isinstance(value, dict) and shorthand is not None:
+        value = {shorthand: value}
+    section = tp()
+    merge(section, value, f"{path}.", noun=noun)
+    return section
+
+
+def _check_finite(value: Any, path: str, noun: str = NOUN) -> None:
     """Refuse NaN and infinity anywhere in ``value`` (a number, or nested lists and mappings)."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key {path}: expected a finite number, got {value}")
+        raise ConfigError(f"{noun} {path}: expected a finite number, got {value}")
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_finite(item, f"{path}.{key}")
+            _check_finite(item, f"{path}.{key}", noun)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_finite(item, f"{path}[{i}]")
+            _check_finite(item, f"{path}[{i}]", noun)
 
 
-def merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+def merge(obj: Any, values: dict[str, Any], prefix: str = "", *, noun: str = NOUN) -> None:
     """Write ``values`` (nested dicts) into the dataclass ``obj``, checking keys and types."""
     if not isinstance(values, dict):
-        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{noun} {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
     fields = {f.name: f for f in dataclasses.fields(obj)}
     names = list(fields)
@@ -128,20 +148,25 @@ def merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
-            raise ConfigError(f"config key {path} is not a valid key{hint}")
+            raise ConfigError(f"{noun} {path} is not a valid key{hint}")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            merge(current, value, f"{path}.")
+        if dataclasses.is_dataclass(current) and not (value is None and _optional(hints[key])):
+            merge(current, value, f"{path}.", noun=noun)
             continue
         if isinstance(current, dict) and isinstance(value, dict):
             # Free-form mappings (prune.options) merge key by key, so several --set options add up.
-            _check_finite(value, path)
+            _check_finite(value, path, noun)
             setattr(obj, key, {**current, **value})
             continue
         # Old spellings of a choice (train.amp: true) become the current one before the type check.
         aliases = fields[key].metadata.get("aliases", {})
         value = next((new for old, new in aliases.items() if _same(value, old)), value)
-        setattr(obj, key, _coerce(value, hints[key], path))
+        setattr(obj, key, _coerce(value, hints[key], path, noun))
+
+
+def _optional(tp: Any) -> bool:
+    """Whether annotation ``tp`` admits None."""
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -152,18 +177,21 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
-def check_fields(obj: Any, prefix: str = "") -> None:
-    """Check every declared choice and range of ``obj`` and its nested sections."""
+def check_fields(obj: Any, prefix: str = "", *, noun: str = NOUN) -> None:
+    """Check every declared choice and range of ``obj`` and its nested sections (lists of sections too)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            check_fields(value, f"{path}.")
+            check_fields(value, f"{path}.", noun=noun)
+        elif isinstance(value, list) and any(dataclasses.is_dataclass(item) for item in value):
+            for i, item in enumerate(value):
+                check_fields(item, f"{path}[{i}].", noun=noun)
         elif "choices" in f.metadata and not any(_same(value, c) for c in f.metadata["choices"]):
             choices = [_show(c) for c in f.metadata["choices"]]
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"config key {path}: expected one of {', '.join(choices)}, got {value!r}{hint}")
+            raise ConfigError(f"{noun} {path}: expected one of {', '.join(choices)}, got {value!r}{hint}")
         elif "range" in f.metadata:
             low, high, low_open, high_open = f.metadata["range"]
             items = value if isinstance(value, list) else [value]
@@ -175,5 +203,5 @@ def check_fields(obj: Any, prefix: str = "") -> None:
                 if below or above:
                     where = f"{path}[{i}]" if isinstance(value, list) else path
                     what = f"{f.metadata['what']} " if f.metadata["what"] else ""
-                    raise ConfigError(f"config key {where}: {what}must {_interval(low, high, low_open, high_open)}, "
+                    raise ConfigError(f"{noun} {where}: {what}must {_interval(low, high, low_open, high_open)}, "
                                       f"got {item!r}")

@@ -6,8 +6,8 @@ MACs mode (the default). For ResNet-50 at 256x128 on the CPU this prints, for ea
 - the seconds spent scoring and cutting (and, for data-driven methods, on how many images).
 
 Both latencies are measured in the same run, alternating, so machine noise hits both alike.
-With the ``bench`` extra installed (torch-pruning), Torch-Pruning's MagnitudePruner is run
-at the same MAC budget as an anchor. Exit code 1 when a budget below is missed:
+With the ``bench`` extra installed (torch-pruning), Torch-Pruning's L1 pruner is run at the
+same MAC budget as an anchor (``reid_prune.bench.anchors``, the last stage left whole). Exit code 1 when a budget below is missed:
 
     latency ratio <= 0.6 at --target-macs 0.5 (weight methods, scope all: the default)
     one-shot scoring + surgery < 2 s (haoli, fpgm)
@@ -44,6 +44,8 @@ import time
 import torch
 
 from reid_prune import build_model
+from reid_prune.bench.anchors import TorchPruningAnchor
+from reid_prune.bench.plan import torch_pruning_version
 from reid_prune.evaluation import complexity, paired_latency
 from reid_prune.evaluation.complexity import latency_ratios
 from reid_prune.precision import ComputeSettings
@@ -76,27 +78,12 @@ def synthetic_batches(images: int, batch: int, size: tuple[int, int]) -> list[tu
 
 
 def torch_pruning_anchor(model: torch.nn.Module, size: tuple[int, int], target_macs: float):
-    """Torch-Pruning's MagnitudePruner (L1) at the same MAC budget, or None when it is not installed."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
+    """Torch-Pruning's L1 pruner at the same MAC budget, the last stage left whole as ours; None without it."""
+    if torch_pruning_version() is None:
         return None
-    model = copy.deepcopy(model)
-    example = torch.randn(1, 3, *size)
-    full = complexity(model, size)["macs"]
-    lo, hi = 0.0, 0.95
     started = time.perf_counter()
-    # Torch-Pruning takes a ratio, not a MAC budget: bisect the ratio on copies.
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        trial = copy.deepcopy(model)
-        tp.pruner.MagnitudePruner(trial, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=mid, ignored_layers=[trial.layer4]).step()
-        (lo, hi) = (mid, hi) if complexity(trial, size)["macs"] / full > target_macs else (lo, mid)
-    final = copy.deepcopy(model)
-    tp.pruner.MagnitudePruner(final, example, importance=tp.importance.MagnitudeImportance(p=1),
-                              pruning_ratio=hi, ignored_layers=[final.layer4]).step()
-    return final, time.perf_counter() - started
+    anchor = TorchPruningAnchor("l1", target_macs=target_macs, input_size=size, last_stage=False)
+    return anchor.prune(copy.deepcopy(model), PruneContext()), time.perf_counter() - started
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reid_prune import bench as bench_module
+from reid_prune.bench import cells as bench_cells, latency as bench_latency, plan as bench_plan, scoring
 from reid_prune import build_model, load_model
 from reid_prune.bench import PLOT_NOTE, add_bench_command, check_plan, load_bench, plan_bench, run_bench
 from reid_prune.config import ConfigError, load_config
@@ -49,16 +49,16 @@ def _parser() -> argparse.ArgumentParser:
 def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     bench = load_bench(TINY_FILE, TINY)
-    real_train, real_prune = bench_module.train, bench_module.prune_checkpoint
+    real_train, real_prune = bench_cells.train, bench_cells.prune_checkpoint
     calls = {"train": 0, "prune": 0}
 
-    def stopped_at_fpgm(cfg, checkpoint, *, output, progress):
+    def stopped_at_fpgm(cfg, checkpoint, **kwargs):
         if cfg.prune.method == "fpgm":
             raise KeyboardInterrupt  # as a Ctrl-C in the middle of the fourth cell
-        return real_prune(cfg, checkpoint, output=output, progress=progress)
+        return real_prune(cfg, checkpoint, **kwargs)
 
     # 1. Interrupted run: the cells before the stop are kept, the partial table says what is missing.
-    monkeypatch.setattr(bench_module, "prune_checkpoint", stopped_at_fpgm)
+    monkeypatch.setattr(bench_cells, "prune_checkpoint", stopped_at_fpgm)
     with pytest.raises(KeyboardInterrupt):
         run_bench(bench, out, progress=False, log=_quiet)
     finished = sorted(p.parent.name.split("-s0-")[0] for p in (out / "cells").glob("*/result.json"))
@@ -75,8 +75,8 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
         calls["prune"] += 1
         return real_prune(*args, **kwargs)
 
-    monkeypatch.setattr(bench_module, "train", counted_train)
-    monkeypatch.setattr(bench_module, "prune_checkpoint", counted_prune)
+    monkeypatch.setattr(bench_cells, "train", counted_train)
+    monkeypatch.setattr(bench_cells, "prune_checkpoint", counted_prune)
     summary = run_bench(bench, out, progress=False, log=_quiet)
     assert calls == {"train": 0, "prune": 2}
     assert summary["complete"]
@@ -125,15 +125,16 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     md = (out / "results.md").read_text()
     # Latency names its setting: the base config's precision on the CPU (auto here) and channels-last.
-    assert ("| Networks | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread, "
-            f"{resolve_precision('auto', 'cpu')}, channels_last) | synthetic_a mAP | synthetic_a R-1 |") in md
+    assert ("| Networks | MACs kept | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread, "
+            f"{resolve_precision('auto', 'cpu')}, channels_last) | prune s | n | mAP | R-1 | mINP |") in md
+    assert "## In-domain: synthetic_a" in md
     for line in ("| ResNet50 |", "| ResNet18 |", "| HaoLi |", "| FPGM |",
                  "## Cross-domain: trained on synthetic_a, evaluated on synthetic_b",
                  "| HaoLi | pruned and fine-tuned on synthetic_b |"):
         assert line in md
     assert "Partial results" not in md
     if importlib.util.find_spec("matplotlib"):
-        assert (out / "pareto.png").stat().st_size > 0
+        assert (out / "pareto.png").stat().st_size > 0 and (out / "widths.png").stat().st_size > 0
     else:
         assert not (out / "pareto.png").exists() and PLOT_NOTE in md
 
@@ -141,8 +142,9 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished bench must not compute anything")
 
-    for name in ("train", "prune_checkpoint", "evaluate_checkpoint", "measure_latency"):
-        monkeypatch.setattr(bench_module, name, forbidden)
+    for module, name in ((bench_cells, "train"), (bench_cells, "prune_checkpoint"),
+                         (scoring, "evaluate_checkpoint"), (bench_latency, "measure_latency")):
+        monkeypatch.setattr(module, name, forbidden)
     args = _parser().parse_args(["bench", "--config", str(TINY_FILE), "--output", str(out), "--quiet",
                               *[a for o in TINY for a in ("--set", o)]])
     assert args.func(args) == 0
@@ -158,7 +160,7 @@ def test_bad_method_option_fails_before_any_training(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("seed=1", "bench key seed: not a valid key; did you mean seeds?"),
+    ("seed=1", "bench key seed is not a valid key; did you mean seeds?"),
     ("base.train.lrr=0.1", "config key base.train.lrr is not a valid key; did you mean base.train.lr?"),
     ("methods=[haoly]", r"bench key methods\[0\].name: unknown pruning method 'haoly'; did you mean haoli?"),
     ("budgets=[match:resnet99]", r"bench key budgets\[0\]: expected one of resnet18, resnet34, resnet50"),
@@ -171,10 +173,28 @@ def test_bad_method_option_fails_before_any_training(tmp_path):
     ("baselines=[resnet50, {arch: resnet18, set: {train.epoch: 3}}]",
      r"config key baselines\[1\].set.train.epoch is not a valid key; did you mean baselines\[1\].set.train.epochs?"),
     ("lr_steps=[0.9, 0.5]", "bench key lr_steps: expected increasing fractions"),
+    ("anchors=[l2]", r"bench key anchors\[0\].importance: expected one of l1, taylor, got 'l2'"),
+    ("scratch={widths: Haoli}", "bench key scratch.widths: 'Haoli' is not the label of a method in methods; "
+                                "did you mean HaoLi?"),
+    ("finetune_seeds=[0, -1]", r"bench key finetune_seeds\[1\]: must be >= 0, got -1"),
+    ("budgets=[{value: 0.5, finetune_seeds: [1, 1]}]", r"bench key budgets\[0\].finetune_seeds: seeds must differ"),
+    ("budgets=[{value: 0.5, seeds: [1]}]", r"bench key budgets\[0\].seeds is not a valid key; "
+                                           r"valid keys: budgets\[0\].value, budgets\[0\].finetune_seeds"),
+    ("input_size=[64]", r"bench key input_size: expected \[height, width\]"),
+    ("methods[5].name=fpgm", r"--set 'methods\[5\].name=fpgm': methods\[5\] does not exist \(methods has 2 items\)"),
+    ("base_config=missing.yaml", "bench key base_config: run config '.*missing.yaml' does not exist"),
 ])
 def test_bench_file_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         plan_bench(load_bench(TINY_FILE, [override]))
+
+
+def test_set_indexes_lists_and_expands_short_items():
+    bench = load_bench(TINY_FILE, ["methods[0].options.greedy=true", "methods[1].label=FPGM hard",
+                                   "baselines[2].epochs=3"])
+    assert [(m.name, m.label, m.options) for m in bench.methods] == [
+        ("haoli", "HaoLi", {"greedy": True}), ("fpgm", "FPGM hard", {})]
+    assert [(b.arch, b.epochs) for b in bench.baselines] == [("resnet50", 6), ("resnet34", 6), ("resnet18", 3)]
 
 
 def test_shipped_bench_files():
@@ -229,7 +249,7 @@ def test_infeasible_budget_fails_before_any_training(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a baseline trained before the budgets were checked")
 
-    monkeypatch.setattr(bench_module, "train", forbidden)
+    monkeypatch.setattr(bench_cells, "train", forbidden)
     bench = load_bench(TINY_FILE, TINY + ["budgets=[0.02]", INTERNAL])
     with pytest.raises(ConfigError, match="at budget 0.02: a MACs budget of 0.020 cannot be met"):
         run_bench(bench, tmp_path / "bench", progress=False, log=_quiet)
@@ -243,8 +263,8 @@ def test_cuhk03_cpu_bench_finds_its_data(monkeypatch):
 
 
 def test_config_keys_added_later_change_no_cell_key_while_unset():
-    assert "layer_rates" not in bench_module._hashed(load_config())["prune"]
-    rates = bench_module._hashed(load_config(None, ["prune.layer_rates={layer1.0.conv1: 0.3}"]))["prune"]["layer_rates"]
+    assert "layer_rates" not in bench_plan.hashed(load_config())["prune"]
+    rates = bench_plan.hashed(load_config(None, ["prune.layer_rates={layer1.0.conv1: 0.3}"]))["prune"]["layer_rates"]
     assert rates == {"layer1.0.conv1": 0.3}
 
 

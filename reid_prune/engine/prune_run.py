@@ -98,8 +98,14 @@ def finetune_schedule(cfg: Config, epochs: int) -> TrainConfig:
                                eval_every=max(epochs, 1))
 
 
-def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path, progress: bool = True) -> dict[str, Any]:
+def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path, progress: bool = True,
+                     pruner: Any = None) -> dict[str, Any]:
     """Prune ``checkpoint`` as ``cfg.prune`` says; write ``pruned.pt``, ``widths.png`` and ``report.json`` in ``output``.
+
+    ``pruner``: cut with this object instead of the configured method, e.g. another library's
+    pruner (the bench's Torch-Pruning anchors). It needs what this job uses of a
+    :class:`~reid_prune.pruners.Pruner`: ``name``, ``requires`` (``weights`` or ``data``),
+    ``prune(model, context)`` and ``summary()``; fine-tuning and the rest follow ``cfg``.
 
     Returns the report: for each stage (before, pruned, finetuned) mAP, rank-k, mINP,
     params, MACs, FLOPs and latency, plus the method, its target, the seconds spent,
@@ -110,10 +116,10 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
         raise FileExistsError(f"{out / 'pruned.pt'} exists; choose another --output")
-    pruner = pruner_from_config(cfg)  # validates method, rates and options before any work
+    pruner = pruner or pruner_from_config(cfg)  # validates method, rates and options before any work
     epochs = cfg.prune.finetune_epochs
     if pruner.requires == "training" and epochs < 1:
-        raise ValueError(f"pruning method {cfg.prune.method!r} prunes during training: give --finetune-epochs N (N >= 1)")
+        raise ValueError(f"pruning method {pruner.name!r} prunes during training: give --finetune-epochs N (N >= 1)")
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -128,7 +134,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     train_loader = make_train_loader(cfg, dataset)
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
     report["scope"] = pruner.scope  # auto resolved
-    report.update(finetune_epochs=epochs, checkpoint=str(checkpoint))
+    report.update(method=pruner.name, finetune_epochs=epochs, checkpoint=str(checkpoint))
     report["before"] = model_report(model, cfg, query, gallery, progress=progress)
 
     def validate(net: nn.Module) -> dict[str, Any]:
@@ -175,7 +181,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
                         prune={k: report[k] for k in TARGET_KEYS})
         report["widths_plot"] = plot_widths(report["widths"], out / "widths.png",
-                                            title=f"{cfg.prune.method} ({pruner.scope}): kept channels per group")
+                                            title=f"{pruner.name} ({pruner.scope}): kept channels per group")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     barrier()
     return report

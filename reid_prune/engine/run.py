@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -164,11 +164,15 @@ def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path) -> None:
                          f"train.epochs={cfg.train.epochs}; set train.epochs to {ckpt['epoch']} or more")
 
 
-def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True,
+          build: Callable[[dict[str, Any]], nn.Module] | None = None) -> dict[str, Any]:
     """Train the configured model; writes config.yaml, last.pt, best.pt and metrics.jsonl under ``output``.
 
     Under torchrun every rank calls this; each loads the same weights (the seed, or
-    ``last.pt`` when resuming) and only rank 0 writes files.
+    ``last.pt`` when resuming) and only rank 0 writes files. ``build`` makes the first
+    model from :func:`model_config_for`'s arguments, after the seed is set (default:
+    :func:`~reid_prune.backbone.build_model`), e.g. a pruned architecture trained from scratch;
+    a resumed run rebuilds whatever ``last.pt`` holds.
 
     Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}, "precision": str,
     "memory_format": str}.
@@ -184,7 +188,7 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
         model = model_from_checkpoint(ckpt)
     else:
         seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
-        model = build_model(**model_config)
+        model = build(model_config) if build is not None else build_model(**model_config)
     train_loader = make_train_loader(cfg, dataset)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
     if is_main_process():

@@ -1,0 +1,30 @@
+"""Benchmark harness: train baselines, prune them with every method at each budget, with controls, compare.
+
+``reid-prune bench --config configs/bench/NAME.yaml [--output DIR]`` (docs/bench.md):
+
+1. trains the baseline architectures with :func:`reid_prune.engine.train`;
+2. prunes the ``prune_arch`` baseline with every listed method at each budget and
+   fine-tuning seed, fine-tunes and evaluates it with
+   :func:`reid_prune.engine.prune_run.prune_checkpoint`; optionally also the controls (the
+   ``random`` method; ``scratch``: a method's pruned architecture trained from scratch) and
+   Torch-Pruning anchors, and the cross-domain scenario;
+3. scores every model with the bench's evaluation settings, re-scoring cached models when
+   only those changed;
+4. measures the CPU latency of every model and writes results.csv, results.json,
+   results.md, pareto.png and widths.png.
+
+One module per idea: :mod:`.schema` (the bench file), :mod:`.plan` (cells and their keys),
+:mod:`.cells` (running one cell, DDP and caching), :mod:`.anchors` (Torch-Pruning),
+:mod:`.scoring` (evaluation-only settings), :mod:`.latency`, :mod:`.tables` and :mod:`.plots`
+(the results), :mod:`.run` (the whole bench) and :mod:`.cli` (the command).
+"""
+
+from .cells import DONE, cell_checkpoint, run_cell
+from .cli import add_bench_command, cmd_bench
+from .plan import EVAL_ONLY, Cell, Plan, RowSpec, check_plan, plan_bench
+from .plots import PLOT_NOTE
+from .run import run_bench
+from .schema import Bench, load_bench, parse_bench
+
+__all__ = ["DONE", "EVAL_ONLY", "PLOT_NOTE", "Bench", "Cell", "Plan", "RowSpec", "add_bench_command", "cell_checkpoint",
+           "check_plan", "cmd_bench", "load_bench", "parse_bench", "plan_bench", "run_bench", "run_cell"]

@@ -1,0 +1,163 @@
+"""Running one cell, once: its folder is its cache, and under torchrun every rank trains it (DDP).
+
+A cell is finished when ``DIR/cells/KEY/result.json`` exists (written last, atomically). A
+rerun skips finished cells, continues an interrupted training (baseline or scratch) from
+its ``last.pt`` and redoes an interrupted pruning. Under torchrun rank 0 alone reads and
+writes the cell's files and sends what it read to the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..backbone import build_model, reinitialise
+from ..checkpoint import apply_widths, load_model, read_checkpoint, save_checkpoint
+from ..config import read_yaml
+from ..distributed import barrier, broadcast_object, is_main_process
+from ..engine import prepare_dataset, train
+from ..engine.prune_run import prune_checkpoint
+from ..engine.trainer import seed_everything
+from ..evaluation import complexity
+from .anchors import TorchPruningAnchor
+from .plan import Cell, eval_settings, with_eval_settings
+
+METRICS = ("mAP", "rank1", "rank5", "mINP")
+DONE = "result.json"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a crash never leaves a half-written marker."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cell_checkpoint(cell: Cell, folder: Path) -> Path:
+    """The model file a finished cell leaves: the last epoch of a training, or the pruned model."""
+    return folder / "run" / "last.pt" if cell.kind in ("train", "scratch") else folder / "pruned.pt"
+
+
+def model_cost(checkpoint: Path, input_size: tuple[int, int]) -> dict[str, int]:
+    """Parameters of the deployed network (the identity classifier is used only in training), and MACs."""
+    model = load_model(checkpoint)
+    cost = complexity(model, input_size)
+    classifier = sum(p.numel() for p in model.classifier.parameters()) if model.classifier is not None else 0
+    return {"params": cost["params"] - classifier, "macs": cost["macs"], "classifier_params": classifier}
+
+
+def scratch_model(model_config: dict[str, Any], widths: dict[str, list[int]]) -> nn.Module:
+    """A network at ``widths`` (a pruned checkpoint's) with every weight drawn anew, as a new model's."""
+    model = build_model(**{**model_config, "pretrained": "none"})
+    apply_widths(model, widths)
+    return reinitialise(model, zero_init_residual=model_config["zero_init_residual"])
+
+
+def _run_training(cell: Cell, folder: Path, progress: bool,
+                  build: Callable[[dict[str, Any]], nn.Module] | None = None) -> dict[str, Any] | None:
+    """Train (or continue training) a baseline or scratch cell; only rank 0 returns the result."""
+    run = folder / "run"
+    # Under torchrun rank 0 looks at the files and decides for all ranks.
+    resume = broadcast_object(is_main_process() and (run / "last.pt").is_file())
+    cfg = cell.cfg
+    if resume:
+        # A resumed run keeps the evaluation settings it started with (check_resume refuses others);
+        # scoring.py scores the finished model with the bench's.
+        stored = broadcast_object(read_yaml(run / "config.yaml") if is_main_process() else None)
+        cfg = with_eval_settings(cfg, eval_settings(stored))
+    elif is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)  # a stop before the first epoch's checkpoint: start clean
+    barrier()
+    train(cfg, output=run, resume=resume, progress=progress, build=build)
+    if not is_main_process():
+        return None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    final = records[-1]  # the last epoch is always evaluated; the bench reports it (no pick of the best epoch)
+    return {"metrics": {k: final[k] for k in METRICS}, "config": cfg.to_dict(),
+            # Sum of epoch times: counts the epochs of every attempt once, even across resumes.
+            "wall_seconds": round(sum(r["seconds"] for r in records), 1)}
+
+
+def _run_scratch(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dict[str, Any] | None:
+    """Train the parent cell's pruned architecture from scratch (Liu et al., ICLR 2019)."""
+    widths = read_checkpoint(cell_checkpoint(cell.parent, cells_dir / cell.parent.key))["widths"]
+    return _run_training(cell, folder, progress, build=lambda config: scratch_model(config, widths))
+
+
+def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Path) -> Path:
+    """A copy of ``checkpoint`` whose identity classifier is new, for the identities of another dataset.
+
+    Every rank builds the same model (the seed decides the classifier); rank 0 writes it.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    config = dict(ckpt["model_config"], num_classes=num_classes)
+    seed_everything(seed)
+    model = build_model(**config)  # initialises the classifier as training does
+    apply_widths(model, {k: w for k, w in ckpt["widths"].items() if not k.startswith("classifier")})
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise ValueError(f"{checkpoint}: weights do not match the architecture ({missing + unexpected})")
+    if is_main_process():
+        save_checkpoint(path, model, config)
+    barrier()
+    return path
+
+
+def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dict[str, Any] | None:
+    """Prune the parent's model with the cell's method (or Torch-Pruning anchor), fine-tune and evaluate it."""
+    if is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)  # pruning is not resumable: redo an interrupted one
+        folder.mkdir(parents=True)
+    barrier()
+    start = cell_checkpoint(cell.parent, cells_dir / cell.parent.key)
+    started = time.perf_counter()
+    if cell.dataset != cell.pretrain and cell.cfg.loss.id_weight > 0:
+        # Fine-tuning on other people: the identity loss needs a classifier over the new identities.
+        num_classes = prepare_dataset(cell.cfg.data, verbose=False).num_train_pids
+        start = _with_new_classifier(start, num_classes, cell.seed, folder / "start.pt")
+    anchor = None
+    if cell.kind == "anchor":
+        anchor = TorchPruningAnchor(cell.anchor.importance, target_macs=cell.target_macs,
+                                    input_size=(cell.cfg.data.height, cell.cfg.data.width),
+                                    round_to=cell.cfg.prune.round_to, last_stage=cell.anchor.last_stage)
+    report = prune_checkpoint(cell.cfg, start, output=folder, progress=progress, pruner=anchor)
+    if not is_main_process():
+        return None
+    final = report["finetuned"] or report["pruned"]
+    after_cut = report["pruned"]
+    return {"metrics": {k: final[k] for k in METRICS}, "config": cell.cfg.to_dict(),
+            "pruned_metrics": {k: after_cut[k] for k in METRICS} if after_cut else None,
+            "prune_seconds": report["prune_seconds"],
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True) -> tuple[dict[str, Any], bool]:
+    """Run ``cell`` unless it is finished. Returns (its result, whether it was cached)."""
+    folder = cells_dir / cell.key
+    done = broadcast_object(read_json(folder / DONE) if is_main_process() else None)
+    if done is not None:
+        return done, True
+    if cell.kind == "train":
+        result = _run_training(cell, folder, progress)
+    elif cell.kind == "scratch":
+        result = _run_scratch(cell, folder, cells_dir, progress)
+    else:
+        result = _run_prune(cell, folder, cells_dir, progress)
+    if is_main_process():
+        result.update(model_cost(cell_checkpoint(cell, folder), (cell.cfg.data.height, cell.cfg.data.width)))
+        result["key"] = cell.key
+        write_json(folder / DONE, result)  # last: the marker that the cell is finished
+    return broadcast_object(result), False

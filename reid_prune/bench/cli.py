@@ -1,0 +1,84 @@
+"""The ``reid-prune bench`` command: run a bench file, or with ``--dry-run`` check it and list its cells."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from ..distributed import is_main_process
+from ..outputs import check_output_dir
+from .cells import DONE
+from .plan import check_plan, describe_budget, plan_bench
+from .run import run_bench
+from .schema import load_bench
+
+SUMMARY = "benchmark: train baselines, prune them with every method at each budget, tables and plots"
+DESCRIPTION = """\
+Runs a bench file (configs/bench/*.yaml, see docs/bench.md): trains the baseline
+architectures, prunes the prune_arch baseline with every listed method at each
+budget (match:resnet18 = ResNet-18's MACs; latency:0.5 = half its latency
+measured here) and fine-tuning seed, optionally
+with the controls (random channels, the pruned architecture trained from
+scratch) and Torch-Pruning anchors, and the cross-domain scenario (train on A;
+prune and fine-tune with A or with B; evaluate on B); then measures every
+model's CPU latency.
+
+DIR gets results.csv and results.json (one row per model and seed: params,
+MACs, CPU latency, mAP, rank-1, mINP, pruning and wall time), results.md (mean
+± std per row, the comparison with random) and pareto.png and widths.png (need
+matplotlib: the plot extra). Each model is cached in DIR/cells/: run the same
+command again after a stop and only unfinished models are computed (an
+interrupted training continues from its last epoch). Changing only evaluation
+settings (eval.metric, eval.flip, eval.ap, model.retrieval_feature) re-scores
+the cached models.
+
+examples:
+  reid-prune bench --config configs/bench/synthetic_tiny.yaml --output runs/bench-tiny
+  reid-prune bench --config configs/bench/cuhk03_methods_cpu.yaml --dry-run
+  reid-prune bench --config configs/bench/cuhk03_methods_cpu.yaml --set 'methods=[haoli, random]' --set scratch=null
+  reid-prune bench --config configs/bench/cuhk03_cpu.yaml --output runs/bench/cuhk03 --set seeds=[0,1,2]
+  reid-prune bench --config configs/bench/market1501_gpu.yaml --set datasets.market1501.root=/data/Market-1501
+  torchrun --nproc_per_node=4 -m reid_prune bench --config configs/bench/market1501_gpu.yaml \\
+      --set datasets.market1501.root=/data/Market-1501      (each cell on 4 GPUs, docs/multi_gpu.md)
+"""
+
+
+def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand to the ``reid-prune`` parser (its function: :func:`cmd_bench`)."""
+    parser = subparsers.add_parser("bench", help=SUMMARY, description=f"{SUMMARY}.\n\n{DESCRIPTION}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, metavar="YAML",
+                        help="bench file, e.g. configs/bench/cuhk03_methods_cpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a bench key, e.g. --set seeds=[0,1], --set base.train.max_batches=2 or "
+                             "--set methods[2].options.rounds=5 (repeatable)")
+    parser.add_argument("--output", metavar="DIR", help="results folder (default: the bench file's output key, "
+                                                        "else runs/bench/NAME)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the dataset roots, method settings and budgets, list the models the bench "
+                             "would compute and which are already finished, then stop")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
+    parser.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run (or with ``--dry-run`` list) the bench of ``args.config``."""
+    bench = load_bench(args.config, args.overrides)
+    output = check_output_dir(args.output or bench.output, "--output")
+    if args.dry_run:
+        plan = plan_bench(bench)
+        check_plan(plan, dry_run=True)  # dataset roots, method settings and budgets
+        if is_main_process():
+            for i, cell in enumerate(plan.cells, 1):
+                folder = output / "cells" / cell.key
+                state = "finished" if (folder / DONE).is_file() else "started" if folder.exists() else "to run"
+                print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
+            print("budgets: " + ", ".join(describe_budget(k, v, bench.prune_arch) for k, v in plan.budgets.items()))
+            for note in plan.notes:
+                print(note)
+        return 0
+    command = shlex.join(["reid-prune", "bench", "--config", args.config,
+                          *[a for o in args.overrides for a in ("--set", o)],
+                          *(["--output", args.output] if args.output else [])])
+    run_bench(bench, output, progress=not args.quiet, command=command)
+    return 0

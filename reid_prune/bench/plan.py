@@ -1,0 +1,348 @@
+"""Planning a bench: every cell (a trained, pruned, scratch-trained or anchor model), its cache key, every row.
+
+A cell's key is readable (``prune-cuhk03_market-HaoLi-0.5-s0-ft1-...``) and ends with a hash
+of everything that determines the model it leaves: its resolved run config, without the
+settings below that change only how fast it runs or how it is scored, and its parent's key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..backbone import build_model
+from ..config import Config, ConfigError
+from ..config_fields import merge
+from ..distributed import env_world_size
+from ..engine import prepare_dataset
+from ..engine.prune_run import pruner_from_config
+from ..engine.run import model_config_for, parse_dataset
+from ..evaluation import complexity
+from ..pruners.criteria import Taylor
+from ..pruners.schedules import PlayAndPrune
+from .schema import AnchorSpec, Bench, BudgetSpec, MethodSpec
+
+# Settings that change how fast a cell runs, not what it computes: left out of the cell key. The memory
+# format changes only the order of the same float32 sums; train.amp (the precision) is part of the key.
+UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images", "cache"),
+            "eval": ("latency", "latency_batch_sizes"), "train": ("channels_last",)}
+# Config keys added after the first benches ran: left out of the cell key while at their defaults, so cells
+# cached before they existed keep their keys.
+LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"), ("prune", "target_latency"),
+              ("prune", "latency_batch_sizes"), ("prune", "latency_threads"), ("prune", "latency_feedback"),
+              ("train", "decay_norms_and_biases"), ("train", "train_neck_bias"))
+# Version of the pruning methods' rules, in every pruned cell's key: cells cut by older rules are not reused.
+PRUNING_RULES = 2
+# Settings that only change how a finished model is scored. They enter a cell's key at their default
+# values, whatever the bench says, so that changing them re-scores cached models (scoring.py) and the
+# keys of cells computed with the defaults stay what they were. A cell whose own computation reads one
+# (see reads_evaluation) keeps its real value in the key.
+EVAL_ONLY = ("eval.metric", "eval.flip", "eval.ap", "model.retrieval_feature")
+KINDS = ("train", "prune", "scratch", "anchor")
+
+
+def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation-only settings of a config dict (``Config.to_dict()``): {"eval.metric": ..., ...}."""
+    return {key: config[key.split(".")[0]][key.split(".")[1]] for key in EVAL_ONLY}
+
+
+def with_eval_settings(cfg: Config, settings: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` scored with ``settings`` ({"eval.metric": ..., ...})."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in settings.items():
+        section, name = key.split(".")
+        merge(cfg, {section: {name: value}})
+    return cfg
+
+
+def reads_evaluation(cfg: Config, where: str) -> tuple[str, ...]:
+    """The evaluation settings the configured pruning method's own decisions depend on.
+
+    AFP+PRC steers its rate by the validation mAP (every setting counts); Taylor criteria
+    score with the triplet loss on the retrieval feature.
+    """
+    try:
+        pruner = pruner_from_config(cfg)
+    except (ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if isinstance(pruner.schedule, PlayAndPrune):
+        return EVAL_ONLY
+    if isinstance(pruner.criterion, Taylor):
+        return ("model.retrieval_feature",)
+    return ()
+
+
+@dataclass
+class Cell:
+    """One model of the bench.
+
+    ``kind``: ``train`` (a baseline), ``prune`` (a baseline pruned by a method and fine-tuned),
+    ``scratch`` (a pruned cell's architecture trained from scratch) or ``anchor`` (a baseline
+    pruned by Torch-Pruning and fine-tuned). ``seed`` is the seed of the baseline it starts
+    from; ``finetune_seed`` the seed of its own training when the bench gives fine-tuning seeds.
+    """
+
+    key: str
+    kind: str
+    cfg: Config
+    dataset: str  # the data it was trained or fine-tuned on
+    pretrain: str  # the data its starting model was trained on (= dataset for baselines)
+    seed: int
+    arch: str
+    label: str  # the row name: architecture, method, anchor or scratch label
+    method: MethodSpec | None = None
+    anchor: AnchorSpec | None = None
+    budget: str = ""
+    target_macs: float | None = None
+    finetune_seed: int | None = None
+    parent: Cell | None = None
+    target_latency: float | None = None
+
+    @property
+    def target(self) -> str:
+        """What the cell keeps, in words."""
+        if self.target_latency is not None:
+            return f"{self.target_latency:.3f} of its measured latency"
+        return f"{self.target_macs:.3f} of its MACs"
+
+    def describe(self) -> str:
+        seeds = f"seed {self.seed}" + (f", fine-tuning seed {self.finetune_seed}" if self.finetune_seed is not None
+                                       else "")
+        if self.kind == "train":
+            return f"train {self.arch} on {self.dataset} ({seeds})"
+        if self.kind == "scratch":
+            return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
+                    f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs ({seeds})")
+        source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
+        return (f"prune {source}{self.arch} with {self.label} to {self.target}, "
+                f"fine-tune on {self.dataset} ({seeds})")
+
+
+@dataclass
+class RowSpec:
+    """One line of the results: a cell evaluated on ``dataset``."""
+
+    scenario: str  # in_domain | cross_domain
+    name: str
+    cell: Cell
+    dataset: str
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    rows: list[RowSpec]
+    budgets: dict[str, float]  # budget label -> fraction of prune_arch's MACs (latency:F: of its latency) kept
+    notes: list[str]  # what the bench file asks for but this machine cannot run (e.g. a missing extra)
+
+
+def hashed(cfg: Config, reads: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The part of a cell's config that enters its key (see the module constants)."""
+    values = cfg.to_dict()
+    for section, keys in UNHASHED.items():
+        if keys is None:
+            values.pop(section)
+        else:
+            for key in keys:
+                values[section].pop(key)
+    later = Config().to_dict()
+    for section, key in LATER_KEYS:
+        if values[section][key] == later[section][key]:
+            values[section].pop(key)
+    defaults = eval_settings(Config().to_dict())
+    for dotted_key in EVAL_ONLY:
+        if dotted_key not in reads:
+            section, key = dotted_key.split(".")
+            values[section][key] = defaults[dotted_key]
+    return values
+
+
+def cell_key(prefix: str, spec: dict[str, Any]) -> str:
+    world = env_world_size()
+    if world > 1:
+        # N ranks train with a global batch of N x P x K images: another experiment than one process's.
+        spec = {**spec, "world_size": world}
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', prefix)}-{digest}"
+
+
+def budget_targets(label: str, value: float) -> dict[str, float | None]:
+    """The prune targets of a resolved budget: ``target_latency`` for ``latency:F``, else ``target_macs``."""
+    latency = label.startswith("latency:")
+    return {"target_macs": None if latency else value, "target_latency": value if latency else None}
+
+
+def describe_budget(label: str, value: float, arch: str) -> str:
+    return f"{label} = {value:.3f} of {arch}'s {'measured latency' if label.startswith('latency:') else 'MACs'} kept"
+
+
+def resolve_budgets(bench: Bench) -> dict[str, float]:
+    """Budget label -> fraction of ``prune_arch``'s MACs kept; ``match:ARCH`` counts both nets at the input size.
+
+    A ``latency:F`` budget resolves to F, the fraction of the latency kept (:func:`budget_targets`).
+    """
+    cfg = bench.run_config(bench.compare[0] if bench.compare else bench.cross_domain[0].source,
+                           bench.baseline(bench.prune_arch), bench.seeds[0])
+    size = (cfg.data.height, cfg.data.width)
+    m = cfg.model
+
+    def macs(arch: str) -> int:
+        net = build_model(arch, last_stride=m.last_stride, pooling=m.pooling, neck=m.neck,
+                          embedding_dim=m.embedding_dim)
+        return complexity(net, size)["macs"]
+
+    reference = macs(bench.prune_arch)
+    resolved = {}
+    for b in bench.budgets:
+        if isinstance(b.value, str) and b.value.startswith("match:"):
+            resolved[b.label] = round(macs(b.value.removeprefix("match:")) / reference, 4)
+        else:
+            resolved[b.label] = b.latency if b.latency is not None else float(b.value)
+    return resolved
+
+
+def torch_pruning_version() -> str | None:
+    """The installed torch-pruning's version (the ``bench`` extra), or None."""
+    if importlib.util.find_spec("torch_pruning") is None:
+        return None
+    import torch_pruning
+
+    return str(torch_pruning.__version__)
+
+
+def plan_bench(bench: Bench) -> Plan:
+    """Every cell (in run order, each once) and every result row of the bench."""
+    budgets = resolve_budgets(bench)
+    cells: dict[str, Cell] = {}
+    rows: list[RowSpec] = []
+    arch, tp_version = bench.prune_arch, torch_pruning_version()
+    notes = [] if tp_version or not bench.anchors else [
+        "Torch-Pruning anchors not run: torch-pruning is not installed (pip install 'reid-prune[bench]')"]
+
+    def add(cell: Cell) -> Cell:
+        return cells.setdefault(cell.key, cell)
+
+    def suffix(seed: int, finetune_seed: int | None) -> str:
+        return f"-s{seed}" + ("" if finetune_seed is None else f"-ft{finetune_seed}")
+
+    def trained(dataset: str, arch_: str, seed: int) -> Cell:
+        cfg = bench.run_config(dataset, bench.baseline(arch_), seed)
+        key = cell_key(f"train-{dataset}-{arch_}-s{seed}", {"kind": "train", "config": hashed(cfg)})
+        return add(Cell(key, "train", cfg, dataset, dataset, seed, arch_, arch_.replace("resnet", "ResNet")))
+
+    def pruned(pretrain: str, dataset: str, method: MethodSpec, budget: BudgetSpec, seed: int,
+               ft: int | None) -> Cell:
+        parent = trained(pretrain, arch, seed)
+        targets = budget_targets(budget.label, budgets[budget.label])
+        cfg = bench.run_config(dataset, bench.baseline(arch), seed if ft is None else ft, method,
+                               targets["target_macs"], target_latency=targets["target_latency"])
+        reads = reads_evaluation(cfg, f"bench method {method.label}")
+        source = f"{pretrain}-to-" if pretrain != dataset else ""
+        key = cell_key(f"prune-{source}{dataset}-{method.label}-{budget.label}{suffix(seed, ft)}",
+                       {"kind": "prune", "config": hashed(cfg, reads), "parent": parent.key, "rules": PRUNING_RULES})
+        return add(Cell(key, "prune", cfg, dataset, pretrain, seed, arch, method.label, method=method,
+                        budget=budget.label, finetune_seed=ft, parent=parent, **targets))
+
+    def from_scratch(dataset: str, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
+        parent = pruned(dataset, dataset, bench.method(bench.scratch.widths), budget, seed, ft)
+        cfg = bench.run_config(dataset, bench.baseline(arch), seed if ft is None else ft,
+                               extra_epochs=bench.finetune_epochs)
+        key = cell_key(f"scratch-{dataset}-{bench.scratch.widths}-{budget.label}{suffix(seed, ft)}",
+                       {"kind": "scratch", "config": hashed(cfg), "widths": parent.key})
+        return add(Cell(key, "scratch", cfg, dataset, dataset, seed, arch, bench.scratch.label, budget=budget.label,
+                        finetune_seed=ft, parent=parent, **budget_targets(budget.label, budgets[budget.label])))
+
+    def anchored(dataset: str, anchor: AnchorSpec, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
+        parent = trained(dataset, arch, seed)
+        cfg = bench.run_config(dataset, bench.baseline(arch), seed if ft is None else ft,
+                               target_macs=budgets[budget.label])
+        reads = ("model.retrieval_feature",) if anchor.importance == "taylor" else ()  # its Taylor loss reads it
+        key = cell_key(f"anchor-{dataset}-{anchor.label}-{budget.label}{suffix(seed, ft)}",
+                       {"kind": "anchor", "importance": anchor.importance, "last_stage": anchor.last_stage,
+                        "torch_pruning": tp_version,
+                        "config": hashed(cfg, reads), "parent": parent.key})
+        return add(Cell(key, "anchor", cfg, dataset, dataset, seed, arch, anchor.label, anchor=anchor,
+                        budget=budget.label, target_macs=budgets[budget.label], finetune_seed=ft, parent=parent))
+
+    def name(label: str, budget: BudgetSpec) -> str:
+        return label if len(budgets) == 1 else f"{label} @ {budget.label}"
+
+    # (budget, fine-tuning seed) in rounds: each budget's first seed, then each budget's second, ...
+    # Cells run in this order, so a bench stopped early has every method at every budget once.
+    per_budget = [(b, bench.finetune_seeds_of(b)) for b in bench.budgets]
+    rounds = [(budget, seeds[i]) for i in range(max(len(s) for _, s in per_budget))
+              for budget, seeds in per_budget if i < len(seeds)]
+
+    for seed in bench.seeds:
+        for dataset in bench.compare:
+            for baseline in bench.baselines:
+                cell = trained(dataset, baseline.arch, seed)
+                rows.append(RowSpec("in_domain", cell.label, cell, dataset))
+            for budget, ft in rounds:
+                for method in bench.methods:
+                    rows.append(RowSpec("in_domain", name(method.label, budget),
+                                        pruned(dataset, dataset, method, budget, seed, ft), dataset))
+                for anchor in bench.anchors if tp_version and budget.latency is None else []:  # MACs budgets only
+                    rows.append(RowSpec("in_domain", name(anchor.label, budget),
+                                        anchored(dataset, anchor, budget, seed, ft), dataset))
+                if bench.scratch is not None:
+                    rows.append(RowSpec("in_domain", name(bench.scratch.label, budget),
+                                        from_scratch(dataset, budget, seed, ft), dataset))
+        for scenario in bench.cross_domain:
+            a, b = scenario.source, scenario.target
+            cell = trained(a, arch, seed)
+            rows.append(RowSpec("cross_domain", cell.label, cell, b))
+            for budget, ft in rounds:
+                for method in (m for m in bench.methods if m.label in scenario.methods):
+                    for finetune in (a, b):
+                        rows.append(RowSpec("cross_domain", name(method.label, budget),
+                                            pruned(a, finetune, method, budget, seed, ft), b))
+    return Plan(list(cells.values()), rows, budgets, notes)
+
+
+def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> None:
+    """Fail before any training: every dataset must parse, every method must accept its settings and reach its budget.
+
+    The budget of each pruning cell is planned on a fresh model of the pruned architecture
+    (the channel counts depend on the architecture, not on the trained weights), so an
+    unreachable budget stops the bench now, not after the baselines have trained.
+    ``dry_run`` checks the dataset roots and file names only: it neither generates synthetic
+    data nor decodes images.
+    """
+    seen_data, seen_budgets = set(), set()
+    for cell in plan.cells:
+        data = json.dumps(dataclasses.asdict(cell.cfg.data), sort_keys=True)
+        if data not in seen_data:
+            seen_data.add(data)
+            try:
+                if not dry_run:
+                    prepare_dataset(cell.cfg.data, verbose=verbose)
+                elif cell.cfg.data.dataset != "synthetic":  # generated data is written when the bench runs
+                    parse_dataset(cell.cfg.data)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"bench dataset {cell.dataset}: {exc}") from exc
+        if cell.kind == "prune":
+            where = f"bench method {cell.label}"
+            try:
+                pruner = pruner_from_config(cell.cfg)
+            except (ValueError, NotImplementedError) as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+            if pruner.requires == "training" and cell.cfg.prune.finetune_epochs < 1:
+                raise ConfigError(f"{where}: {cell.method.name} prunes during fine-tuning; "
+                                  "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
+            model_config = {**model_config_for(cell.cfg, 0), "pretrained": "none"}  # MACs do not count the classifier
+            key = json.dumps([pruner.scope, pruner.include, pruner.min_channels, pruner.round_to,
+                              dataclasses.asdict(pruner.target), pruner.input_size, model_config],
+                             sort_keys=True, default=str)
+            if key not in seen_budgets:
+                seen_budgets.add(key)
+                try:
+                    pruner.check(build_model(**model_config))
+                except ValueError as exc:
+                    raise ConfigError(f"{where} at budget {cell.budget}: {exc}") from exc

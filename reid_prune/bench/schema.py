@@ -1,0 +1,415 @@
+"""The bench file: typed sections checked like run configs, ``--set`` overrides, and the rules between keys.
+
+A bench file is read into :class:`Bench` by :func:`reid_prune.config_fields.merge` and
+checked by :func:`~reid_prune.config_fields.check_fields`, the mechanism of run configs:
+each key's type, choices and range are declared beside its default below, and errors
+name the key (``bench key methods[0].name: ...``). Keys that hold run-config values
+(``base``, ``datasets.NAME``, the ``set`` of baselines and methods) are checked by merging
+them into a :class:`~reid_prune.config.Config` (``config key base.train.lr: ...``).
+:func:`resolve` then checks what ties keys together and fills the defaults that depend on
+other keys (labels, epochs, ``compare``). See docs/bench.md for every key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from ..config import Config, ConfigError, DataConfig, PruneConfig, nest, parse_override, read_yaml, validate
+from ..config_fields import check_fields, choice, merge, number_range
+from ..pruners import available, get_method, resolve_scope
+
+NOUN = "bench key"
+ARCHS = ("resnet18", "resnet34", "resnet50")
+ANCHORS = {"l1": "Torch-Pruning L1", "taylor": "Torch-Pruning Taylor"}
+
+
+def fail(key: str, message: str) -> None:
+    """Raise the bench's error for ``key``."""
+    raise ConfigError(f"{NOUN} {key}: {message}")
+
+
+def dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}`` (nested mappings are kept as they are)."""
+    nested: dict[str, Any] = {}
+    for path, item in values.items():
+        deep_update(nested, nest(str(path).split("."), item))
+    return nested
+
+
+def deep_update(target: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Merge nested ``values`` into ``target`` in place (mappings key by key); returns ``target``."""
+    for name, value in values.items():
+        if isinstance(value, dict) and isinstance(target.get(name), dict):
+            deep_update(target[name], value)
+        else:
+            target[name] = copy.deepcopy(value)
+    return target
+
+
+@dataclass
+class BaselineSpec:
+    """An architecture trained from the base config; ``set``: dotted config keys for it alone."""
+
+    SHORTHAND: ClassVar[str] = "arch"
+    arch: str = choice("resnet50", *ARCHS)
+    epochs: int | None = number_range(None, 1)  # default: the bench's epochs
+    set: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dotted(self.set)
+
+
+@dataclass
+class MethodSpec:
+    """A registered pruning method with its display label, options and dotted config keys (``set``)."""
+
+    SHORTHAND: ClassVar[str] = "name"
+    name: str = ""
+    label: str = ""  # default: the method's own label
+    options: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return deep_update(dotted(self.set), {"prune": {"options": self.options}})
+
+
+@dataclass
+class BudgetSpec:
+    """A fraction of ``prune_arch``'s MACs kept (or ``match:ARCH``, or ``latency:F``: a fraction of its latency
+    measured on this machine kept), with its own fine-tuning seeds if given."""
+
+    SHORTHAND: ClassVar[str] = "value"
+    value: float | str = "match:resnet18"
+    finetune_seeds: list[int] | None = number_range(None, 0)  # default: the bench's finetune_seeds
+
+    @property
+    def label(self) -> str:
+        return self.value if isinstance(self.value, str) else f"{self.value:g}"
+
+    @property
+    def latency(self) -> float | None:
+        """The F of a ``latency:F`` budget when it is a fraction in (0, 1], else None."""
+        if not isinstance(self.value, str) or not self.value.startswith("latency:"):
+            return None
+        try:
+            value = float(self.value.removeprefix("latency:"))
+        except ValueError:
+            return None
+        return value if 0 < value <= 1 else None
+
+
+@dataclass
+class CrossDomainSpec:
+    """Train on ``source``; prune and fine-tune with source or target data; evaluate on ``target``."""
+
+    source: str = ""
+    target: str = ""
+    methods: list[str] | None = None  # labels of the methods run here (default: all)
+
+
+@dataclass
+class ScratchSpec:
+    """The control of Liu et al. (ICLR 2019): a pruned architecture trained from scratch.
+
+    The widths are those one method's cell reached (same dataset, budget and seeds); the
+    schedule is the baseline's stretched by ``finetune_epochs``, so it trains as many
+    epochs as the source model and its fine-tuning together.
+    """
+
+    SHORTHAND: ClassVar[str] = "widths"
+    widths: str = ""  # label of the method whose widths are trained
+    label: str = ""  # default: "Scratch (LABEL widths)"
+
+
+@dataclass
+class AnchorSpec:
+    """A Torch-Pruning pruner (the ``bench`` extra) at the same budgets, through the same fine-tuning."""
+
+    SHORTHAND: ClassVar[str] = "importance"
+    importance: str = choice("l1", *ANCHORS)
+    last_stage: bool = True  # cut the last stage too (Torch-Pruning's default); false leaves all of it whole
+    label: str = ""  # default: "Torch-Pruning L1" / "Torch-Pruning Taylor"
+
+
+@dataclass
+class Bench:
+    """A bench file (docs/bench.md); after :func:`resolve` every default is filled in."""
+
+    name: str = ""  # default: the file name
+    output: str = ""  # default: runs/bench/NAME
+    input_size: list[int] | None = number_range(None, 1)  # [H, W] of every cell
+    base_config: str = ""  # a run config read under base (path relative to the bench file)
+    base: dict[str, Any] = field(default_factory=dict)  # run-config keys shared by every cell
+    datasets: dict[str, Any] = field(default_factory=dict)  # name -> data keys over base.data
+    compare: list[str] | None = None  # datasets of the in-domain tables (default: all)
+    baselines: list[BaselineSpec] = field(default_factory=lambda: [BaselineSpec(arch) for arch in ARCHS])
+    epochs: int | None = number_range(None, 1)  # default: base.train.epochs
+    lr_steps: list[float] | None = number_range(None, 0, 1, low_open=True, high_open=True)
+    prune_arch: str = choice("resnet50", *ARCHS)
+    methods: list[MethodSpec] = field(default_factory=list)
+    budgets: list[BudgetSpec] = field(default_factory=lambda: [BudgetSpec()])
+    finetune_epochs: int = number_range(0, 0)
+    seeds: list[int] = number_range([0], 0)  # seeds of the trained baselines
+    finetune_seeds: list[int] | None = number_range(None, 0)  # default: a pruned cell uses its baseline's seed
+    cross_domain: list[CrossDomainSpec] = field(default_factory=list)
+    scratch: ScratchSpec | None = None
+    anchors: list[AnchorSpec] = field(default_factory=list)
+    latency_threads: int = number_range(1, 0)  # CPU threads while timing; 0 = torch's default
+
+    # ------------------------------------------------------------------ cell configs
+
+    def data_config(self, dataset: str) -> DataConfig:
+        """base.data, then the dataset's keys, then input_size."""
+        data = DataConfig()
+        merge(data, self.base.get("data", {}), "base.data.")
+        merge(data, self.datasets[dataset], f"datasets.{dataset}.")
+        if self.input_size is not None:
+            data.height, data.width = self.input_size
+        return data
+
+    def run_config(self, dataset: str, baseline: BaselineSpec, seed: int, method: MethodSpec | None = None,
+                   target_macs: float | None = None, *, target_latency: float | None = None,
+                   extra_epochs: int = 0) -> Config:
+        """The resolved run config of one cell.
+
+        A baseline trained on ``dataset`` (``extra_epochs`` stretches its schedule, learning-rate
+        steps at the same fractions); with ``target_macs`` (or ``target_latency``: of the latency
+        measured on the machine that prunes it), its pruning and fine-tuning, by ``method`` when
+        given. A method's own ``seed`` option follows ``seed`` unless the bench sets it, so every
+        random choice of a cell changes with the cell's seed. ``prune.scope: auto`` is resolved
+        here, so every cell's config and key says the scope it ran at.
+        """
+        where = f"bench dataset {dataset}, {baseline.arch}, seed {seed}" + (f", method {method.label}" if method else "")
+        try:
+            cfg = Config()
+            merge(cfg, self.base, "base.")
+            cfg.data = self.data_config(dataset)
+            merge(cfg, {"model": {"arch": baseline.arch}, "train": {"epochs": baseline.epochs, "seed": seed}})
+            merge(cfg, baseline.overrides)
+            trained = cfg.train.epochs
+            cfg.train.epochs += extra_epochs
+            if self.lr_steps is not None:
+                cfg.train.milestones = [round(f * cfg.train.epochs) for f in self.lr_steps]
+            elif extra_epochs:
+                cfg.train.milestones = [round(m * cfg.train.epochs / trained) for m in cfg.train.milestones]
+            if target_macs is None and target_latency is None:
+                # A training reads no prune key: the base's stay out of its config and key, so that changing
+                # them retrains no baseline (and a baseline's key is the same in every bench).
+                cfg.prune = PruneConfig()
+            else:
+                merge(cfg, {"prune": {"rate": None, "target_params": None, "target_macs": target_macs,
+                                      "target_latency": target_latency, "finetune_epochs": self.finetune_epochs}})
+            if method is not None:
+                merge(cfg, {"prune": {"method": method.name}})
+                merge(cfg, method.overrides)
+                seeded = {f.name: f.default for f in dataclasses.fields(get_method(method.name).options)}
+                # Left out at the default, so that cells computed before this rule keep their keys.
+                if "seed" in seeded and "seed" not in method.options and seed != seeded["seed"]:
+                    merge(cfg, {"prune": {"options": {"seed": seed}}})
+            cfg.eval.latency = False  # the bench measures CPU latency itself, once per model
+            validate(cfg)
+            p = cfg.prune
+            budget = any(v is not None for v in (p.target_macs, p.target_params, p.target_latency))
+            p.scope = resolve_scope(p.scope, budget=budget, scopes=get_method(p.method).scopes)
+            return cfg
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def baseline(self, arch: str) -> BaselineSpec:
+        return next(b for b in self.baselines if b.arch == arch)
+
+    def method(self, label: str) -> MethodSpec:
+        return next(m for m in self.methods if m.label == label)
+
+    def base_defaults(self) -> Config:
+        """The base config alone (types checked; ranges are checked per cell)."""
+        cfg = Config()
+        merge(cfg, self.base, "base.")
+        return cfg
+
+    @property
+    def latency_batch_sizes(self) -> list[int]:
+        """base.eval.latency_batch_sizes; empty when base.eval.latency is false."""
+        e = self.base_defaults().eval
+        return list(e.latency_batch_sizes) if e.latency else []
+
+    def finetune_seeds_of(self, budget: BudgetSpec) -> list[int | None]:
+        """Fine-tuning seeds of the pruned cells at ``budget``; [None]: each uses its baseline's seed."""
+        seeds = budget.finetune_seeds if budget.finetune_seeds is not None else self.finetune_seeds
+        return list(seeds) if seeds is not None else [None]
+
+
+def _closest(value: Any, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(valid), n=1)
+    return f"; did you mean {close[0]}?" if close else f"; valid: {', '.join(valid)}"
+
+
+def _unique(values: Sequence[Any], key: str, what: str) -> None:
+    if len(set(values)) != len(values):
+        fail(key, f"{what} must differ, got {list(values)}")
+
+
+def resolve(bench: Bench, name: str, folder: Path) -> Bench:
+    """Check the rules between keys and fill the defaults that depend on other keys; returns ``bench``."""
+    if bench.base_config:
+        values = read_yaml(folder / bench.base_config, f"{NOUN} base_config: run config")
+        if not isinstance(values, dict):
+            fail("base_config", f"{bench.base_config} holds no mapping of run-config keys")
+        bench.base = deep_update(values, bench.base)
+        bench.base_config = ""  # read into base: the written bench.yaml needs no other file
+    defaults = bench.base_defaults()
+    if bench.input_size is not None and len(bench.input_size) != 2:
+        fail("input_size", f"expected [height, width] in pixels, e.g. [256, 128], got {bench.input_size!r}")
+
+    if not bench.datasets:
+        fail("datasets", "name at least one dataset, e.g. {market1501: {dataset: market1501, root: data/Market-1501}}")
+    for ds_name, values in bench.datasets.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(ds_name)):
+            fail(f"datasets.{ds_name}", "dataset names may hold only letters, digits, '_', '.' and '-'")
+        bench.datasets[ds_name] = values or {}
+        merge(DataConfig(), bench.datasets[ds_name], f"datasets.{ds_name}.")
+    bench.compare = list(bench.datasets) if bench.compare is None else bench.compare
+    for i, ds_name in enumerate(bench.compare):
+        if ds_name not in bench.datasets:
+            fail(f"compare[{i}]", f"{ds_name!r} is not in datasets ({', '.join(bench.datasets)})")
+
+    for i, baseline in enumerate(bench.baselines):
+        baseline.epochs = baseline.epochs or bench.epochs or defaults.train.epochs
+        merge(copy.deepcopy(defaults), baseline.overrides, f"baselines[{i}].set.")
+    archs = [b.arch for b in bench.baselines]
+    _unique(archs, "baselines", "the architectures")
+    if bench.prune_arch not in archs:
+        fail("prune_arch", f"{bench.prune_arch} must also be a baseline (the pruned model is that trained baseline); "
+                           f"baselines are {', '.join(archs)}")
+    if bench.lr_steps is not None and bench.lr_steps != sorted(set(bench.lr_steps)):
+        fail("lr_steps", f"expected increasing fractions of the epochs in (0, 1), e.g. [0.6, 0.85], got {bench.lr_steps}")
+
+    for i, method in enumerate(bench.methods):
+        if method.name not in available():
+            fail(f"methods[{i}].name", f"unknown pruning method {method.name!r}" + _closest(method.name, available()))
+        method.label = method.label or get_method(method.name).label
+        merge(copy.deepcopy(defaults), method.overrides, f"methods[{i}].set.")
+    _resolve_budgets(bench)
+    _unique(bench.seeds, "seeds", "seeds")
+    _unique(bench.finetune_seeds or [], "finetune_seeds", "seeds")
+
+    labels = [m.label for m in bench.methods]
+    for i, scenario in enumerate(bench.cross_domain):
+        for side in ("source", "target"):
+            if getattr(scenario, side) not in bench.datasets:
+                fail(f"cross_domain[{i}].{side}",
+                     f"{getattr(scenario, side)!r} is not in datasets ({', '.join(bench.datasets)})")
+        if scenario.source == scenario.target:
+            fail(f"cross_domain[{i}]", "source and target must be different datasets")
+        scenario.methods = labels if scenario.methods is None else scenario.methods
+        for j, label in enumerate(scenario.methods):
+            if label not in labels:
+                fail(f"cross_domain[{i}].methods[{j}]",
+                     f"{label!r} is not the label of a method in methods ({', '.join(labels)})")
+    if not bench.compare and not bench.cross_domain:
+        fail("compare", "nothing to run: compare lists no dataset and there is no cross_domain scenario")
+
+    if bench.scratch is not None:
+        if bench.scratch.widths not in labels:
+            fail("scratch.widths", f"{bench.scratch.widths!r} is not the label of a method in methods"
+                                   + _closest(bench.scratch.widths, labels))
+        bench.scratch.label = bench.scratch.label or f"Scratch ({bench.scratch.widths} widths)"
+    for anchor in bench.anchors:
+        anchor.label = anchor.label or ANCHORS[anchor.importance]
+    _unique(labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else []),
+            "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
+
+    bench.name = bench.name or name
+    bench.output = bench.output or f"runs/bench/{bench.name}"
+    return bench
+
+
+def _resolve_budgets(bench: Bench) -> None:
+    for i, budget in enumerate(bench.budgets):
+        if isinstance(budget.value, str) and budget.value.startswith("match:"):
+            if budget.value.removeprefix("match:") not in ARCHS:
+                fail(f"budgets[{i}]", f"expected one of {', '.join(ARCHS)} after match:, got {budget.value!r}")
+        elif (budget.latency is None if isinstance(budget.value, str) else not 0 < budget.value <= 1):
+            fail(f"budgets[{i}]", f"expected a fraction of {bench.prune_arch}'s MACs kept in (0, 1], match:ARCH "
+                                  f"(e.g. match:resnet18) or latency:F (a fraction of its measured latency kept, "
+                                  f"e.g. latency:0.5), got {budget.value!r}")
+        _unique(budget.finetune_seeds or [], f"budgets[{i}].finetune_seeds", "seeds")
+    _unique([b.label for b in bench.budgets], "budgets", "budgets")
+
+
+def parse_bench(raw: Any, name: str, folder: str | Path = ".") -> Bench:
+    """Check a bench mapping and build a resolved :class:`Bench`; errors name the key (``ConfigError``).
+
+    ``folder``: where a relative ``base_config`` is read from (the bench file's folder).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"bench file: expected a mapping of bench keys "
+                          f"({', '.join(f.name for f in dataclasses.fields(Bench))}), got {raw!r}")
+    bench = Bench()
+    merge(bench, raw, noun=NOUN)
+    check_fields(bench, noun=NOUN)
+    return resolve(bench, name, Path(folder))
+
+
+_INDEXED = re.compile(r"(.+)\[(\d+)\]")
+
+
+def _shorthands() -> dict[str, str]:
+    """{bench key: SHORTHAND field} of the keys that are lists of sections (methods -> name, ...)."""
+    out = {}
+    for key, tp in typing.get_type_hints(Bench).items():
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is list and args and hasattr(args[0], "SHORTHAND"):
+            out[key] = args[0].SHORTHAND
+    return out
+
+
+def set_key(raw: dict[str, Any], text: str) -> None:
+    """Apply one ``--set key.path=value`` to the file's mapping; ``methods[3].options.rounds=2`` indexes a list.
+
+    A list item in its short form (``haoli``) is expanded (``{name: haoli}``) when a key below it is set.
+    """
+    keys, value = parse_override(text)
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth])} is not a mapping")
+        indexed = _INDEXED.fullmatch(key)
+        if indexed:
+            name, slot = indexed.group(1), int(indexed.group(2))
+            container = node.get(name)
+            if not isinstance(container, list) or slot >= len(container):
+                size = len(container) if isinstance(container, list) else 0
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} does not exist "
+                                  f"({name} has {size} items)")
+        else:
+            container, slot = node, key
+        if depth == len(keys) - 1:
+            container[slot] = value
+            return
+        if not indexed:
+            container.setdefault(slot, {})
+        elif depth == 0 and not isinstance(container[slot], dict) and name in _shorthands():
+            container[slot] = {_shorthands()[name]: container[slot]}
+        node = container[slot]
+
+
+def load_bench(path: str | Path, overrides: Sequence[str] = ()) -> Bench:
+    """Read a bench YAML file, apply ``key.path=value`` overrides (e.g. ``seeds=[0,1]``) and check it."""
+    path = Path(path)
+    raw = read_yaml(path, "bench file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"bench file {str(path)!r}: expected a mapping of bench keys "
+                          f"({', '.join(f.name for f in dataclasses.fields(Bench))})")
+    for text in overrides:
+        set_key(raw, text)
+    return parse_bench(raw, path.stem, path.parent)

@@ -1,0 +1,65 @@
+"""The scores of a finished cell under the bench's evaluation settings, without training anything again.
+
+Evaluation-only settings (``eval.metric``, ``eval.flip``, ``eval.ap``,
+``model.retrieval_feature``) do not enter a cell's key (plan.py). A row therefore takes
+the numbers its cell's own run measured when they were measured on the row's dataset with
+the settings the bench asks for now, and otherwise re-scores the cell's saved model:
+``eval-DATASET-HASH.json`` beside the cell caches each re-scoring, the hash covering the
+dataset's settings and the evaluation settings. ``scored_by`` in the results says which.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..distributed import broadcast_object, is_main_process
+from ..engine import evaluate_checkpoint, prepare_dataset
+from .cells import METRICS, cell_checkpoint, read_json, write_json
+from .plan import Cell, eval_settings
+
+RUN = "run"  # scored_by of the numbers the cell's own run measured
+
+
+def rescore(cell: Cell, dataset: str, data: DataConfig, cells_dir: Path, *, progress: bool = True) -> tuple[
+        dict[str, Any], str]:
+    """(metrics, file name) of a finished cell's model on ``data`` with the cell's evaluation settings, cached.
+
+    Under torchrun every rank calls this: rank 0 evaluates alone and sends the numbers.
+    """
+    wanted = {"data": dataclasses.asdict(data), "eval": eval_settings(cell.cfg.to_dict())}
+    digest = hashlib.sha1(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"eval-{dataset}-{digest}.json"
+    path = cells_dir / cell.key / name
+    cached = broadcast_object(read_json(path) if is_main_process() else None)
+    if cached is not None:
+        return cached, name
+    cfg = copy.deepcopy(cell.cfg)
+    cfg.data = data
+    parsed = prepare_dataset(data, verbose=False)  # on every rank: generating a dataset is a collective
+    result = None
+    if is_main_process():
+        report = evaluate_checkpoint(cfg, cell_checkpoint(cell, cells_dir / cell.key), progress=progress,
+                                     dataset=parsed)
+        result = {k: report[k] for k in METRICS}
+        write_json(path, result)
+    return broadcast_object(result), name
+
+
+def score(cell: Cell, dataset: str, data: DataConfig, result: dict[str, Any], cells_dir: Path, *,
+          progress: bool = True) -> dict[str, Any]:
+    """{"metrics", "pruned_metrics", "scored_by"} of a finished cell (``result``: its result.json) on ``dataset``.
+
+    ``pruned_metrics`` (right after the cut) exist only as the run measured them: the model
+    before fine-tuning is not kept, so a re-scored row has none.
+    """
+    measured = eval_settings(result["config"]) == eval_settings(cell.cfg.to_dict())
+    if dataset == cell.dataset and measured:
+        return {"metrics": result["metrics"], "pruned_metrics": result.get("pruned_metrics"), "scored_by": RUN}
+    metrics, name = rescore(cell, dataset, data, cells_dir, progress=progress)
+    return {"metrics": metrics, "pruned_metrics": None, "scored_by": name}

@@ -1,0 +1,307 @@
+"""The methods protocol (configs/bench/cuhk03_methods_cpu.yaml): its plan, its structure end to end on tiny data,
+the comparison with random, and evaluation-only settings that re-score instead of retraining.
+
+The end-to-end run keeps the file's structure (every method entry, the global variants, random, scratch, both
+Torch-Pruning anchors, two fine-tuning seeds, one epoch) on tiny synthetic data at 64x32, but at one budget
+(0.5) instead of two, to keep this file near two minutes on one core; the second budget's cells are checked
+by the plan test, which builds every cell of the real file.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid_prune.bench import cells as bench_cells, check_plan, load_bench, plan_bench
+from reid_prune.bench.cells import scratch_model
+from reid_prune.bench.tables import versus
+from reid_prune.checkpoint import module_widths, read_checkpoint
+from reid_prune.cli import main
+from reid_prune.config import changed_keys, load_config
+from reid_prune.engine import evaluate_checkpoint
+from reid_prune.precision import resolve_precision
+from reid_prune.pruners import available
+
+from conftest import REPO, shared_data
+
+FILE = REPO / "configs" / "bench" / "cuhk03_methods_cpu.yaml"
+SURVEY = {"haoli", "fpgm", "psfp", "molchanov", "entropy", "thinet", "channel_pruning", "autobalanced", "afp_prc"}
+# The file's structure on tiny synthetic data: one epoch of 2 batches of 4 x 2 images, scored on 4 identities.
+# Molchanov's and Entropy's steps between rounds are cut to one (methods[6..8] of the file).
+TINY = [
+    "input_size=[64, 32]",
+    "datasets.cuhk03_market={dataset: synthetic, root: '', name: '', "
+    "synthetic: {ids: 8, test_ids: 4, images_per_camera: 2, seed: 0}}",
+    "base.data.p=4", "base.data.k=2", "base.data.workers=0", "base.data.eval_batch_size=64",
+    "base.train.max_batches=2", "base.train.device=cpu", "base.prune.data_batches=1",
+    "base.eval.latency_batch_sizes=[1]", "baselines[0].epochs=1", "finetune_epochs=1",
+    "budgets=[{value: 0.5, finetune_seeds: [0, 1]}]",
+    "methods[6].options={rounds: 2, finetune_steps: 1}", "methods[7].options={finetune_steps: 1}",
+    "methods[8].options={finetune_steps: 1}",
+]
+
+
+def _bench_cli(out: Path, overrides: list[str]) -> int:
+    return main(["bench", "--config", str(FILE), "--output", str(out), "--quiet",
+                 *[a for o in overrides for a in ("--set", o)]])
+
+
+def _counted(monkeypatch) -> dict[str, int]:
+    """Count the trainings and prunings the bench starts (each still runs)."""
+    calls = {"train": 0, "prune_checkpoint": 0}
+    for name in calls:
+        real = getattr(bench_cells, name)
+
+        def counted(*args, _name=name, _real=real, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(bench_cells, name, counted)
+    return calls
+
+
+def _table(md: str, title: str) -> dict[str, dict[str, str]]:
+    """{row name: {column: cell}} of the markdown table under ``## title``."""
+    lines = md.split(f"## {title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[0]: dict(zip(headers, row)) for row in rows}
+
+
+def test_the_file_plans_the_protocol():
+    bench = load_bench(FILE)
+    plan = plan_bench(bench)
+    recipe = load_config(REPO / "configs" / "cuhk03_market_resnet18_cpu.yaml")
+    (source,) = [c for c in plan.cells if c.kind == "train"]
+    # The source model is the recipe's run: only how fast it runs, where it writes and the scope its config
+    # states (auto, resolved in every cell's config and key; a training prunes nothing) may differ.
+    assert set(changed_keys(recipe.to_dict(), source.cfg.to_dict())) <= {"output", "eval.latency", "prune.scope"}
+    assert source.cfg.prune.scope == "internal" and recipe.prune.scope == "auto"
+    cells = [c for c in plan.cells if c.kind != "train"]
+    assert {c.parent.key for c in cells if c.kind in ("prune", "anchor")} == {source.key}
+    assert {c.method.name for c in cells if c.kind == "prune"} == SURVEY | {"random"}
+    assert SURVEY | {"random"} <= set(available())
+    for cell in cells:
+        seeds = [c.finetune_seed for c in cells if c.label == cell.label and c.budget == cell.budget]
+        assert sorted(seeds) == ([0, 1, 2] if cell.budget == "0.5" else [0, 1]), cell.label
+        assert cell.target_macs == float(cell.budget)
+        if cell.kind == "prune":
+            p = cell.cfg.prune
+            assert p.finetune_epochs == bench.finetune_epochs and p.target_macs == float(cell.budget)
+            assert p.scope == ("internal" if cell.method.name in ("entropy", "thinet", "channel_pruning") else "all")
+            assert p.allocation == ("global" if "global" in cell.label else None)
+            # Documented defaults: no option set, but the methods that draw at random draw with the cell's seed.
+            assert {k: v for k, v in p.options.items() if k != "seed"} == {}
+            if cell.method.name in ("random", "thinet", "channel_pruning"):
+                assert p.options.get("seed", 0) == cell.finetune_seed
+            else:
+                assert "seed" not in p.options
+    # Every method at its budgets, in every seed: 14 entries + 2 anchors + scratch, 3 + 2 seeds, and the source.
+    assert len(plan.cells) == 1 + (14 + 2 + 1) * 5
+    scratch = [c for c in cells if c.kind == "scratch"]
+    assert {c.parent.label for c in scratch} == {"HaoLi"}
+    assert all(c.cfg.train.epochs == 40 + bench.finetune_epochs for c in scratch)
+    assert all(c.cfg.train.milestones == [round(24 * 50 / 40), round(34 * 50 / 40)] for c in scratch)
+
+
+def test_the_file_finds_its_data(monkeypatch):
+    shared_data("cuhk03_market")
+    monkeypatch.chdir(REPO)  # data.root is relative to the working directory
+    check_plan(plan_bench(load_bench(FILE)), dry_run=True)  # the root, every method's settings and budget
+
+
+def test_comparison_with_random_hand_cases():
+    def group(mean, std, kept=0.5, kind="pruned"):
+        return {"mAP": mean, "mAP_std": std, "macs_kept": kept, "kind": kind}
+
+    control = group(25.0, 2.0)
+    assert versus(group(30.0, 1.0), control) == "above (+5.0; 2 x std = 4.0)"
+    assert versus(group(20.5, 1.0), control) == "below (-4.5; 2 x std = 4.0)"
+    assert versus(group(28.0, 1.0), control) == "within (+3.0; 2 x std = 4.0)"
+    assert versus(group(28.0, 2.5), control) == "within (+3.0; 2 x std = 5.0)"  # the larger std decides
+    assert versus(group(40.0, 1.0, kept=0.61), control) == "other budget (0.610 kept)"
+    assert versus(group(40.0, None), control) == "– (one seed)"
+    assert versus(control, control) == "control"
+    assert versus(group(40.0, 1.0, kind="baseline"), control) == ""
+
+
+def test_scratch_model_is_drawn_anew_at_the_pruned_widths():
+    config = {"arch": "resnet18", "num_classes": 5, "zero_init_residual": True, "pretrained": "none"}
+    widths = module_widths(_narrowed(config, 32))
+    torch.manual_seed(0)
+    model = scratch_model(config, widths)
+    conv = model.layer1[0].conv1
+    assert conv.out_channels == 32
+    # torchvision's rule (Kaiming normal, fan-out) at the new width, not PyTorch's default for a resized layer.
+    expected = (2 / (32 * 9)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.1)
+    assert torch.all(model.layer1[0].bn1.weight == 1) and torch.all(model.layer1[0].bn2.weight == 0)
+    assert model.classifier.weight.std().item() == pytest.approx(0.001, rel=0.1)
+
+
+def _narrowed(config: dict, channels: int) -> torch.nn.Module:
+    """A resnet18 whose layer1.0.conv1 keeps ``channels`` outputs (its BN and the next conv follow)."""
+    from reid_prune.backbone import build_model
+    from reid_prune.checkpoint import apply_widths
+
+    model = build_model(**config)
+    widths = module_widths(model)
+    widths["layer1.0.conv1"] = [channels, widths["layer1.0.conv1"][1]]
+    widths["layer1.0.bn1"] = [channels]
+    widths["layer1.0.conv2"] = [widths["layer1.0.conv2"][0], channels]
+    return apply_widths(model, widths)
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory):
+    """The file's structure run once on tiny data, then run again: (output folder, calls of the second run)."""
+    out = tmp_path_factory.mktemp("methods") / "bench"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REID_PRUNE_CACHE", str(out.parent / "cache"))
+        assert _bench_cli(out, TINY) == 0
+        first = json.loads((out / "results.json").read_text())
+        stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+        calls = _counted(mp)
+        assert _bench_cli(out, TINY) == 0
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+    return out, first, calls
+
+
+def test_protocol_end_to_end_files_and_rows(protocol):
+    out, summary, _ = protocol
+    for name in ("results.md", "results.csv", "results.json"):
+        assert (out / name).stat().st_size > 0
+    if importlib.util.find_spec("matplotlib"):
+        assert summary["plots"] == {"pareto": True, "widths": True}
+        assert (out / "pareto.png").stat().st_size > 0 and (out / "widths.png").stat().st_size > 0
+    bench = load_bench(FILE)
+    labels = [m.label for m in bench.methods] + ["Torch-Pruning L1", "Torch-Pruning Taylor", "Scratch (HaoLi widths)"]
+    groups = {g["name"]: g for g in summary["groups"]}
+    assert list(groups) == ["ResNet18", *labels]
+    assert all(groups[label]["n"] == 2 for label in labels) and groups["ResNet18"]["n"] == 1
+    rows = summary["rows"]
+    assert len(rows) == 1 + 2 * len(labels) and summary["complete"]
+    by = {(r["label"], r["finetune_seed"]): r for r in rows}
+    full = by["ResNet18", None]
+    for r in rows:
+        assert r["latency_ms_batch1"] > 0 and r["scored_by"] == "run"
+        assert r["macs_kept"] == round(r["macs"] / full["macs"], 4)
+        if r["kind"] in ("pruned", "anchor"):
+            assert r["prune_seconds"] > 0
+            if r["method"] != "afp_prc":  # AFP+PRC stops at its tolerance: 0.5 is only its cap
+                assert r["macs_kept"] == pytest.approx(0.5, abs=0.02), r["name"]
+    assert 0.48 <= by["AFP+PRC", 0]["macs_kept"] <= 1
+    # Scratch trains HaoLi's widths anew, for 1 + 1 epochs.
+    cells = out / "cells"
+    for seed in (0, 1):
+        haoli = read_checkpoint(cells / by["HaoLi", seed]["cell"] / "pruned.pt")
+        scratch = read_checkpoint(cells / by["Scratch (HaoLi widths)", seed]["cell"] / "run" / "last.pt")
+        assert scratch["widths"] == haoli["widths"] and scratch["epoch"] == 2
+        assert not torch.equal(scratch["state_dict"]["conv1.weight"], haoli["state_dict"]["conv1.weight"])
+    # Torch-Pruning cuts the last stage too (this library's scope all leaves it whole).
+    anchor = read_checkpoint(cells / by["Torch-Pruning L1", 0]["cell"] / "pruned.pt")["widths"]
+    assert anchor["layer4.1.conv2"][0] < 512 and haoli["widths"]["layer4.1.conv2"][0] == 512
+    with open(out / "results.csv", newline="") as fh:
+        assert [r["cell"] for r in csv.DictReader(fh)] == [r["cell"] for r in rows]
+    # bench.yaml is the resolved file: read back, it plans the same cells.
+    assert {c.key for c in plan_bench(load_bench(out / "bench.yaml")).cells} == {r["cell"] for r in rows}
+
+
+def test_protocol_mean_std_and_random_columns(protocol):
+    out, summary, _ = protocol
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = _table((out / "results.md").read_text(), "In-domain: cuhk03_market")
+    assert f"CPU ms/image (batch 1, 1 thread, {resolve_precision('auto', 'cpu')}, channels_last)" in table["HaoLi"]
+    stats = {}
+    for name in table:
+        runs = [r for r in rows if r["name"] == name]
+        assert table[name]["n"] == str(len(runs))
+        for column, key in (("mAP", "mAP"), ("R-1", "rank1"), ("mINP", "mINP")):
+            values = [float(r[key]) for r in runs]
+            text = f"{statistics.fmean(values):.1f}"
+            if len(values) > 1:
+                text += f" ± {statistics.stdev(values):.1f}"
+            assert table[name][column] == text, (name, column)
+        values = [float(r["mAP"]) for r in runs]
+        stats[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
+                       statistics.fmean(float(r["macs_kept"]) for r in runs))
+    r_mean, r_std, r_kept = stats["Random"]
+    assert table["Random"]["vs Random (mAP)"] == "control" and table["ResNet18"]["vs Random (mAP)"] == ""
+    for name, (mean, std, kept) in stats.items():
+        if name in ("Random", "ResNet18"):
+            continue
+        mark = table[name]["vs Random (mAP)"]
+        if abs(kept - r_kept) > 0.02:
+            assert mark.startswith("other budget"), name
+            continue
+        bound = 2 * max(std, r_std)
+        word = "above" if mean - r_mean > bound else "below" if r_mean - mean > bound else "within"
+        assert mark.split(" (")[0] == word, (name, mark)
+        # Rounded rows: the printed difference is within 0.1 of the one recomputed from them.
+        assert float(mark.split("(")[1].split(";")[0]) == pytest.approx(mean - r_mean, abs=0.1)
+
+
+def test_protocol_second_run_trains_nothing(protocol):
+    out, first, calls = protocol
+    assert calls == {"train": 0, "prune_checkpoint": 0}
+    assert json.loads((out / "results.json").read_text())["rows"] == first["rows"]
+
+
+def test_evaluation_only_settings_rescore_without_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    small = TINY[:-3] + ["budgets=[{value: 0.5, finetune_seeds: [0]}]", "anchors=[l1]",
+                         "methods=[haoli, {name: molchanov, options: {rounds: 2, finetune_steps: 1}}, afp_prc]"]
+    assert _bench_cli(out, small) == 0
+    before = {r["label"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert {r["scored_by"] for r in before.values()} == {"run"}
+
+    # The distance is an evaluation setting for every cell but AFP+PRC, whose cuts follow the validation mAP.
+    calls = _counted(monkeypatch)
+    assert _bench_cli(out, small + ["base.eval.metric=euclidean"]) == 0
+    assert calls == {"train": 0, "prune_checkpoint": 1}
+    after = {r["label"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert after["AFP+PRC"]["cell"] != before["AFP+PRC"]["cell"] and after["AFP+PRC"]["scored_by"] == "run"
+    for label in ("ResNet18", "HaoLi", "Molchanov", "Torch-Pruning L1", "Scratch (HaoLi widths)"):
+        assert after[label]["cell"] == before[label]["cell"], label
+        assert after[label]["scored_by"].startswith("eval-cuhk03_market-"), label
+        assert (out / "cells" / after[label]["cell"] / after[label]["scored_by"]).is_file()
+    cfg = load_config(REPO / "configs" / "cuhk03_market_resnet18_cpu.yaml",
+                      ["eval.metric=euclidean", "eval.latency=false", "data.dataset=synthetic", "data.root=",
+                       "data.height=64", "data.width=32", "data.synthetic.ids=8", "data.synthetic.test_ids=4",
+                       "data.synthetic.images_per_camera=2", "data.workers=0", "train.device=cpu"])
+    rescored = evaluate_checkpoint(cfg, out / "cells" / after["HaoLi"]["cell"] / "pruned.pt", progress=False)
+    assert after["HaoLi"]["mAP"] == round(rescored["mAP"], 2)
+    assert after["HaoLi"]["pruned_mAP"] is None  # the model right after the cut is not kept to re-score
+
+    # The retrieval feature also feeds Molchanov's Taylor loss: that cell is new; the others are re-scored.
+    calls = _counted(monkeypatch)
+    assert _bench_cli(out, small + ["base.model.retrieval_feature=after_neck"]) == 0
+    assert calls == {"train": 0, "prune_checkpoint": 2}
+    last = {r["label"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert last["Molchanov"]["cell"] != before["Molchanov"]["cell"]
+    assert last["HaoLi"]["cell"] == before["HaoLi"]["cell"] and last["HaoLi"]["scored_by"] != after["HaoLi"]["scored_by"]
+
+
+def test_torch_pruning_anchor_meets_the_budget_without_a_classifier():
+    pytest.importorskip("torch_pruning")
+    from reid_prune.backbone import build_model
+    from reid_prune.bench.anchors import TorchPruningAnchor
+    from reid_prune.evaluation import complexity
+    from reid_prune.pruners import PruneContext
+
+    model = build_model("resnet18").eval()
+    full = complexity(model, (64, 32))["macs"]
+    pruned = TorchPruningAnchor("l1", target_macs=0.5, input_size=(64, 32)).prune(model, PruneContext())
+    assert complexity(pruned, (64, 32))["macs"] / full == pytest.approx(0.5, abs=0.02)
+    # The BNNeck follows the cut last stage and keeps its fixed shift; the network still runs.
+    assert pruned.neck.num_features == pruned.layer4[1].bn2.num_features < 512
+    assert not pruned.neck.bias.requires_grad
+    assert pruned(torch.randn(2, 3, 64, 32)).shape == (2, pruned.neck.num_features)
