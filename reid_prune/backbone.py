@@ -164,7 +164,8 @@ def load_pretrained_trunk(model: ReIDNet, arch: str, pretrained: str) -> None:
         try:
             state = weights.get_state_dict(progress=True)
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            raise RuntimeError(
+            # A ValueError: the CLI reports it in one line (exit 2) as the user's to fix.
+            raise ValueError(
                 f"model.pretrained=imagenet: could not fetch {weights} ({exc}). This machine may be offline: "
                 f"download {weights.url} elsewhere and either place it in {torch.hub.get_dir()}/checkpoints/ "
                 f"or set model.pretrained to the file's path."

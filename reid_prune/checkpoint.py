@@ -164,6 +164,26 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     return model
 
 
+def model_with_new_classifier(ckpt: dict[str, Any], num_classes: int, seed: int) -> nn.Module:
+    """The checkpoint's network with a new identity classifier of ``num_classes``, for another dataset's identities.
+
+    The classifier is initialised as training initialises it, from ``seed`` (the same on every
+    rank); every other weight is the checkpoint's.
+
+    Raises:
+        ValueError: the stored weights do not match the stored architecture.
+    """
+    config = dict(ckpt["model_config"], num_classes=num_classes)
+    torch.manual_seed(seed)
+    model = build_model(**config)
+    apply_widths(model, {k: w for k, w in ckpt["widths"].items() if not k.startswith("classifier")})
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise ValueError(f"the checkpoint's weights do not match its architecture ({(missing + unexpected)[:5]})")
+    return model
+
+
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Load a model saved by reid-prune, pruned or not, in eval mode on the CPU."""
     return model_from_checkpoint(read_checkpoint(path)).eval()

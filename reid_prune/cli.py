@@ -13,7 +13,7 @@ from .analysis import commands as analysis_commands
 from .analysis.commands import method_overrides
 from .analysis.plotting import missing_note
 from .bench import add_bench_command
-from .argtypes import int_at_least
+from .argtypes import int_at_least, positive_number
 from .config import ConfigError, load_config, read_yaml
 from .outputs import check_output_dir, check_output_file
 from .pruners import ALLOCATIONS, available, get_method, get_pruner
@@ -25,7 +25,8 @@ USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotI
 DISTRIBUTED_COMMANDS = ("train", "prune", "bench")
 # What a Ctrl-C leaves, per command (None: the commands that write their files only at the end).
 INTERRUPTED = {
-    "train": "checkpoints written so far are kept (continue with the same command and --resume)",
+    "train": "checkpoints written so far are kept (once an epoch has finished, the same command with --resume "
+             "continues from it; before that, start again)",
     "bench": "finished models are kept (run the same command again to continue)",
     None: "nothing was written (run the command again to start over)",
 }
@@ -107,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", inputs=[args.checkpoint])
     report = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
     _print_report(f"evaluation of {args.checkpoint} on {report['dataset']}", report)
     if args.json:
@@ -412,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="input height and width (default: the checkpoint's training size, else 256 128)")
     p_export.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: 1)")
     p_export.add_argument("--images", metavar="DIR_OR_LIST", help="also check parity on up to 16 of these images")
-    p_export.add_argument("--tolerance", type=float, default=1e-4,
+    p_export.add_argument("--tolerance", type=positive_number, default=1e-4,
                           help="largest allowed |PyTorch - onnxruntime| on a feature value (default: 1e-4)")
     p_export.add_argument("--threads", type=int_at_least(1), metavar="N",
                           help="CPU threads of both runtimes when timing (default: PyTorch's default)")

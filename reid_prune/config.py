@@ -33,7 +33,7 @@ from .precision import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, LEGACY_AMP
 
 # Keys that change how fast a run goes or what it prints, never the weights it computes.
 RUNTIME_KEYS = ("output", "data.workers", "data.eval_batch_size", "data.check_images", "data.cache", "eval.latency",
-                "eval.latency_batch_sizes", "train.device", "train.channels_last")
+                "eval.latency_batch_sizes", "train.device")
 
 
 @dataclass
@@ -44,7 +44,7 @@ class SyntheticConfig:
     test_ids: int = number_range(30, 1)
     cameras: int = number_range(3, 2)
     images_per_camera: int = number_range(4, 2)  # one query and at least one gallery image per camera
-    seed: int = number_range(0, 0)
+    seed: int = number_range(0, 0, 2**31 - 1)
 
 
 @dataclass
@@ -70,7 +70,7 @@ class DataConfig:
     eval_batch_size: int = number_range(128, 1)
     # Decode every image once when the dataset is read: error (stop, naming the file),
     # skip (leave unreadable images out, with a warning) or off (for huge, trusted datasets).
-    check_images: str = choice("error", "error", "skip", "off")
+    check_images: str = choice("error", "error", "skip", "off", aliases={False: "off"})  # YAML reads off as false
     # Decode every image once, resized, into memory (uint8): auto = when the images fit in a quarter
     # of the available memory. Saves the JPEG decoding and the resize of every later pass.
     cache: bool | str = choice("auto", "auto", True, False)
@@ -129,7 +129,7 @@ class TrainConfig:
     # Memory format of the model and its inputs: auto = channels-last on the CPU, and on CUDA under autocast.
     channels_last: bool | str = choice("auto", *CHANNELS_LAST_SETTINGS)
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
-    seed: int = number_range(0, 0)
+    seed: int = number_range(0, 0, 2**31 - 1)
     max_batches: int = number_range(0, 0)  # cap on batches per epoch (0 = a full pass); for smoke runs
 
 
@@ -265,7 +265,8 @@ def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = ""
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader that also reads floats written without a dot (``1e-4``, ``5E+3``) as numbers.
+    """PyYAML's safe loader that also reads floats written without a dot (``1e-4``, ``5E+3``) or with a sign before
+    the dot (``-.5``) as numbers, and refuses a key given twice.
 
     PyYAML follows YAML 1.1, where ``1e-4`` is a string; YAML 1.2 and users read it as a number.
     """
@@ -289,6 +290,8 @@ _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_i
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
                               list("-+0123456789."))
+# YAML 1.1 reads .5 as a number but -.5 and +.5 as strings.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]\.[0-9][0-9_]*$"), list("-+"))
 
 
 def parse_yaml(text: str) -> Any:

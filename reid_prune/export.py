@@ -179,7 +179,7 @@ def export_checkpoint(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    check_output_file(output, "--output")
+    check_output_file(output, "--output", inputs=[checkpoint])
     require_export_packages()
     ckpt = read_checkpoint(checkpoint)
     stored_size, mean, std = checkpoint_preprocessing(ckpt)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
+from .data.datasets import IMAGE_EXTENSIONS
 from .data.images import READ_ERRORS, read_rgb
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from .engine.trainer import resolve_device
@@ -38,7 +39,6 @@ from .precision import ComputeSettings
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 DEFAULT_INPUT_SIZE = (256, 128)
 
 
@@ -226,8 +226,8 @@ def extract_checkpoint(
     output = Path(output)
     if output.suffix != ".npy":
         raise ValueError(f"--output: features are written as a .npy file; got '{output}' (e.g. use feats.npy)")
-    check_output_file(output, "--output")
-    check_output_file(paths_file_for(output), "--output (its paths file)")
+    check_output_file(output, "--output", inputs=[checkpoint])
+    check_output_file(paths_file_for(output), "--output (its paths file)", inputs=[checkpoint])
     device = resolve_device(device, option="--device")
     paths = list_images(images)
     ckpt = read_checkpoint(checkpoint)

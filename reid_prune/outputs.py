@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -54,13 +55,19 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
     return path
 
 
-def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path:
-    """Check that ``path`` can be written as a file (an existing file is replaced).
+def check_output_file(path: str | os.PathLike, option: str = "--output",
+                      inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check that ``path`` can be written as a file (an existing file is replaced), and is none of ``inputs``.
 
     Raises:
-        OutputPathError: ``path`` is a folder, lies under a file, or is in a folder without write permission.
+        OutputPathError: ``path`` is a folder, one of the command's input files (writing it would destroy
+            it), lies under a file, or is in a folder without write permission.
     """
     path = Path(path)
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise OutputPathError(f"{option} '{path}': is the input file itself, which writing would destroy; "
+                                  "choose another path")
     if path.is_dir():
         raise OutputPathError(f"{option} '{path}': is a folder; give the name of a file to write")
     _writable_folder(path.parent if path.exists() else path, option)

@@ -192,7 +192,7 @@ def test_pretrained_imagenet_offline_says_what_to_do(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tv_resnet.ResNet18_Weights, "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match="offline") as info:
+    with pytest.raises(ValueError, match="offline") as info:
         build_model("resnet18", pretrained="imagenet")
     message = str(info.value)
     assert tv_resnet.ResNet18_Weights.DEFAULT.url in message

@@ -171,3 +171,13 @@ def test_budget_arguments_are_checked(resnet50_cost):
         keep_counts_for_budget([_group("elsewhere", 8)], cost, target_macs=0.5)
     full = keep_counts_for_budget(groups, cost, target_macs=1.0)
     assert full == {g.name: g.channels for g in groups}
+
+
+def test_a_tiny_budget_is_met_closely_or_refused(resnet50_cost):
+    model, cost = resnet50_cost
+    groups = find_channel_groups(model, scope="all")
+    # Every group at one channel keeps about 0.0003 of the MACs: 0.0001 cannot be met, whatever 2 points allow.
+    with pytest.raises(ValueError, match="budget of 0.000 cannot be met"):
+        keep_counts_for_budget(groups, cost, target_macs=0.0001)
+    counts = keep_counts_for_budget(groups, cost, target_macs=0.05)
+    assert abs(cost.macs(counts) / cost.macs() - 0.05) <= 0.005  # a tenth of the target, not 0.02

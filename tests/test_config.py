@@ -222,3 +222,22 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
     path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match="is not valid YAML: .*the key 'lr' is given twice"):
         load_config(path)
+
+
+def test_yaml_spellings_users_write():
+    # check_images: off (YAML reads it as false); a sign before the dot.
+    cfg = load_config(None, ["data.check_images=off", "train.lr=+.5", "train.warmup_factor=.5"])
+    assert cfg.data.check_images == "off" and cfg.train.lr == 0.5 and cfg.train.warmup_factor == 0.5
+    assert load_config(None, ["train.momentum=+.9"]).train.momentum == 0.9
+    with pytest.raises(ConfigError, match="config key loss.margin: must be >= 0, got -0.5"):  # a number, then range
+        load_config(None, ["loss.margin=-.5"])
+
+
+def test_an_unavailable_device_is_refused_up_front():
+    import torch
+
+    from reid_prune.engine.trainer import resolve_device
+
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="'mps' was asked for but this machine has no Apple MPS device"):
+            resolve_device("mps")

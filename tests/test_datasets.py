@@ -249,3 +249,12 @@ def test_cuhk03_market_exact_counts():
     test_pids = {s.pid for s in dataset.query}
     assert len(test_pids) == 200 and {s.pid for s in dataset.gallery} == test_pids
     assert {s.camid for s in dataset.train + dataset.query + dataset.gallery} == {0, 1}
+
+
+def test_every_format_the_reader_decodes_is_a_dataset_image(tmp_path):
+    tree = {"bounding_box_train": ["0001_c1s1_000001_00.tif", "0001_c2s1_000002_00.tiff", "0002_c1s1_000003_00.pgm",
+                                   "0002_c2s1_000004_00.ppm", "0003_c1s1_000005_00.webp", "0003_c2s1_000006_00.jpg"],
+            "query": ["0004_c1s1_000007_00.tif"], "bounding_box_test": ["0004_c2s1_000008_00.webp"]}
+    dataset = build_dataset("market_layout", _make_tree(tmp_path / "d", tree))
+    assert sorted(_names(dataset.train)) == sorted(tree["bounding_box_train"])
+    assert _names(dataset.query) == tree["query"] and _names(dataset.gallery) == tree["bounding_box_test"]

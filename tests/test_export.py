@@ -131,3 +131,12 @@ def test_missing_extra_says_how_to_install(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "not installed: onnxruntime" in err and "pip install 'reid-prune[export]'" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "0"])
+def test_export_refuses_a_tolerance_that_is_no_check(tolerance, capsys):
+    from reid_prune.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["export", "--checkpoint", "x.pt", "--output", "x.onnx", "--tolerance", tolerance])
+    assert exit_.value.code == 2 and "--tolerance: must be a finite number > 0" in capsys.readouterr().err

@@ -118,3 +118,14 @@ def test_a_folder_nothing_can_be_written_in_is_refused_even_for_root():
     # os.access says yes to root everywhere; writing is tried instead.
     with pytest.raises(OutputPathError, match="cannot write in '/proc'"):
         check_output_dir("/proc/reid-prune-run")
+
+
+def test_an_output_that_is_the_input_checkpoint_is_refused(tmp_path):
+    from reid_prune.outputs import OutputPathError, check_output_file
+
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"weights")
+    with pytest.raises(OutputPathError, match="is the input file itself"):
+        check_output_file(tmp_path / "." / "best.pt", "--json", inputs=[checkpoint])
+    assert checkpoint.read_bytes() == b"weights"
+    check_output_file(tmp_path / "eval.json", "--json", inputs=[checkpoint])

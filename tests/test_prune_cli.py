@@ -103,3 +103,13 @@ def test_errors_are_clear_and_write_nothing(trained, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_fine_tuning_on_more_identities_than_the_checkpoint_knew(trained, tmp_path, monkeypatch, capsys):
+    """A review found a traceback, after the pruning work, when the fine-tuning data had other identities."""
+    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+    out = tmp_path / "other-ids"
+    assert main(_args(trained, "--method", "haoli", "--rate", "0.3", "--finetune-epochs", "1", "--output", str(out),
+                      "--set=data.synthetic.ids=16")) == 0
+    assert "identity classifier has 12 classes but the training split has 16 identities" in capsys.readouterr().err
+    assert load_model(out / "pruned.pt").classifier.out_features == 16

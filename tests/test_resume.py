@@ -91,12 +91,17 @@ def test_resume_refuses_a_changed_config_and_keeps_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert _cli_train(out, "train.epochs=2", "model.arch=resnet34", "loss.margin=0.5", resume=True) == 2
     err = capsys.readouterr().err
-    assert "model.arch ('resnet18' -> 'resnet34')" in err and "loss.margin (0.3 -> 0.5)" in err
+    assert 'model.arch ("resnet18" -> "resnet34")' in err and "loss.margin (0.3 -> 0.5)" in err
     assert "may change only" in err and "train.epochs" in err and "Traceback" not in err
     assert {name: (out / name).read_bytes() for name in before} == before  # nothing rewritten
 
-    # Keys that do not change what is computed may change: more epochs, evaluation period, workers.
-    assert _cli_train(out, "train.epochs=2", "train.eval_every=2", "data.workers=1", resume=True) == 0
+    # The memory format changes the order of the float sums: refused, as the run would no longer be exact.
+    assert _cli_train(out, "train.epochs=2", "train.channels_last=false", resume=True) == 2
+    assert "train.channels_last" in capsys.readouterr().err
+    # Keys that do not change what is computed may change: more epochs, evaluation period, workers, and keys
+    # training never reads (pruning and evaluation settings).
+    assert _cli_train(out, "train.epochs=2", "train.eval_every=2", "data.workers=1", "prune.rate=0.3",
+                      "eval.ap=official", "model.retrieval_feature=before_neck", resume=True) == 0
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     assert load_config(out / "config.yaml").train.epochs == 2
     assert _cli_train(out, "train.epochs=1", resume=True) == 2
@@ -131,3 +136,16 @@ def test_a_new_run_refuses_a_folder_holding_best_pt(tmp_path):
     with pytest.raises(FileExistsError, match=r"already holds a run \(best.pt\)"):
         train(load_config(None, TINY + ["train.epochs=1"]), output=out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["best.pt"]
+
+
+def test_resume_refuses_another_precision_than_the_run_used(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli_train(out, "train.epochs=1", "train.amp=off") == 0
+    assert torch.load(out / "last.pt", weights_only=True)["compute"]["precision"] == "fp32"
+    # A machine (or setting) that resolves to another precision: the stored one is compared with what resolves now.
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["compute"]["precision"] = "bf16"
+    torch.save(ckpt, out / "last.pt")
+    capsys.readouterr()
+    assert _cli_train(out, "train.epochs=2", "train.amp=off", resume=True) == 2
+    assert "was trained with precision bf16" in capsys.readouterr().err

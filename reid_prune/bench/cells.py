@@ -19,7 +19,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..backbone import build_model, reinitialise
-from ..checkpoint import apply_widths, load_model, read_checkpoint, save_checkpoint
+from ..checkpoint import apply_widths, load_model, model_with_new_classifier, read_checkpoint, save_checkpoint
 from ..config import read_yaml
 from ..distributed import barrier, broadcast_object, is_main_process
 from ..engine import prepare_dataset, train
@@ -101,17 +101,10 @@ def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Pa
 
     Every rank builds the same model (the seed decides the classifier); rank 0 writes it.
     """
-    ckpt = read_checkpoint(checkpoint)
-    config = dict(ckpt["model_config"], num_classes=num_classes)
     seed_everything(seed)
-    model = build_model(**config)  # initialises the classifier as training does
-    apply_widths(model, {k: w for k, w in ckpt["widths"].items() if not k.startswith("classifier")})
-    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("classifier.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("classifier.") for k in missing):
-        raise ValueError(f"{checkpoint}: weights do not match the architecture ({missing + unexpected})")
+    model = model_with_new_classifier(read_checkpoint(checkpoint), num_classes, seed)
     if is_main_process():
-        save_checkpoint(path, model, config)
+        save_checkpoint(path, model, model.build_config)
     barrier()
     return path
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 DATASET_KINDS = ("market1501", "dukemtmc", "cuhk03np", "market_layout")
 CUHK03_VARIANTS = ("detected", "labeled")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Every format the image reader decodes (data/images.py), for datasets and extract alike.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 # (split, folder) in the Market-1501 layout.
 MARKET_FOLDERS = (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test"))

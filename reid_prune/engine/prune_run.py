@@ -14,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
 
 from ..analysis.widths import kept_widths, plot_widths
-from ..checkpoint import (model_from_checkpoint, module_widths, read_checkpoint, remove_stale_temporaries,
-                          save_checkpoint)
+from ..checkpoint import (model_from_checkpoint, model_with_new_classifier, module_widths, read_checkpoint,
+                          remove_stale_temporaries, save_checkpoint)
 from ..config import Config, TrainConfig
 from ..evaluation.complexity import latency_ratios
 from ..distributed import barrier, is_main_process
@@ -130,6 +131,15 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     compute = ComputeSettings.from_config(cfg.train, device)
     pruner.check(compute.place(model).eval())  # an unmeetable target stops here, before the data is read
     dataset = prepare_dataset(cfg.data, verbose=progress)
+    classes = ckpt["model_config"].get("num_classes", 0)
+    if cfg.loss.id_weight > 0 and (epochs > 0 or pruner.requires != "weights") and classes != dataset.num_train_pids:
+        # Fine-tuning on other identities than the model was trained on (another dataset): their classifier.
+        warnings.warn(f"the checkpoint's identity classifier has {classes} classes but the training split has "
+                      f"{dataset.num_train_pids} identities: fine-tuning starts a new classifier for them",
+                      UserWarning, stacklevel=2)
+        model = model_with_new_classifier(ckpt, dataset.num_train_pids, cfg.train.seed)
+        model.set_retrieval_feature(cfg.model.retrieval_feature)
+        model_config = model.build_config
     query, gallery = make_eval_loaders(cfg, dataset)
     train_loader = make_train_loader(cfg, dataset)
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}

@@ -12,7 +12,9 @@ These are the functions the CLI calls, and the ones to call from a notebook::
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +36,8 @@ from .trainer import Trainer, evaluate_with_config, resolve_device, seed_everyth
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 # What a resumed run may change: how long it runs and how it is watched, never what it computes.
 RESUMABLE_KEYS = (*RUNTIME_KEYS, "train.epochs", "train.eval_every")
+# Sections and keys training never reads (they prune or evaluate): a resume does not compare them.
+NOT_TRAINING = ("prune.", "eval.", "model.retrieval_feature")
 
 
 def cache_dir() -> Path:
@@ -153,15 +157,34 @@ def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path) -> None:
     except ConfigError as exc:
         raise ValueError(f"--resume: the config stored in {path} is not valid today ({exc}); "
                          "start a new run in another --output") from None
-    changed = {k: v for k, v in changed_keys(before, cfg.to_dict()).items() if k not in RESUMABLE_KEYS}
+    changed = {k: v for k, v in changed_keys(before, cfg.to_dict()).items()
+               if k not in RESUMABLE_KEYS and not k.startswith(NOT_TRAINING)}
     if changed:
-        listing = ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in changed.items())
+        listing = ", ".join(f"{key} ({_yaml(old)} -> {_yaml(new)})" for key, (old, new) in changed.items())
         raise ValueError(f"--resume: the config changes {listing} from the run in {path.parent}; a resumed run may "
                          f"change only {', '.join(RESUMABLE_KEYS)}. Resume with the run's own config "
                          f"({path.parent / 'config.yaml'}), or train the new config into another --output")
     if cfg.train.epochs < int(ckpt["epoch"]):
         raise ValueError(f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than "
                          f"train.epochs={cfg.train.epochs}; set train.epochs to {ckpt['epoch']} or more")
+    if cfg.train.scheduler == "cosine" and cfg.train.epochs != before["train"]["epochs"]:
+        warnings.warn(f"--resume with train.epochs {before['train']['epochs']} -> {cfg.train.epochs}: the cosine "
+                      "schedule is stretched over the new length, so the learning rate of the remaining epochs differs "
+                      "from the first run's curve", UserWarning, stacklevel=2)
+    compute = ComputeSettings.from_config(cfg.train, resolve_device(cfg.train.device))
+    stored_compute = ckpt.get("compute") or {}
+    now = {"precision": compute.precision, "memory_format": compute.memory_format_name}
+    different = {k: (v, now[k]) for k, v in stored_compute.items() if k in now and v != now[k]}
+    if different:
+        listing = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in different.items())
+        raise ValueError(f"--resume: {path} was trained with {', '.join(f'{k} {v}' for k, v in stored_compute.items())}, "
+                         f"but train.amp / train.channels_last resolve here to {listing}; set train.amp and "
+                         "train.channels_last to what the run used (e.g. --set train.amp=bf16) to continue it exactly")
+
+
+def _yaml(value: Any) -> str:
+    """A config value as YAML spells it (null, true, [1, 2])."""
+    return json.dumps(value, default=str)
 
 
 def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True,

@@ -59,6 +59,8 @@ def resolve_device(spec: str, *, option: str = "config key train.device") -> tor
         device = torch.device(spec)
     except RuntimeError:
         raise ValueError(f"{option}: expected auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option}: 'mps' was asked for but this machine has no Apple MPS device; use auto or cpu")
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
@@ -202,6 +204,8 @@ class Trainer:
             "metrics": dict(self.last_metrics),
             "hooks": [hook.state_dict() for hook in self.hooks],
             "config": self.cfg.to_dict(),
+            # What train.amp and train.channels_last resolved to here: a resume must run the same way.
+            "compute": {"precision": self.compute.precision, "memory_format": self.compute.memory_format_name},
         }
         if resumable:
             extra.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
@@ -289,7 +293,8 @@ class Trainer:
             kept = (f"; last.pt keeps the weights of epoch {self.epoch} (the last finite ones)" if self.epoch > 0
                     else "; no checkpoint was written")
         return (f"{what}, so training stopped{kept}. Lower the learning rate (train.lr, or prune.finetune_lr "
-                f"when fine-tuning; it was {self.train_cfg.lr:g}) or lengthen the warm-up (train.warmup_epochs)")
+                f"when fine-tuning; it was {self.train_cfg.lr:g}) or lengthen the warm-up (train.warmup_epochs), "
+                "and train into a new --output (a resume keeps the run's own learning rate)")
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the P x K loader. Returns the loss parts (mean over batches and ranks) and the last lr."""
