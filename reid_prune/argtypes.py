@@ -1,4 +1,5 @@
-"""argparse value types shared by the commands: argparse names the flag in their errors."""
+"""argparse pieces shared by the commands: value types (argparse names the flag in their errors) and the
+precision and memory-format options and their help."""
 
 from __future__ import annotations
 
@@ -46,3 +47,34 @@ def fraction_list(text: str) -> list[float]:
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"a rate is given twice in {text!r}")
     return values
+
+
+PRECISION_HELP = """\
+precision and memory format (train.amp, train.channels_last; one choice for training,
+fine-tuning, evaluation and latency):
+  train.amp=auto (default) picks bf16 autocast on a CPU with native bf16 instructions
+    (avx512_bf16 or amx_bf16 in /proc/cpuinfo, Arm bf16), fp32 on other CPUs, and bf16
+    (compute capability 8.0+) or fp16 autocast on CUDA. Weights and optimiser state stay
+    fp32. Turn it off with --set train.amp=off (fp32); force with bf16 or fp16 (CUDA).
+  train.channels_last=auto (default) uses the channels-last memory format on the CPU and
+    on CUDA under autocast; --set train.channels_last=false keeps NCHW.
+  Configs from before these settings: amp true means auto, false means off.
+"""
+
+
+def _channels_last_arg(text: str) -> str | bool:
+    """--channels-last auto|true|false, as train.channels_last takes it."""
+    values = {"auto": "auto", "true": True, "false": False}
+    if text not in values:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return values[text]
+
+
+def add_compute_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--amp and --channels-last for the commands that take no config."""
+    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                        help=f"precision of {what}: auto (default) = bf16 autocast on a CPU with native bf16, "
+                             "bf16/fp16 on CUDA, else fp32; off = fp32")
+    parser.add_argument("--channels-last", default="auto", type=_channels_last_arg, metavar="{auto,true,false}",
+                        help=f"memory format of {what}: auto (default) = channels-last on the CPU and on CUDA "
+                             "under autocast; false = NCHW")

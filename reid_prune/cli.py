@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .analysis import commands as analysis_commands
-from .analysis.commands import method_overrides
-from .analysis.plotting import missing_note
+from .argtypes import PRECISION_HELP, add_compute_args, int_at_least, positive_number
 from .bench import add_bench_command
-from .argtypes import int_at_least, positive_number
-from .config import ConfigError, load_config, read_yaml
+from .config import ConfigError, load_config
 from .outputs import check_output_dir, check_output_file
-from .pruners import ALLOCATIONS, available, get_method, get_pruner
+from .prune_command import PRUNE_DESCRIPTION, PRUNE_SUMMARY, add_prune_arguments, cmd_prune
 from .report import format_table, metric_rows
 
 # Mistakes a user can fix: reported in one line with exit code 2, without a traceback.
@@ -35,37 +33,6 @@ INTERRUPTED = {
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line naming the command, like errors, instead of Python's file:line form."""
     print(f"reid-prune: warning: {message}", file=sys.stderr)
-
-
-PRECISION_HELP = """\
-precision and memory format (train.amp, train.channels_last; one choice for training,
-fine-tuning, evaluation and latency):
-  train.amp=auto (default) picks bf16 autocast on a CPU with native bf16 instructions
-    (avx512_bf16 or amx_bf16 in /proc/cpuinfo, Arm bf16), fp32 on other CPUs, and bf16
-    (compute capability 8.0+) or fp16 autocast on CUDA. Weights and optimiser state stay
-    fp32. Turn it off with --set train.amp=off (fp32); force with bf16 or fp16 (CUDA).
-  train.channels_last=auto (default) uses the channels-last memory format on the CPU and
-    on CUDA under autocast; --set train.channels_last=false keeps NCHW.
-  Configs from before these settings: amp true means auto, false means off.
-"""
-
-
-def _channels_last_arg(text: str) -> str | bool:
-    """--channels-last auto|true|false, as train.channels_last takes it."""
-    values = {"auto": "auto", "true": True, "false": False}
-    if text not in values:
-        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
-    return values[text]
-
-
-def _add_compute_args(parser: argparse.ArgumentParser, what: str) -> None:
-    """--amp and --channels-last for the commands that take no config."""
-    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
-                        help=f"precision of {what}: auto (default) = bf16 autocast on a CPU with native bf16, "
-                             "bf16/fp16 on CUDA, else fp32; off = fp32")
-    parser.add_argument("--channels-last", default="auto", type=_channels_last_arg, metavar="{auto,true,false}",
-                        help=f"memory format of {what}: auto (default) = channels-last on the CPU and on CUDA "
-                             "under autocast; false = NCHW")
 
 
 def _add_config_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -115,65 +82,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0
-
-
-def read_layer_rates(path: str) -> dict[str, float]:
-    """The {group: rate} mapping of a --layer-rates file (e.g. layer_rates.yaml of reid-prune sensitivity)."""
-    rates = read_yaml(path, "--layer-rates file")
-    if not isinstance(rates, dict) or not rates:
-        raise ConfigError(f"--layer-rates file {path!r}: expected a mapping of group name to prune rate, "
-                          f"e.g. 'layer1.0.conv1: 0.3', got {rates!r}")
-    return rates
-
-
-def _prune_overrides(args: argparse.Namespace) -> list[str]:
-    """Map the prune flags onto prune.* config keys (flags win over the file and --set)."""
-    targets = {"rate": args.rate, "target_macs": args.target_macs, "target_params": args.target_params,
-               "target_latency": args.target_latency,
-               "layer_rates": json.dumps(read_layer_rates(args.layer_rates)) if args.layer_rates else None}
-    overrides = method_overrides(args)
-    if args.allocation is not None:
-        overrides.append(f"prune.allocation={args.allocation}")
-    if any(v is not None for v in targets.values()):
-        # One target on the command line replaces any target the config file set (nulled first, so a
-        # mapping from the file is replaced rather than merged).
-        overrides += [f"prune.{k}=null" for k in targets]
-        overrides += [f"prune.{k}={v}" for k, v in targets.items() if v is not None]
-    if args.finetune_epochs is not None:
-        overrides.append(f"prune.finetune_epochs={args.finetune_epochs}")
-    if args.latency_batch_sizes is not None:
-        overrides.append(f"prune.latency_batch_sizes={json.dumps(args.latency_batch_sizes)}")
-    return overrides
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process
-    from .engine.prune_run import STAGES, prune_checkpoint
-    from .precision import describe_text
-    from .report import achieved_line, human
-
-    cfg = load_config(args.config, list(args.overrides) + _prune_overrides(args))
-    output = args.output or str(Path(cfg.output) / f"pruned-{cfg.prune.method}")
-    report = prune_checkpoint(cfg, args.checkpoint, output=output, progress=not args.quiet)
-    if not is_main_process():
-        return 0
-    stages = [s for s in STAGES if report.get(s)]
-    rows = []
-    for key, label in (("mAP", "mAP %"), ("rank1", "rank-1 %"), ("params", "params"), ("macs", "MACs")):
-        rows.append([label] + [f"{report[s][key]:.2f}" if key in ("mAP", "rank1") else human(report[s][key])
-                               for s in stages])
-    setting = report["before"].get("latency_setting")
-    for batch in report["before"].get("latency_ms", {}):
-        rows.append([f"latency {batch}, ms/image ({describe_text(setting)})"]
-                    + [f"{report[s]['latency_ms'][batch]:.2f}" for s in stages])
-    print(f"\n{cfg.prune.method} ({report['scope']}) on {args.checkpoint}")
-    print(format_table(["", *stages], rows))
-    print(achieved_line(report))
-    if report["widths_plot"]:
-        print(f"wrote {output}/pruned.pt, {output}/report.json and {output}/widths.png")
-    else:
-        print(f"wrote {output}/pruned.pt and {output}/report.json; {missing_note('widths.png')}")
     return 0
 
 
@@ -268,48 +176,7 @@ examples:
   reid-prune eval --config configs/demo.yaml --checkpoint runs/demo/best.pt
   reid-prune eval --config configs/demo.yaml --checkpoint runs/demo/best.pt --json report.json
 """ + PRECISION_HELP),
-    "prune": (cmd_prune, "prune a checkpoint with one method, fine-tune, report before/after", """\
-Loads a checkpoint, removes channels with the chosen method (they are physically
-removed: the saved model is smaller and faster), optionally fine-tunes, and
-writes DIR/pruned.pt and DIR/report.json (params, MACs, latency, mAP and rank-1
-before pruning, right after, and after fine-tuning, and the kept MACs, params
-and latency ratio measured after surgery next to the target). Rates are
-fractions PRUNED; --target-macs/--target-params/--target-latency are fractions
-KEPT of the whole model. --target-latency keeps that fraction of the latency
-measured on THIS machine (train.device, precision and memory format, threads
-as eval reports), averaged over --latency-batch-sizes (default: eval's, 1 and
-32): planned from a per-layer lookup table timed here and cached in
-$REID_PRUNE_CACHE/latency (a first ResNet-50 takes a minute or two, later runs
-seconds), then corrected by timing the planned widths (prune.latency_feedback).
-Scope: with a MACs, params or latency target the default (prune.scope auto)
-prunes the residual streams too (scope all): keeping them whole gives little
-real speed-up (a ResNet-50 at half its MACs kept 0.85 of its CPU latency with
-internal, 0.71 with all). With a rate or per-group rates auto means internal.
---scope internal keeps the streams whole.
-Training-time methods (psfp, l2, fpgm with mode=soft, autobalanced, afp_prc) run
-their schedule inside the fine-tuning epochs. Method settings go through
---option KEY=VALUE. --allocation decides how many channels each group keeps:
-uniform (one rate for every group), global (channels of all groups ranked
-together by the method's normalised scores) or the method's default (below);
-docs/pruners.md lists each method's rules, options and sources.
---layer-rates takes per-group rates from a YAML file {group: rate}, such as the
-layer_rates.yaml of reid-prune sensitivity. DIR also gets widths.png: the kept
-fraction and width of every channel group (needs the plot extra; the numbers
-are in report.json under "widths").
-
-examples:
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm --rate 0.4
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
-      --target-macs 0.5 --scope all --finetune-epochs 4 --output runs/demo/haoli50
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method psfp --rate 0.3 \\
-      --finetune-epochs 6
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
-      --target-macs 0.5 --allocation global --finetune-epochs 4
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm \\
-      --target-latency 0.5 --latency-batch-sizes 1 32 --finetune-epochs 4 --output runs/demo/fpgm-lat50
-  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
-      --layer-rates runs/demo/sensitivity/layer_rates.yaml --output runs/demo/haoli-sensitivity
-""" + PRECISION_HELP),
+    "prune": (cmd_prune, PRUNE_SUMMARY, PRUNE_DESCRIPTION + PRECISION_HELP),
     "export": (cmd_export, "export a checkpoint (pruned or not) to ONNX, check parity, compare CPU latency", """\
 Writes the model as ONNX (input 'images' Bx3xHxW normalised as in training,
 output 'features', the retrieval feature before L2 normalisation), atomically.
@@ -347,15 +214,6 @@ example:
 }
 
 
-def _methods_table() -> str:
-    """The registered pruning methods, for ``prune --help``."""
-    rows = []
-    for name in available():
-        pruner = get_pruner(name, rate=0.5, scope=get_method(name).scopes[0])
-        rows.append([name, pruner.requires, pruner.allocation.kind, get_method(name).description])
-    return "methods:\n" + format_table(["method", "needs", "allocation", "what it does"], rows)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reid-prune",
@@ -377,31 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_commands.add_arguments(sub.choices)
     p_train, p_eval, p_prune, p_export, p_extract, p_synth = (
         sub.choices[n] for n in ("train", "eval", "prune", "export", "extract", "synth"))
-    p_prune.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
-    p_prune.add_argument("--method", help="pruning method (default: the config's prune.method); see the list below")
-    p_prune.add_argument("--allocation", choices=ALLOCATIONS,
-                         help="how many channels each group keeps (default: the method's own, listed below)")
-    p_prune.epilog = _methods_table()
-    target = p_prune.add_mutually_exclusive_group()
-    target.add_argument("--rate", type=float, help="fraction of channels pruned in every group, in [0, 1)")
-    target.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs, e.g. 0.5")
-    target.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
-    target.add_argument("--target-latency", type=float, metavar="F",
-                        help="keep this fraction of the latency measured on this machine, e.g. 0.5 (twice as fast)")
-    target.add_argument("--layer-rates", metavar="YAML", help="per-group rates {group: rate}, e.g. the "
-                        "layer_rates.yaml of reid-prune sensitivity")
-    p_prune.add_argument("--scope", choices=("auto", "internal", "all"),
-                         help="internal: convs inside blocks; all: also residual streams; auto: all for a MACs, "
-                              "params or latency target, internal for rates (default: config, auto)")
-    p_prune.add_argument("--latency-batch-sizes", type=int_at_least(1), nargs="+", metavar="B",
-                         help="batch sizes whose mean kept latency --target-latency is (default: "
-                              "eval.latency_batch_sizes, 1 32)")
-    p_prune.add_argument("--finetune-epochs", type=int_at_least(0), metavar="N",
-                         help="epochs of fine-tuning after pruning")
-    p_prune.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                         help="method setting, e.g. --option mode=soft (repeatable)")
-    p_prune.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "
-                         "(default: OUTPUT/pruned-METHOD under the config's output)")
+    add_prune_arguments(p_prune)
     p_train.add_argument("--output", metavar="DIR", help="run folder (default: the config's output key)")
     p_train.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
     p_eval.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
@@ -429,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_extract.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     p_extract.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p_extract.add_argument("--workers", type=int_at_least(0), default=2, help="image decoding processes (default: 2)")
-    _add_compute_args(p_extract, "the forward passes")
-    _add_compute_args(p_export, "the PyTorch latency (fp32 is always timed; the ONNX file is fp32)")
+    add_compute_args(p_extract, "the forward passes")
+    add_compute_args(p_export, "the PyTorch latency (fp32 is always timed; the ONNX file is fp32)")
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
     p_synth.add_argument("--ids", type=int_at_least(2), default=60, help="training identities (default: 60)")
     p_synth.add_argument("--test-ids", type=int_at_least(1), default=30,

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -215,7 +216,9 @@ def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
         assert "SyncBatchNorm runs on GPUs only" in ranks[r]["sync_bn_error"]
 
 
-def _thinet_worker(rank: int, port: int, cache: str, out: str) -> None:
+@contextmanager
+def _rank_with_data(rank: int, port: int, cache: str):
+    """One spawned rank's process group, and (model, loader): the same seeded model, each rank's own batches."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
     torch.set_num_threads(1)
@@ -224,7 +227,11 @@ def _thinet_worker(rank: int, port: int, cache: str, out: str) -> None:
         dataset = prepare_dataset(cfg.data, verbose=False)
         seed_everything(0)
         model = build_model(**model_config_for(cfg, dataset.num_train_pids)).eval()
-        loader = make_train_loader(cfg, dataset)  # each rank reads other identities
+        yield model, make_train_loader(cfg, dataset)  # each rank reads other identities
+
+
+def _thinet_worker(rank: int, port: int, cache: str, out: str) -> None:
+    with _rank_with_data(rank, port, cache) as (model, loader):
         images = next(iter(loader))[0]
         pruned = get_pruner("thinet", rate=0.3).prune(model, PruneContext(data=loader, num_batches=1))
         torch.save({"state_dict": pruned.state_dict(), "widths": module_widths(pruned), "images": images},
@@ -241,15 +248,7 @@ def test_thinet_under_two_ranks_keeps_the_same_channels_and_weights(cache, tmp_p
 
 
 def _molchanov_worker(rank: int, port: int, cache: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
-    torch.set_num_threads(1)
-    with process_group_from_env():
-        cfg = load_config(None, TINY)
-        dataset = prepare_dataset(cfg.data, verbose=False)
-        seed_everything(0)
-        model = build_model(**model_config_for(cfg, dataset.num_train_pids)).eval()
-        loader = make_train_loader(cfg, dataset)  # each rank reads other identities
+    with _rank_with_data(rank, port, cache) as (model, loader):
         pruner = get_pruner("molchanov", rate=0.3, scope="all", channels_per_step=300, finetune_steps=0,
                             input_size=(64, 32))
         context = PruneContext(data=loader, num_batches=1)

@@ -93,9 +93,9 @@ def test_latency_flags(tmp_path, capsys):
     assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     args = parser.parse_args(["prune", "--config", "c.yaml", "--checkpoint", "x.pt", "--target-latency", "0.5",
                               "--latency-batch-sizes", "1", "8"])
-    from reid_prune.cli import _prune_overrides
+    from reid_prune.prune_command import prune_overrides
 
-    overrides = _prune_overrides(args)
+    overrides = prune_overrides(args)
     assert "prune.target_latency=0.5" in overrides and "prune.latency_batch_sizes=[1, 8]" in overrides
     assert load_config(None, overrides).prune.latency_batch_sizes == [1, 8]
     help_text = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
