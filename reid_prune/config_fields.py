@@ -169,12 +169,17 @@ def _optional(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
+def _number(x: float) -> str:
+    # Integers in full (a seed bound of 2147483647, not 2.14748e+09); floats short.
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if high is None:
-        return f"be {'>' if low_open else '>='} {low:g}"
+        return f"be {'>' if low_open else '>='} {_number(low)}"
     if low is None:
-        return f"be {'<' if high_open else '<='} {high:g}"
-    return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"be {'<' if high_open else '<='} {_number(high)}"
+    return f"lie in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
 
 
 def check_fields(obj: Any, prefix: str = "", *, noun: str = NOUN) -> None:

@@ -128,7 +128,7 @@ RANGES = [
     ("train.warmup_factor=0", "config key train.warmup_factor: must lie in (0, 1]"),
     ("train.milestones=[-1, 5]", "config key train.milestones[0]: must be >= 0, got -1"),
     ("train.eval_every=0", "config key train.eval_every: must be >= 1"),
-    ("train.seed=-1", "config key train.seed: must be >= 0"),
+    ("train.seed=-1", "config key train.seed: must lie in [0, 2147483647], got -1"),
     ("train.max_batches=-1", "config key train.max_batches: must be >= 0"),
     ("train.device=gpu", "config key train.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ("data.width=0", "config key data.width: must be >= 1"),

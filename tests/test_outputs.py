@@ -102,9 +102,9 @@ def test_export_extract_synth_and_bench_check_their_outputs(checkpoint, tmp_path
     assert f"'{blocked}' is a file" in capsys.readouterr().err
     assert main(["synth", "--output", str(blocked / "data")]) == 2
     assert f"'{blocked}' is a file" in capsys.readouterr().err
-    from reid_prune import bench
+    from reid_prune.bench import cells
 
-    _forbid(monkeypatch, (bench, "train"), (bench, "prepare_dataset"))
+    _forbid(monkeypatch, (cells, "train"), (cells, "prepare_dataset"))
     assert main(["bench", "--config", str(REPO / "configs" / "bench" / "synthetic_tiny.yaml"), "--quiet",
                  "--output", str(blocked)]) == 2
     assert f"--output '{blocked}': a file of that name exists" in capsys.readouterr().err
