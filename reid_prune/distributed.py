@@ -72,6 +72,9 @@ def process_group_from_env(timeout: timedelta = TIMEOUT) -> Iterator[None]:
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
     try:
         yield
+        # Leave together: a rank that tears its connections down while another still uses them
+        # can abort that one at exit (gloo). Not after an error, where the others may never come.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -18,6 +18,8 @@ Three tables, every ratio taken inside this one run:
     python scripts/bench_train.py                      # the full run: set the machine aside (~1 h on 2 cores)
     OMP_NUM_THREADS=1 python scripts/bench_train.py --quick   # seconds per model: checks that it runs
     python scripts/bench_train.py --threads 2 --json runs/bench_train.json
+    python scripts/bench_train.py --tables defaults,pipeline       # in parts: each table's ratios are its own
+    python scripts/bench_train.py --tables compute --models "ResNet-50 pruned"
 
 Without ``--data`` it reads ../shared/data/cuhk03_market beside the repository, or generates the
 synthetic dataset when that folder is absent.
@@ -239,8 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 2 steps of 4 x 2 images on 24 identities: checks that it runs")
+    parser.add_argument("--tables", default="compute,defaults,pipeline",
+                        help="comma-separated tables to run, of compute, defaults, pipeline (default: all three); "
+                             "pipeline needs defaults, for the step it compares with")
+    parser.add_argument("--models", default="",
+                        help="run only the models whose name starts with one of these comma-separated prefixes, "
+                             "e.g. 'ResNet-18,ResNet-50 pruned' (default: every model)")
     parser.add_argument("--json", metavar="OUT", help="also write the tables as JSON")
     args = parser.parse_args(argv)
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    unknown = sorted(set(tables) - {"compute", "defaults", "pipeline"})
+    if unknown or not tables:
+        parser.error(f"--tables: expected some of compute, defaults, pipeline, got {args.tables!r}")
+    if "pipeline" in tables and "defaults" not in tables:
+        parser.error("--tables: pipeline compares with the default training step, so it needs defaults too")
     if args.quick:
         args.steps, args.warmup, args.rounds, args.p, args.k = 2, 1, 1, 4, 2
         args.eval_batch_size, args.eval_batches = 8, 1
@@ -255,17 +269,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:  # a slice of the data, so that decoding it into the cache takes a moment
         dataset = dataclasses.replace(dataset, train=[s for s in dataset.train if s.pid < 24], query=dataset.query[:16])
     models = make_models(dataset.num_train_pids)
+    prefixes = [m.strip() for m in args.models.split(",") if m.strip()]
+    if prefixes:
+        models = {name: m for name, m in models.items() if any(name.startswith(p) for p in prefixes)}
+        if not models:
+            parser.error(f"--models: no model starts with any of {prefixes}; the models are "
+                         f"ResNet-18, ResNet-50 and 'ResNet-50 pruned (..% MACs)'")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16 flags: "
           f"{', '.join(cpu_bf16_flags()) or 'none'}; {dataset.name}: {len(dataset.train)} training images, input "
           f"{SIZE[0]}x{SIZE[1]}, batch {args.p} x {args.k}, {args.steps} steps x {args.rounds} rounds\n", flush=True)
-    compute = compute_table(args, dataset, models)
+    compute = compute_table(args, dataset, models) if "compute" in tables else []
     print(flush=True)
-    defaults, step = defaults_table(args, dataset, models)
-    pipeline = pipeline_table(args, dataset, step)
-    print(f"\n1. compute (same cached loader for every row)\n{format_table(COMPUTE_HEADERS, compute)}")
-    print(f"\n2. before issue 13 against the defaults\n{format_table(DEFAULT_HEADERS, defaults)}")
-    print(f"\n3. data pipeline, one process, CPU per batch of {args.p} x {args.k}; share of a default ResNet-18 step "
-          f"({step * 1000:.0f} ms)\n{format_table(('pipeline', 'ms / batch', 'share of step'), pipeline)}")
+    defaults, step = defaults_table(args, dataset, models) if "defaults" in tables else ([], 0.0)
+    pipeline = pipeline_table(args, dataset, step) if "pipeline" in tables else []
+    if compute:
+        print(f"\n1. compute (same cached loader for every row)\n{format_table(COMPUTE_HEADERS, compute)}")
+    if defaults:
+        print(f"\n2. before issue 13 against the defaults\n{format_table(DEFAULT_HEADERS, defaults)}")
+    if pipeline:
+        print(f"\n3. data pipeline, one process, CPU per batch of {args.p} x {args.k}; share of a default "
+              f"{next(iter(models))} step ({step * 1000:.0f} ms)\n"
+              f"{format_table(('pipeline', 'ms / batch', 'share of step'), pipeline)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"compute": [dict(zip(COMPUTE_HEADERS, r)) for r in compute],
