@@ -49,17 +49,23 @@ def fraction_list(text: str) -> list[float]:
     return values
 
 
-PRECISION_HELP = """\
-precision and memory format (train.amp, train.channels_last; one choice for training,
-fine-tuning, evaluation and latency):
-  train.amp=auto (default) picks bf16 autocast on a CPU with native bf16 instructions
+def precision_help(prefix: str = "") -> str:
+    """The help paragraph on train.amp and train.channels_last; ``prefix`` is ``base.`` for a bench file."""
+    key = f"{prefix}train"
+    return f"""\
+precision and memory format ({key}.amp, {key}.channels_last; one choice for
+training, fine-tuning, evaluation and latency):
+  {key}.amp=auto (default) picks bf16 autocast on a CPU with native bf16 instructions
     (avx512_bf16 or amx_bf16 in /proc/cpuinfo, Arm bf16), fp32 on other CPUs, and bf16
     (compute capability 8.0+) or fp16 autocast on CUDA. Weights and optimiser state stay
-    fp32. Turn it off with --set train.amp=off (fp32); force with bf16 or fp16 (CUDA).
-  train.channels_last=auto (default) uses the channels-last memory format on the CPU and
-    on CUDA under autocast; --set train.channels_last=false keeps NCHW.
+    fp32. Turn it off with --set {key}.amp=off (fp32); force with bf16 or fp16 (CUDA).
+  {key}.channels_last=auto (default) uses the channels-last memory format on the CPU and
+    on CUDA under autocast; --set {key}.channels_last=false keeps NCHW.
   Configs from before these settings: amp true means auto, false means off.
 """
+
+
+PRECISION_HELP = precision_help()
 
 
 def _channels_last_arg(text: str) -> str | bool:
@@ -70,11 +76,12 @@ def _channels_last_arg(text: str) -> str | bool:
     return values[text]
 
 
-def add_compute_args(parser: argparse.ArgumentParser, what: str) -> None:
-    """--amp and --channels-last for the commands that take no config."""
-    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+def add_compute_args(parser: argparse.ArgumentParser, what: str, *, cpu_only: bool = False) -> None:
+    """--amp and --channels-last for the commands that take no config (``cpu_only``: no fp16, no CUDA)."""
+    choices, cuda, where = (("auto", "off", "bf16"), "", "on the CPU") if cpu_only else (
+        ("auto", "off", "bf16", "fp16"), "bf16/fp16 on CUDA, ", "on the CPU and on CUDA under autocast")
+    parser.add_argument("--amp", default="auto", choices=choices,
                         help=f"precision of {what}: auto (default) = bf16 autocast on a CPU with native bf16, "
-                             "bf16/fp16 on CUDA, else fp32; off = fp32")
+                             f"{cuda}else fp32; off = fp32")
     parser.add_argument("--channels-last", default="auto", type=_channels_last_arg, metavar="{auto,true,false}",
-                        help=f"memory format of {what}: auto (default) = channels-last on the CPU and on CUDA "
-                             "under autocast; false = NCHW")
+                        help=f"memory format of {what}: auto (default) = channels-last {where}; false = NCHW")

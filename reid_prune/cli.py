@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .analysis import commands as analysis_commands
-from .argtypes import PRECISION_HELP, add_compute_args, int_at_least, positive_number
+from .argtypes import PRECISION_HELP, add_compute_args, int_at_least, positive_number, precision_help
 from .bench import add_bench_command
 from .config import ConfigError, load_config
 from .outputs import check_output_dir, check_output_file
@@ -183,8 +183,10 @@ output 'features', the retrieval feature before L2 normalisation), atomically.
 Before the file is put in place, onnxruntime runs it on random inputs (and on
 up to 16 images of --images DIR): the features must match PyTorch's within
 --tolerance, otherwise nothing is written and the exit code is 1. Prints the
-file size and the CPU latency per image of PyTorch and onnxruntime at batch 1.
-Needs the extra: pip install 'reid-prune[export]'. See docs/deploy.md.
+file size and the CPU latency per image of PyTorch and onnxruntime at batch 1
+(PyTorch in fp32, and in bf16 autocast too on a CPU with native bf16 unless
+--amp off). Needs the export extra: pip install -e '.[export]' in this
+repository, or bash scripts/setup.sh export. See docs/deploy.md.
 
 examples:
   reid-prune export --checkpoint runs/demo/best.pt --format onnx --output model.onnx
@@ -232,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("synth", "export", "plot"):
             p.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
     add_bench_command(sub)
+    sub.choices["bench"].description += precision_help("base.")  # a bench file sets them under base.train
     analysis_commands.add_arguments(sub.choices)
     p_train, p_eval, p_prune, p_export, p_extract, p_synth = (
         sub.choices[n] for n in ("train", "eval", "prune", "export", "extract", "synth"))
@@ -264,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_extract.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p_extract.add_argument("--workers", type=int_at_least(0), default=2, help="image decoding processes (default: 2)")
     add_compute_args(p_extract, "the forward passes")
-    add_compute_args(p_export, "the PyTorch latency (fp32 is always timed; the ONNX file is fp32)")
+    add_compute_args(p_export, "the PyTorch latency (fp32 is always timed; the ONNX file is fp32)", cpu_only=True)
     p_synth.add_argument("--output", required=True, metavar="DIR", help="folder to create")
     p_synth.add_argument("--ids", type=int_at_least(2), default=60, help="training identities (default: 60)")
     p_synth.add_argument("--test-ids", type=int_at_least(1), default=30,

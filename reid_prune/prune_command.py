@@ -23,25 +23,33 @@ and latency ratio measured after surgery next to the target). Rates are
 fractions PRUNED; --target-macs/--target-params/--target-latency are fractions
 KEPT of the whole model. --target-latency keeps that fraction of the latency
 measured on THIS machine (train.device, precision and memory format, threads
-as eval reports), averaged over --latency-batch-sizes (default: eval's, 1 and
-32): planned from a per-layer lookup table timed here and cached in
-$REID_PRUNE_CACHE/latency (a first ResNet-50 takes a minute or two, later runs
-seconds), then corrected by timing the planned widths (prune.latency_feedback).
+as eval reports; other threads: prune.latency_threads), averaged over
+--latency-batch-sizes (default: eval's, 1 and 32): planned from a per-layer
+lookup table timed here and cached in $REID_PRUNE_CACHE/latency (default
+~/.cache/reid_prune/latency; a first ResNet-50 takes a minute or two, later
+runs seconds), then corrected by timing the planned widths
+(prune.latency_feedback).
 Scope: with a MACs, params or latency target the default (prune.scope auto)
-prunes the residual streams too (scope all): keeping them whole gives little
-real speed-up (a ResNet-50 at half its MACs kept 0.85 of its CPU latency with
-internal, 0.71 with all). With a rate or per-group rates auto means internal.
---scope internal keeps the streams whole.
+prunes the residual streams too (scope all): keeping them whole gives less
+real speed-up. At half its MACs a ResNet-50 kept 0.69-0.75 of its CPU latency
+with internal and 0.45-0.47 with all (fp32; python scripts/bench_prune.py
+--scope internal, and without --scope; docs/results.md). With a rate or
+per-group rates auto means internal. Methods that support only internal
+(entropy, thinet, channel_pruning) stay internal. --scope internal keeps the
+streams whole.
 Training-time methods (psfp, l2, fpgm with mode=soft, autobalanced, afp_prc) run
 their schedule inside the fine-tuning epochs. Method settings go through
 --option KEY=VALUE. --allocation decides how many channels each group keeps:
 uniform (one rate for every group), global (channels of all groups ranked
-together by the method's normalised scores) or the method's default (below);
-docs/pruners.md lists each method's rules, options and sources.
+together by the method's normalised scores), layer_rates (the rates of
+--layer-rates, which it needs; chosen by itself when --layer-rates is given)
+or the method's default (below); docs/pruners.md lists each method's rules,
+options and sources.
 --layer-rates takes per-group rates from a YAML file {group: rate}, such as the
-layer_rates.yaml of reid-prune sensitivity. DIR also gets widths.png: the kept
-fraction and width of every channel group (needs the plot extra; the numbers
-are in report.json under "widths").
+layer_rates.yaml of reid-prune sensitivity; a file made with --scope all needs
+--scope all here too (with per-group rates auto means internal). DIR also gets
+widths.png: the kept fraction and width of every channel group (needs the plot
+extra; the numbers are in report.json under "widths").
 
 examples:
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm --rate 0.4
@@ -131,7 +139,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
     parser.add_argument("--method", help="pruning method (default: the config's prune.method); see the list below")
     parser.add_argument("--allocation", choices=ALLOCATIONS,
-                         help="how many channels each group keeps (default: the method's own, listed below)")
+                         help="how many channels each group keeps: uniform, global, or layer_rates (the rates "
+                              "of --layer-rates, which implies it) (default: the method's own, listed below)")
     parser.epilog = methods_table()
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--rate", type=float, help="fraction of channels pruned in every group, in [0, 1)")
@@ -143,12 +152,13 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
                         "layer_rates.yaml of reid-prune sensitivity")
     parser.add_argument("--scope", choices=("auto", "internal", "all"),
                          help="internal: convs inside blocks; all: also residual streams; auto: all for a MACs, "
-                              "params or latency target, internal for rates (default: config, auto)")
+                              "params or latency target, internal for rates and for the methods that support only "
+                              "internal (entropy, thinet, channel_pruning) (default: config, auto)")
     parser.add_argument("--latency-batch-sizes", type=int_at_least(1), nargs="+", metavar="B",
                          help="batch sizes whose mean kept latency --target-latency is (default: "
-                              "eval.latency_batch_sizes, 1 32)")
+                              "eval.latency_batch_sizes, 1 32); with --target-latency only")
     parser.add_argument("--finetune-epochs", type=int_at_least(0), metavar="N",
-                         help="epochs of fine-tuning after pruning")
+                         help="epochs of fine-tuning after pruning (default: prune.finetune_epochs, 0)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="method setting, e.g. --option mode=soft (repeatable)")
     parser.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "

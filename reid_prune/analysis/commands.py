@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..argtypes import fraction_list, int_at_least
+from ..argtypes import PRECISION_HELP, fraction_list, int_at_least
 from ..config import ConfigError, load_config
 from ..report import format_table
 from .plotting import missing_note
@@ -100,7 +100,7 @@ examples:
       --scope all --target-macs 0.5 --output runs/demo/sensitivity
   reid-prune sensitivity --config configs/cuhk03_market_resnet18_cpu.yaml --checkpoint runs/cuhk03_r18/last.pt \\
       --method haoli --rates 0.25,0.5,0.75 --subset-ids 100 --seed 0 --output runs/cuhk03_r18/sensitivity
-"""),
+""" + PRECISION_HELP),
     "visrank": (cmd_visrank, "draw queries with their top-k gallery matches (green: right identity)", """\
 Ranks the gallery for chosen queries with the checkpoint's features (the
 config's eval.metric, eval.flip and model.retrieval_feature) and draws, per
@@ -113,15 +113,15 @@ Random queries (--queries) come from those with a true match, chosen by --seed.
 
 examples:
   reid-prune visrank --config configs/demo.yaml --checkpoint runs/demo/best.pt --output runs/demo/visrank
-  reid-prune visrank --config configs/demo.yaml --checkpoint runs/demo/best.pt --query-ids 3 17 \\
-      --topk 5 --output runs/demo/visrank-ids
-"""),
+  reid-prune visrank --config configs/demo.yaml --checkpoint runs/demo/best.pt --query-ids 61 75 \\
+      --topk 5 --output runs/demo/visrank-ids      # the demo's test persons are ids 61-90
+""" + PRECISION_HELP),
     "plot": (cmd_plot, "draw learning curves (loss, learning rate, mAP) of one or several runs", """\
 Reads metrics.jsonl of each training run folder and draws loss, learning rate
 (log scale) and mAP against the epoch, runs overlaid, into curves.png (default:
 inside the one run's folder; give --output for several runs), replacing an
 older picture. The numbers go beside it as curves.csv. Needs the plot extra:
-pip install 'reid-prune[plot]'.
+pip install -e '.[plot]' in this repository, or bash scripts/setup.sh plot.
 
 examples:
   reid-prune plot runs/demo
@@ -140,7 +140,8 @@ def add_arguments(parsers: Mapping[str, argparse.ArgumentParser]) -> None:
     p_sens.add_argument("--method", help="pruning method (default: the config's prune.method), e.g. haoli")
     p_sens.add_argument("--rates", type=fraction_list, default=[0.1, 0.3, 0.5, 0.7, 0.9], metavar="R,R,...",
                         help="fractions pruned in each group (default: 0.1,0.3,0.5,0.7,0.9)")
-    p_sens.add_argument("--scope", choices=("internal", "all"), help="which groups (default: the config's)")
+    p_sens.add_argument("--scope", choices=("internal", "all"),
+                        help="which groups (default: the config's prune.scope; its default auto means internal here)")
     p_sens.add_argument("--target-macs", type=float, metavar="F", help="fraction of the MACs layer_rates.yaml "
                         "keeps (default: the config's prune.target_macs, else 0.5)")
     p_sens.add_argument("--subset-ids", type=int_at_least(0), default=0, metavar="N",

@@ -39,8 +39,10 @@ REQUIREMENTS = ("weights", "data", "training")
 def resolve_scope(scope: str, *, budget: bool, scopes: Sequence[str]) -> str:
     """The scope ``auto`` stands for: ``all`` for a MACs, params or latency budget, ``internal`` otherwise.
 
-    Measured on a ResNet-50 pruned to half its MACs (issue 14): keeping the residual streams
-    whole (``internal``) kept 0.85-0.87 of the CPU latency, pruning them too (``all``) 0.71.
+    Measured on a ResNet-50 at 256x128 pruned to half its MACs (fp32, CPU, batch 16; HaoLi and
+    FPGM): keeping the residual streams whole (``internal``) kept 0.69-0.75 of the latency,
+    pruning them too (``all``) 0.45-0.47 (``python scripts/bench_prune.py --scope internal``
+    and ``python scripts/bench_prune.py``; docs/results.md, "Pruning speed").
     A user who asks for a fraction of the cost wants the speed that goes with it, so budgets
     cut every stream the method supports. Rates and per-group rates keep ``internal``, the
     papers' setting and the names a sensitivity analysis writes. A method that supports
