@@ -9,7 +9,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="test"
 for e in "$@"; do extras="$extras,$e"; done
+pip_install() {
+  # Only the harmless "WARNING: Location" lines are filtered out. grep -v exits 1 when it has nothing
+  # left to print (the usual case with --quiet), so its status is ignored; with pipefail the pipeline
+  # then has pip's status, and a failing pip stops this script (set -e) with pip's exit code.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location" || true; }
+}
 # torch/torchvision are pinned here (the versions this project is tested with); pyproject keeps ranges for users.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install "torch==2.14.1" "torchvision==0.29.1"
+pip_install -e ".[$extras]"
 .venv/bin/python -c "import torch, torchvision, reid_prune; print(f'reid-prune {reid_prune.__version__} ready: torch {torch.__version__}, torchvision {torchvision.__version__}')"
