@@ -215,7 +215,12 @@ def latency_main(args: argparse.Namespace) -> int:
                                         round_to=args.round_to, latency_batch_sizes=(batch,),
                                         latency_threads=args.threads, compute=compute)
                     started = time.perf_counter()
-                    pruned = pruner.prune(copy.deepcopy(base)).eval()
+                    try:
+                        pruned = pruner.prune(copy.deepcopy(base)).eval()
+                    except ValueError as error:  # an unreachable target: report it, go on with the others
+                        print(f"{arch:<10}{batch:>6}{allocation:>11}{target:>8.2f}  UNREACHABLE: {error}")
+                        failed.append(f"{arch} batch {batch} {allocation} target {target}: unreachable")
+                        continue
                     prune_seconds = time.perf_counter() - started
                     ratio = latency_ratios(base, pruned, size, batch_sizes=(batch,), compute=compute,
                                            threads=args.threads, rounds=args.repeats)[f"batch{batch}"]

@@ -32,8 +32,8 @@ EXTRA=($SET)
 mkdir -p "$FIGURES"
 started=$SECONDS
 
-# 1. Ranked retrieval: 4 random queries (seed 0), top 8 of the whole test split.
-$REID_PRUNE visrank "${ARGS[@]}" "${EXTRA[@]}" --queries 4 --topk 8 --seed 0 --output "$WORK/visrank"
+# 1. Ranked retrieval: 8 random queries (seed 0), top 8 of the whole test split.
+$REID_PRUNE visrank "${ARGS[@]}" "${EXTRA[@]}" --queries 8 --topk 8 --seed 0 --output "$WORK/visrank"
 # 2. Sensitivity of every group at scope all (HaoLi, no fine-tuning) on SUBSET_IDS test identities, and the
 #    per-group rates that keep half the MACs.
 $REID_PRUNE sensitivity "${ARGS[@]}" "${EXTRA[@]}" --method haoli --scope all --rates "$RATES" \

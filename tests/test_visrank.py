@@ -36,6 +36,14 @@ def case(tmp_path):
     return query, gallery, distmat, expected, tmp_path / "out"
 
 
+def test_first_true_match_is_found_beyond_the_drawn_top_k(case):
+    query, gallery, distmat, _, out = case
+    drawn = visualize_ranked(distmat, query, gallery, out, topk=1, tile_size=TILE)
+    # Query 0 (pid 1): g3 (pid 3), g1 (pid 2), then g2 (pid 1) at rank 3; query 1 (pid 2): g5 at rank 1.
+    assert [d.first_match_rank for d in drawn] == [3, 1]
+    assert [m.same_identity for d in drawn for m in d.matches] == [False, True]
+
+
 def pixel(image: Image.Image, slot: int, dx: int, dy: int) -> tuple[int, int, int]:
     """A pixel of tile ``slot`` (0: the query), offset from the tile's top-left border corner."""
     height, width = TILE

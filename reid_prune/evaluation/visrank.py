@@ -66,6 +66,7 @@ class RankedQuery:
     query_index: int
     image: Path
     matches: list[RankedMatch]
+    first_match_rank: int | None  # 1-based rank of the first true match in the whole ranking (None: none)
 
 
 def row_size(topk: int, tile_size: tuple[int, int] = (128, 64)) -> tuple[int, int]:
@@ -140,14 +141,20 @@ def _tile(canvas: Image.Image, slot: int, path: str, colour: tuple[int, int, int
 
 
 def draw_ranked_row(query: ImageRecord, matches: Sequence[tuple[ImageRecord, RankedMatch]], topk: int, *,
-                    tile_size: tuple[int, int] = (128, 64)) -> Image.Image:
-    """The picture of one query and its matches (at most ``topk``), laid out as the module docstring says."""
+                    tile_size: tuple[int, int] = (128, 64), first_match_rank: int | None = None) -> Image.Image:
+    """The picture of one query and its matches (at most ``topk``), laid out as the module docstring says.
+
+    ``first_match_rank`` (the rank of the query's first true match, when known) is written under
+    the query, so a row of red tiles still says how far down the right person is.
+    """
     canvas = Image.new("RGB", row_size(topk, tile_size), BACKGROUND)
     font = _font()
-    _tile(canvas, 0, query.path, QUERY_COLOUR, ["query", f"id {query.pid} c{query.camid + 1}"], tile_size, font)
+    found = "" if first_match_rank is None else f"match @{first_match_rank}"
+    _tile(canvas, 0, query.path, QUERY_COLOUR, [f"id {query.pid} c{query.camid + 1}", found], tile_size, font)
     for record, match in matches[:topk]:
         colour = MATCH_COLOUR if match.same_identity else MISMATCH_COLOUR
-        _tile(canvas, match.rank, record.path, colour, [f"rank {match.rank}", f"{match.distance:.3f}"], tile_size,
+        # Four decimals: pooled ReLU features give cosine distances of a few thousandths.
+        _tile(canvas, match.rank, record.path, colour, [f"rank {match.rank}", f"{match.distance:.4f}"], tile_size,
               font)
     return canvas
 
@@ -205,8 +212,8 @@ def visualize_ranked(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     drawn, rows = [], []
-    orders = {qi: ranked_gallery(distmat[qi], query[qi].pid, query[qi].camid, g_pids, g_camids)[:topk]
-              for qi in queries}
+    full = {qi: ranked_gallery(distmat[qi], query[qi].pid, query[qi].camid, g_pids, g_camids) for qi in queries}
+    orders = {qi: order[:topk] for qi, order in full.items()}
     # Every row has the same width (summary.png stacks them), but no wider than the longest ranking:
     # a k beyond the gallery would only add blank tiles.
     tiles = min(topk, max((len(order) for order in orders.values()), default=1)) or 1
@@ -214,10 +221,13 @@ def visualize_ranked(
         q = query[qi]
         matches = [RankedMatch(int(gi), rank, float(distmat[qi, gi]), bool(g_pids[gi] == q.pid))
                    for rank, gi in enumerate(orders[qi], 1)]
-        row = draw_ranked_row(q, [(gallery[m.gallery_index], m) for m in matches], tiles, tile_size=tile_size)
+        hits = np.flatnonzero(g_pids[full[qi]] == q.pid)
+        first = int(hits[0]) + 1 if hits.size else None
+        row = draw_ranked_row(q, [(gallery[m.gallery_index], m) for m in matches], tiles, tile_size=tile_size,
+                              first_match_rank=first)
         path = out / f"query_{qi:05d}_id{q.pid}_c{q.camid + 1}.png"
         row.save(path)
-        drawn.append(RankedQuery(qi, path, matches))
+        drawn.append(RankedQuery(qi, path, matches, first))
         if len(rows) < summary_rows:
             rows.append(row)
     if rows:
