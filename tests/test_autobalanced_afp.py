@@ -95,14 +95,24 @@ def test_autobalanced_rounds_cut_the_lowest_channels_abreast():
     loop = _loop(model, epochs=3)
     pruner = get_pruner("autobalanced", rate=0.5, rounds=2)
     pruner.on_train_start(loop)
-    original = model.get_submodule("layer2.0.conv1").weight.detach().clone()
-    group = next(g for g in pruner.groups if g.name == "layer2.0.conv1")
-    l1 = channel_norms(model, group, 1).detach()
+    # By hand: filter L1 a (every weight a / 576), BN scale b and shift -d, so a channel's L1 is a + b + d.
+    conv, bn = model.layer2[0].conv1, model.layer2[0].bn1
+    a, b, d = torch.rand(3, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        conv.weight.copy_((a / 576).reshape(-1, 1, 1, 1).expand_as(conv.weight))
+        bn.weight.copy_(b)
+        bn.bias.copy_(-d)
+    original = conv.weight.detach().clone()
+
+    def top(values):
+        return sorted(torch.argsort(values, descending=True)[:96].tolist())
+
+    assert top(a + b + d) not in (top(a), top(a + b), top(a + d))  # each part changes the choice
     pruner.on_epoch_end(loop, 0)  # round 1 ends: every group loses its first share, the lowest L1 first
     assert loop.rebuilds == 1
     conv = model.get_submodule("layer2.0.conv1")
     assert conv.out_channels == 96 and model.get_submodule("layer2.0.conv2").in_channels == 96
-    assert _kept_rows(original, conv.weight) == sorted(torch.argsort(l1, descending=True)[:96].tolist())
+    assert _kept_rows(original, conv.weight) == top(a + b + d)
     assert all(g.channels == pruner.schedule.keep_after(pruner, g.name, 1) for g in pruner.groups)
     state = json.loads(json.dumps(pruner.state_dict()))  # plain types only
     pruner.on_epoch_end(loop, 1)
@@ -115,6 +125,21 @@ def test_autobalanced_rounds_cut_the_lowest_channels_abreast():
     resumed = get_pruner("autobalanced", rate=0.5, rounds=2)
     resumed.load_state_dict(state)
     assert resumed.state_dict() == state and resumed.schedule.rounds_done == 1
+
+
+def test_autobalanced_rounds_keep_the_floor_of_the_share_due():
+    # Round r of 3 keeps floor(C (1 - r/3 x cut/C)) = C - ceil(r cut / 3); rate 0.5 cuts half of each group.
+    # C = 64: 64 - ceil(32/3) = 53, 64 - ceil(64/3) = 42 (round() would keep 43); C = 128: 106 (not 107), 85.
+    model = _model()
+    loop = _loop(model, epochs=4)  # rounds end after epochs 0, 1, 2
+    pruner = get_pruner("autobalanced", rate=0.5, rounds=3)
+    pruner.on_train_start(loop)
+    widths = []
+    for epoch in range(3):
+        pruner.on_epoch_end(loop, epoch)
+        widths.append([g.channels for g in pruner.groups])
+    assert widths == [[53, 53, 106, 106, 213, 213, 426, 426], [42, 42, 85, 85, 170, 170, 341, 341],
+                      [32, 32, 64, 64, 128, 128, 256, 256]]
 
 
 def test_autobalanced_finalize_completes_the_cut_when_training_stopped_early():

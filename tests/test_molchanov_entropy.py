@@ -10,9 +10,11 @@ from reid_prune.checkpoint import load_model, save_checkpoint
 from reid_prune.config import ConfigError
 from reid_prune.evaluation import complexity
 from reid_prune.pruners import PruneContext, get_pruner
-from reid_prune.pruners.criteria import comparable, score_groups
+from reid_prune.pruners.criteria import Criterion, comparable, keep_top, score_groups
 from reid_prune.pruners.criteria.entropy import channel_entropy
 from reid_prune.pruners.groups import find_channel_groups
+from reid_prune.pruners.schedules import iterative
+from reid_prune.pruners.session import PruningSession
 from reid_prune.pruners.surgery import prune_group, zero_group
 
 SIZE = (64, 32)
@@ -173,25 +175,115 @@ def test_global_ranking_and_round_to_give_uneven_multiples():
     assert abs(complexity(model, SIZE)["macs"] / complexity(_model(), SIZE)["macs"] - 0.6) <= 0.02
 
 
-def test_flops_penalty_removes_the_costliest_channels_first():
-    # Brute force: the MACs one channel of each group costs, by removing it and counting with complexity().
+def _saved_macs():
+    """Brute force: the MACs one channel of each internal group costs, by removing it and counting with complexity()."""
     base = complexity(_model(), SIZE)["macs"]
     saved = {}
     for g in find_channel_groups(_model()):
         model = _model()
         prune_group(model, next(h for h in find_channel_groups(model) if h.name == g.name), range(1, g.channels))
         saved[g.name] = base - complexity(model, SIZE)["macs"]
-        assert saved[g.name] > 0
-    costliest = max(saved, key=saved.get)
-    model = _model()
-    before = {g.name: g.channels for g in find_channel_groups(model)}
-    pruner = get_pruner("molchanov", rate=0.01, input_size=SIZE, flops_penalty=1e6, allocation="uniform",
-                        channels_per_step=4, finetune_steps=0)
-    pruner.prune(model, _context(_batches()))
-    after = {g.name: g.channels for g in pruner.groups}
-    assert pruner.schedule.rounds_done >= 2
-    # The first round removed 4 channels, all from the costliest group (its floor allows 1% of its width).
-    assert before[costliest] - after[costliest] == before[costliest] - pruner.keep_counts[costliest]
+    return saved
+
+
+def _cuts(monkeypatch, pruner, model, context):
+    """Prune, recording how many channels each group loses in every round (the session's cuts)."""
+    rounds, real_cut = [], PruningSession.cut
+
+    def recording(self, net, plan):
+        rounds.append({name: self.group(name).channels - len(keep) for name, keep in plan.items()})
+        real_cut(self, net, plan)
+
+    monkeypatch.setattr(PruningSession, "cut", recording)
+    pruner.prune(model, context)
+    monkeypatch.undo()
+    return rounds
+
+
+def test_flops_penalty_removes_the_costliest_channels_first(monkeypatch):
+    saved = _saved_macs()
+    # Uniform rate 0.01: a group of C channels may lose C - floor(0.99 C) (1 of 64, 2 of 128, 3 of 256, 6 of 512).
+    may_lose = {g.name: {64: 1, 128: 2, 256: 3, 512: 6}[g.channels] for g in find_channel_groups(_model())}
+    expected, left = {}, 4  # a huge penalty: the 4 channels of round 1 come from the costliest groups
+    for name in sorted(saved, key=saved.get, reverse=True):
+        if left:
+            expected[name] = min(may_lose[name], left)
+            left -= expected[name]
+    rounds = {}
+    for penalty in (1e6, 0.0):
+        pruner = get_pruner("molchanov", rate=0.01, input_size=SIZE, flops_penalty=penalty, allocation="uniform",
+                            channels_per_step=4, finetune_steps=0)
+        rounds[penalty] = _cuts(monkeypatch, pruner, _model(), _context(_batches()))
+    assert len(rounds[1e6]) == 6 and rounds[1e6][0] == expected  # 24 channels in all, 4 per round
+    assert rounds[0.0][0] != expected  # without the penalty the Taylor scores choose
+
+
+class _Scripted(Criterion):
+    """Scores written by hand: ``fn(group, width, scoring round)``, or 1e6 per channel where it returns None."""
+
+    normalizer = "none"
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def scores(self, model, groups, context):
+        self.calls += 1
+        out = {g.name: self.fn(g.name, g.channels, self.calls) for g in groups}
+        return {name: torch.full((g.channels,), 1e6, dtype=torch.float64) if out[name] is None
+                else torch.as_tensor(out[name], dtype=torch.float64) for name, g in zip(out, groups)}
+
+
+def test_flops_penalty_acts_in_the_global_ranking(monkeypatch):
+    # Group a (layer1.0.conv1) has the costlier channels, group b (layer4.0.conv1) the lower scores; every other
+    # channel scores 1e6. Rate 0.001 of the 1920 channels removes 2. Without the penalty b's two lowest (0.2,
+    # 0.25) go. With lambda = 0.3 / (p_a - p_b), p the MFLOPs one channel costs, a's two lowest (0.3, 0.35) fall
+    # 0.3 below their unpenalised place: under b's, so the allocation takes them from a.
+    saved = _saved_macs()
+    a, b = "layer1.0.conv1", "layer4.0.conv1"
+    lam = 0.3 / (2 * (saved[a] - saved[b]) / 1e6)
+
+    def scripted(name, width, _):
+        low = {a: [0.3, 0.35], b: [0.2, 0.25]}.get(name)
+        return None if low is None else low + [1.0] * (width - 2)
+
+    widths = {}
+    for penalty in (lam, 0.0):
+        pruner = get_pruner("molchanov", rate=0.001, input_size=SIZE, flops_penalty=penalty, channels_per_step=2,
+                            finetune_steps=0)
+        pruner.criterion = _Scripted(scripted)
+        rounds = _cuts(monkeypatch, pruner, _model(), PruneContext())
+        assert len(rounds) == 1
+        widths[penalty] = {g.name: g.channels for g in pruner.groups}
+    assert (widths[lam][a], widths[lam][b]) == (62, 512)
+    assert (widths[0.0][a], widths[0.0][b]) == (64, 510)
+
+
+def test_2019_momentum_averages_the_scores_of_kept_channels(monkeypatch):
+    # Round 1: s1 = (0, 2, 3, ..., 64) removes channel 0. Round 2 scores the 63 left s2 = (10, ..., 10, 0); the
+    # ranking is 0.9 s1[1:] + 0.1 s2 (NVlabs: momentum 0.9): original channel 1 scores 0.9 x 2 + 1 = 2.8 and goes,
+    # while s2 alone would remove original channel 63 (0.9 x 64 + 0 = 57.6 with momentum).
+    s1 = torch.arange(1.0, 65.0)
+    s1[0] = 0
+    s2 = torch.full((63,), 10.0)
+    s2[-1] = 0
+
+    def scripted(name, width, call):
+        return None if name != "layer1.0.conv1" else (s1 if call == 1 else s2 if call == 2 else [1.0] * width)
+
+    ranked, real = [], iterative.lowest_channels
+    monkeypatch.setattr(iterative, "lowest_channels", lambda scores, cut: ranked.append(dict(scores)) or
+                        real(scores, cut))
+    weight, survivors = _model().layer1[0].conv1.weight.detach(), {}
+    for options in ({}, {"momentum": 0.0}):  # {}: the 2019 default
+        pruner = get_pruner("molchanov", variant=2019, layer_rates={"layer1.0.conv1": 2 / 64}, channels_per_step=1,
+                            finetune_steps=0, **options)
+        pruner.criterion = _Scripted(scripted)
+        ranked.clear()
+        survivors[len(options)] = pruner.prune(_model(), PruneContext()).layer1[0].conv1.weight.detach()
+        if not options:
+            torch.testing.assert_close(ranked[1]["layer1.0.conv1"], (0.9 * s1[1:] + 0.1 * s2).double())
+    assert torch.equal(survivors[0], weight[2:])  # original channels 0 and 1 removed
+    assert torch.equal(survivors[1], weight[1:63])  # without momentum: 0 and 63
 
 
 # ------------------------------------------------------------------------- entropy
@@ -261,6 +353,26 @@ def test_entropy_prunes_layer_by_layer_to_keep_counts():
     assert {g.name: g.channels for g in pruner.groups} == pruner.keep_counts
     assert pruner.schedule.units_pruned == 8 and steps == [3] * 7  # after each group but the last
     assert pruned.layer4[1].conv1.out_channels == 256
+
+
+def test_entropy_scores_each_group_on_the_network_as_pruned_and_fine_tuned_so_far():
+    model = _model()
+    original = model.layer1[1].conv1.weight.detach().clone()
+    pruner = get_pruner("entropy", layer_rates={"layer1.0.conv1": 0.5, "layer1.1.conv1": 0.5}, input_size=SIZE,
+                        finetune_steps=1)
+    pruner.setup(model)
+    up_front = score_groups(pruner.criterion, model, pruner.groups, _context(_batches()))["layer1.1.conv1"]
+    assert keep_top(up_front, 32) != list(range(32, 64))  # scoring once, up front, would keep other channels
+
+    def finetune(net, steps):  # after layer1.0: leaves layer1.1's channels 0-31 constant over images (entropy 0)
+        with torch.no_grad():
+            net.layer1[1].conv1.weight[:32] = 0
+            net.layer1[1].bn1.weight[:32] = 0
+            net.layer1[1].bn1.bias.fill_(0.5)
+        return net
+
+    pruned = pruner.prune(model, _context(_batches(), finetune=finetune))
+    assert torch.equal(pruned.layer1[1].conv1.weight, original[32:])  # exactly the channels left varying
 
 
 def test_entropy_refuses_residual_streams():

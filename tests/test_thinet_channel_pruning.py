@@ -12,6 +12,7 @@ from reid_prune import build_model
 from reid_prune.checkpoint import load_model, save_checkpoint
 from reid_prune.config import ConfigError
 from reid_prune.pruners import PruneContext, get_pruner
+from reid_prune.pruners.criteria import reconstruction
 from reid_prune.pruners.criteria.reconstruction import (
     _ridge,
     greedy_removal_order,
@@ -79,6 +80,20 @@ def test_sample_patches_draws_distinct_locations_per_image_and_stops_early():
         assert len(set(distances.argmin(dim=1).tolist())) == 5  # at distinct locations
     (every,) = sample_patches(model, batches[:1], ["2"], 50, torch.Generator().manual_seed(0))
     assert every.shape[0] == 3 * 12  # capped at the grid
+
+
+def test_thinet_samples_ten_locations_per_image_by_default(monkeypatch):
+    sampled, real = [], reconstruction.sample_patches
+
+    def recording(*args):
+        patches = real(*args)
+        sampled.append((args[3], patches[0].shape[0]))  # (locations asked per image, rows drawn)
+        return patches
+
+    monkeypatch.setattr(reconstruction, "sample_patches", recording)
+    pruner = get_pruner("thinet", layer_rates={"layer1.0.conv1": 0.5})
+    pruner.prune(build_model("resnet18").eval(), PruneContext(data=_batches(1), num_batches=1))
+    assert sampled == [(10, 8 * 10)]  # 8 images, 10 locations each (16 x 8 = 128 to choose from)
 
 
 def test_contribution_gram_equals_the_gram_of_explicit_rows():
@@ -249,6 +264,19 @@ def test_least_squares_lowers_reconstruction_error_on_samples_and_fresh_data():
     refit = refit_weights(fit, weight, keep, "weights")
     assert reconstruction_error(fresh, weight, keep, refit) < 0.5 * reconstruction_error(fresh, weight, keep, sliced)
     torch.testing.assert_close(refit_weights(fit, weight, keep, "none"), sliced.double())
+
+
+def test_scale_refit_is_the_least_squares_fit_of_explicit_rows():
+    # ThiNet Sec. 3.3: w = argmin sum over rows (y - sum_{c in S} w_c x_c)^2, y the row sum over all channels.
+    gen = torch.Generator().manual_seed(10)
+    patches = torch.randn(12, 5, 9, generator=gen)
+    weight = torch.randn(3, 5, 3, 3, generator=gen)
+    rows = _rows(patches.double(), weight.double()).numpy()  # (12 patches x 3 filters, 5 channels)
+    keep = [0, 2, 3]
+    factors = np.linalg.lstsq(rows[:, keep], rows.sum(axis=1), rcond=None)[0]
+    assert np.abs(factors - 1).max() > 0.05  # a no-op refit would not pass
+    expected = weight.double().numpy()[:, keep] * factors.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(refit_weights(patches, weight, keep, "scale").numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("rows", [5, 40])  # kernel form (fewer rows than unknowns) and normal equations

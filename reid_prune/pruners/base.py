@@ -185,15 +185,19 @@ class Pruner(TrainerHook):
             self.keep_counts = self.allocate(model, scores)
         return self.keep_counts
 
-    def allocate(self, model: nn.Module, scores: Mapping[str, Tensor] | None = None) -> dict[str, int]:
+    def allocate(self, model: nn.Module, scores: Mapping[str, Tensor] | None = None, *,
+                 ranked: Mapping[str, Tensor] | None = None) -> dict[str, int]:
         """Keep counts of the current groups that meet the target, measured against the model at setup.
 
-        ``scores``: raw criterion scores of every group (for the ``global`` allocation).
+        ``scores``: raw criterion scores of every group (for the ``global`` allocation), made
+        comparable by the criterion's normaliser; or ``ranked``: scores already comparable
+        across groups (the iterative schedule's, FLOPs penalty included), ranked as they are.
         """
         session = self.session
         unchanged = session.widths() == session.start_widths
         cost = session.full_cost if unchanged else session.cost(model)
-        ranked = comparable(self.criterion, scores) if self.allocation.needs_scores else None
+        if ranked is None and self.allocation.needs_scores:
+            ranked = comparable(self.criterion, scores)
 
         def plan(target: Target) -> dict[str, int]:
             return self.allocation.keep_counts(session.groups, target, cost, ranked, min_channels=self.min_channels,

@@ -22,10 +22,10 @@ class L1Norm(Criterion):
 
     Args:
         shortcut_decides: on a residual stream with a projection shortcut, score the channels
-            by the shortcut conv's filters alone (Li et al., Sec. 4.4: the identity maps
+            by the shortcut conv's filters alone (Li et al., Sec. 3.3: the identity maps
             matter more than the residuals, so the shortcut's pruning decides them). Streams
             without a projection (ResNet-18/34's first stage) use every producer's filters.
-        greedy: the paper's greedy strategy (Sec. 3.2): when a layer is scored, the kernels
+        greedy: the paper's greedy strategy (Sec. 3.3): when a layer is scored, the kernels
             that read feature maps already removed from an earlier group do not count.
             Groups are scored in forward order.
     """

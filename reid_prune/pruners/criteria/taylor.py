@@ -1,14 +1,14 @@
 """First-order Taylor importance of feature maps (Molchanov et al., ICLR 2017 and CVPR 2019).
 
 Removing feature map k changes the loss by about ``a * dL/da`` summed over the map, so
-for image n (2017, Eq. 8 and Sec. 2.2)::
+for image n (2017, Eq. 8 in Sec. 2.2)::
 
     t[n, k] = (1 / M) * sum over the M positions of a[n, k] * dL/da[n, k]
     theta_k = mean over images n of |t[n, k]|       (abs_of="example": the paper)
             = |mean over images n of t[n, k]|       (abs_of="batch": jacobgil/pytorch-pruning)
 
-ranked across layers after the layer-wise L2 normalisation theta_k / ||theta||_2
-(``normalizer = "l2"``, applied by the allocation and the iterative schedule).
+ranked across layers after the layer-wise L2 normalisation theta_k / ||theta||_2 (Sec. 2.3;
+``normalizer = "l2"``, applied by the allocation and the iterative schedule).
 
 2019 (NVlabs/Taylor_pruning ``pruning_engine.py`` method 22, "gate after BN"): a gate of
 ones multiplies each BN output, and a channel scores the squared gate gradient::

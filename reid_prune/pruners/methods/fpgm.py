@@ -2,8 +2,9 @@
 
 Filters nearest the group's geometric median (smallest sum of Euclidean distances to the
 others, on raw weights: ``get_filter_similar``) are pruned. ``mode="hard"`` cuts once;
-``mode="soft"`` (the paper's setting) zeroes them after every training epoch and removes
-them at the end, masking their gradients in between (the reference's ``do_grad_mask``).
+``mode="soft"`` (the paper's setting) zeroes them before the first and after every training
+epoch and removes them at the end, masking their gradients in between (the reference's
+``do_grad_mask``).
 """
 
 from dataclasses import dataclass

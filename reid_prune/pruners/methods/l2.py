@@ -1,8 +1,9 @@
 """l2: Soft Filter Pruning (He et al., IJCAI 2018; he-y/soft-filter-pruning ``pruning_train.py``).
 
-After every training epoch the filters with the smallest L2 norm are zeroed at the full
-rate (the conv filters only, as the reference's ``Mask`` does) and keep training, so they
-may grow back; they are removed at the end. The reference does not mask gradients.
+Before the first and after every training epoch the filters with the smallest L2 norm are
+zeroed at the full rate (the conv filters only, as the reference's ``Mask`` does) and keep
+training, so they may grow back; they are removed at the end. The reference does not mask
+gradients.
 """
 
 from dataclasses import dataclass

@@ -13,7 +13,8 @@ Two modules play against each other during the fine-tuning epochs:
   E of the unpruned model when training starts and, after each epoch's cut, the mAP
   C_t of what remains, with the drop ``d_t = E - C_t`` and the user's tolerance eps:
 
-  - the sparsity weight follows the accuracy margin, as in the paper:
+  - the sparsity weight follows the accuracy margin (our reconstruction of the paper's
+    PRC rule, not checked against its text):
     ``lambda_{t+1} = reg * max(0, eps - d_t) / eps`` (full ``reg`` at no drop, 0 at the limit);
   - while ``d_t <= eps`` the threshold rises, ``W_{t+1} = min(1, W_t + threshold_step)``,
     so each round may cut more of U;

@@ -17,19 +17,21 @@ text could not be read here; see docs/pruners.md).
 
 Schedule ("abreast advancing": all groups advance together): the training epochs are split
 into ``rounds + 1`` parts; at the end of each of the first ``rounds`` parts every group is
-cut (surgery) by a share 1/rounds of its total cut, the lowest-norm channels first; the
-last part retrains without the regulariser. :meth:`AutoBalanced.finalize` completes the
-cut when training stopped early.
+cut (surgery) by a share 1/rounds of its total cut (kept counts by :func:`~..budget.kept`
+on the share due so far), the lowest-norm channels first; the last part retrains without
+the regulariser. :meth:`AutoBalanced.finalize` completes the cut when training stopped early.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ...engine.hooks import TrainingLoop
+from ..budget import kept
 from ..criteria.base import keep_top, score_groups
 from ..criteria.magnitude import channel_norms
 from .base import Schedule, round_up
@@ -85,11 +87,15 @@ class AutoBalanced(Schedule):
         self.history: list[dict[str, Any]] = []
 
     def keep_after(self, pruner: Pruner, name: str, rounds: int) -> int:
-        """Width of group ``name`` once ``rounds`` rounds have cut their share (rounded up to ``round_to``)."""
+        """Width of group ``name`` once ``rounds`` rounds have cut their share (rounded up to ``round_to``).
+
+        The one rounding rule (:func:`~..budget.kept`) on the share of the cut due so far:
+        floor(C (1 - rounds / R x cut / C)), in exact fractions.
+        """
         start = self.start_channels[name]
         if rounds >= self.rounds:
             return self.final_keep[name]
-        keep = start - round((start - self.final_keep[name]) * rounds / self.rounds)
+        keep = kept(start, Fraction(rounds, self.rounds) * Fraction(start - self.final_keep[name], start))
         return round_up(keep, start, pruner.min_channels, pruner.round_to)
 
     def round_end_epoch(self, round_number: int, total: int) -> int:

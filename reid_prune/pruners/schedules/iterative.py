@@ -2,12 +2,13 @@
 
 Each round scores every group on the current network, ranks the channels of all groups
 together by their comparable scores (the criterion's normaliser, Molchanov 2017's
-layer-wise L2 normalisation), removes the ``channels_per_step`` lowest among those the
-allocation still wants removed, and fine-tunes ``finetune_steps`` steps through
-``context.finetune`` before the next round. With the ``uniform`` or ``layer_rates``
-allocation the final widths are fixed at the start and the ranking only orders the
-removals; with ``global`` the allocation is planned again every round on the current
-network, so the ranking decides where the channels go (the paper's procedure).
+layer-wise L2 normalisation, minus the optional FLOPs penalty), removes the
+``channels_per_step`` lowest among those the allocation still wants removed, and
+fine-tunes ``finetune_steps`` steps through ``context.finetune`` before the next round.
+With the ``uniform`` or ``layer_rates`` allocation the final widths are fixed at the start
+and the ranking only orders the removals; with ``global`` the allocation is planned again
+every round on the current network from that same ranking, penalty included, so the
+ranking decides where the channels go (the paper's procedure).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ class Iterative(Schedule):
             scores = score_groups(criterion, model, session.groups, context)
             if previous is not None and self.momentum > 0:
                 scores = {k: self.momentum * previous[k] + (1 - self.momentum) * v for k, v in scores.items()}
-            if pruner.allocation.dynamic:
-                counts = pruner.allocate(model, scores)
             ranked = self.penalised(pruner, model, comparable(criterion, scores))
+            if pruner.allocation.dynamic:  # the penalised ranking is the paper's global ranking: it sets the widths
+                counts = pruner.allocate(model, ranked=ranked)
             candidates = lowest_channels(ranked, {g.name: g.channels - counts[g.name] for g in session.groups})
             if not candidates:
                 break

@@ -1,9 +1,12 @@
-"""Soft pruning during training (SFP, PSFP, soft FPGM): zero the lowest channels after every epoch, remove them at the end.
+"""Soft pruning during training (SFP, PSFP, soft FPGM): zero the lowest channels each epoch, remove them at the end.
 
-After each training epoch the criterion scores every group on the current weights and
-the lowest channels of each group are zeroed, as many as the rate curve says is due;
-they keep training and may grow back before the next epoch, which is SFP's point. At the
-end (:meth:`Soft.finalize`) the channels zeroed last are removed by surgery.
+Before the first epoch of a fresh run, and after each training epoch, the criterion scores
+every group on the current weights and the lowest channels of each group are zeroed, as
+many as the rate curve says is due; they keep training and may grow back before the next
+epoch, which is SFP's point. The zeroing before the first epoch is the references'
+``init_mask`` / ``do_mask`` before their epoch loop: SFP zeroes the full rate there, PSFP's
+curve is 0 at the start. At the end (:meth:`Soft.finalize`) the channels zeroed last are
+removed by surgery.
 
 What is zeroed is what the references zero (he-y/soft-filter-pruning and
 he-y/filter-pruning-geometric-median, class ``Mask``): the conv filters only. The BN after
@@ -32,11 +35,11 @@ from .base import Schedule
 if TYPE_CHECKING:
     from ..base import Pruner
 
-Curve = Callable[[int, int], float]  # (0-based epoch just finished, total epochs) -> share of the final cut due
+Curve = Callable[[int, int], float]  # (epochs done t, total epochs T) -> share of the final cut due
 
 
-def full_rate(epoch: int, total: int) -> float:
-    """SFP: the whole cut from the first epoch on."""
+def full_rate(done: int, total: int) -> float:
+    """SFP: the whole cut from the start (t = 0) on."""
     return 1.0
 
 
@@ -54,17 +57,18 @@ def exponential_curve(share_at_eighth: float) -> Curve:
         raise ValueError(f"share_at_eighth: expected a number in (1/8, 1), got {share_at_eighth}")
     x = brentq(lambda v: (1 - v) / (1 - v**8) - share_at_eighth, 1e-12, 1 - 1e-9, xtol=1e-15)
 
-    def curve(epoch: int, total: int) -> float:
-        return min(1.0, (1 - x ** (8 * (epoch + 1) / total)) / (1 - x**8))
+    def curve(done: int, total: int) -> float:
+        return min(1.0, (1 - x ** (8 * done / total)) / (1 - x**8))
 
     return curve
 
 
 class Soft(Schedule):
-    """Zero the lowest channels after every epoch on a rate curve; remove them at the end.
+    """Zero the lowest channels before the first epoch and after every epoch, on a rate curve; remove them at the end.
 
     Args:
-        curve: share of each group's final cut zeroed after each epoch; default the full cut (SFP).
+        curve: share of each group's final cut zeroed after t of T epochs (t = 0: before the first);
+            default the full cut from the start (SFP).
         mask_gradients: zero the zeroed filters' gradients before every optimiser step.
         reset_bn_stats: also reset the zeroed channels' BN running mean to 0 and variance to 1
             (the survey lab's PSFP code), so a filter that regrows starts from neutral statistics.
@@ -83,23 +87,26 @@ class Soft(Schedule):
         if pruner.session is None:
             pruner.setup(loop.model)
         self.total_epochs = loop.epochs
-        self.apply(pruner, loop.model)
+        if self.epochs_done == 0 and self.curve(0, self.total_epochs) > 0:
+            self.zero_lowest(pruner, loop.model, 0, self.total_epochs)  # a fresh run: zero before the first epoch
+        else:  # resumed (or nothing due yet): the restored masks, not a new scoring, so the run stays exact
+            self.apply(pruner, loop.model)
 
     def on_epoch_end(self, pruner: Pruner, loop: TrainingLoop, epoch: int) -> None:
-        self.zero_lowest(pruner, loop.model, epoch, self.total_epochs)
+        self.zero_lowest(pruner, loop.model, epoch + 1, self.total_epochs)
 
-    def zero_lowest(self, pruner: Pruner, model: nn.Module, epoch: int, total: int) -> None:
-        """Score on the current weights and zero each group's lowest channels for the share due after ``epoch``."""
+    def zero_lowest(self, pruner: Pruner, model: nn.Module, done: int, total: int) -> None:
+        """Score the current weights; zero each group's lowest channels for the share due after ``done`` epochs."""
         groups = pruner.session.groups
         scores = score_groups(pruner.criterion, model, groups, pruner.context)
         final = pruner.allocate(model, scores) if pruner.allocation.needs_scores else pruner.keep_counts
-        share = Fraction(self.curve(epoch, total))
+        share = Fraction(repr(float(self.curve(done, total))))  # the decimal it prints as, as kept() reads rates
         self.masks = {}
         for g in groups:
             keep = set(keep_top(scores[g.name], kept(g.channels, share * Fraction(g.channels - final[g.name],
                                                                                  g.channels))))
             self.masks[g.name] = [c for c in range(g.channels) if c not in keep]
-        self.epochs_done = epoch + 1
+        self.epochs_done = done
         self.apply(pruner, model)
 
     def apply(self, pruner: Pruner, model: nn.Module) -> None:
@@ -133,7 +140,7 @@ class Soft(Schedule):
             pruner.setup(model)
         last = max(self.total_epochs, 1)
         if self.epochs_done < last or not self.masks:
-            self.zero_lowest(pruner, model, last - 1, last)
+            self.zero_lowest(pruner, model, last, last)
         plan = {g.name: [c for c in range(g.channels) if c not in set(self.masks[g.name])]
                 for g in pruner.session.groups}
         pruner.session.cut(model, plan)
