@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from reid_prune.argtypes import add_compute_args
 from reid_prune import build_model
 from reid_prune.bench.anchors import TorchPruningAnchor
 from reid_prune.bench.plan import torch_pruning_version
@@ -108,8 +109,7 @@ def main() -> int:
     latency.add_argument("--latency-targets", default="0.5,0.3", help="fractions of the latency kept")
     latency.add_argument("--batch-sizes", default="1,32", help="each one targeted on its own")
     latency.add_argument("--allocations", default="uniform,global")
-    latency.add_argument("--amp", default="auto", help="precision timed (as train.amp): auto, off, bf16")
-    latency.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"))
+    add_compute_args(latency, "the timed passes (as eval uses them)", cpu_only=True)
     latency.add_argument("--cache", help="latency table cache folder (default: a new temporary folder, so the "
                          "first table of each setting is really built)")
     args = parser.parse_args()
@@ -180,8 +180,7 @@ def latency_main(args: argparse.Namespace) -> int:
         args.archs, args.height, args.width, args.batch_sizes = "resnet18", 64, 32, "1,2"
         args.latency_targets, args.allocations, args.repeats = "0.6", "uniform", 5
     os.environ["REID_PRUNE_CACHE"] = args.cache or tempfile.mkdtemp(prefix="reid_prune_latency_")
-    channels_last = {"auto": "auto", "true": True, "false": False}[args.channels_last]
-    compute = ComputeSettings.resolve("cpu", args.amp, channels_last)
+    compute = ComputeSettings.resolve("cpu", args.amp, args.channels_last)
     size = (args.height, args.width)
     targets = [float(t) for t in args.latency_targets.split(",")]
     print(f"latency budgets at {size[0]}x{size[1]}, cpu, {compute.precision}, {compute.memory_format_name}, "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from reid_prune.argtypes import add_compute_args
 from reid_prune.checkpoint import load_model
 from reid_prune.evaluation.complexity import complexity, latency_ratios
 from reid_prune.precision import ComputeSettings
@@ -30,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(128, 64), metavar=("H", "W"),
                         help="input height and width in pixels (default: 128 64)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=(1, 32), help="default: 1 32")
-    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"), help="as train.amp (default auto)")
-    parser.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"))
+    add_compute_args(parser, "the timed passes", cpu_only=True)
     parser.add_argument("--rounds", type=int, default=21, help="timed passes of each model per batch size")
     parser.add_argument("--min-seconds", type=float, default=4.0, help="at least this long per batch size")
     parser.add_argument("--threads", type=int, default=0, help="torch threads while timing (0: torch's)")
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{path}: no such checkpoint")
     if min(args.batch_sizes) < 1 or args.rounds < 1 or args.min_seconds < 0:
         parser.error("--batch-sizes and --rounds must be >= 1 and --min-seconds >= 0")
-    compute = ComputeSettings.resolve("cpu", args.amp, {"auto": "auto", "true": True, "false": False}[args.channels_last])
+    compute = ComputeSettings.resolve("cpu", args.amp, args.channels_last)
     size = tuple(args.size)
     reference = load_model(args.reference)
     base_macs = complexity(reference, size)["macs"]
