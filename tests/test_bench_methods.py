@@ -1,9 +1,10 @@
 """The methods protocol (configs/bench/cuhk03_methods_cpu.yaml): its plan, its structure end to end on tiny data,
 the comparison with random, and evaluation-only settings that re-score instead of retraining.
 
-The end-to-end run keeps the file's structure (every method entry, random, scratch, both Torch-Pruning anchors, two fine-tuning seeds, one epoch) on tiny synthetic data at 64x32, but at one budget
-(0.5) instead of two, to keep this file near two minutes on one core; the second budget's cells are checked
-by the plan test, which builds every cell of the real file.
+The end-to-end run keeps the file's structure (every method entry, random, scratch, both Torch-Pruning
+anchors, two fine-tuning seeds, one epoch) on tiny synthetic data at 64x32, but at one budget (0.5) instead
+of two, to keep this file near two minutes on one core; the second budget's cells are checked by the plan
+test, which builds every cell of the real file.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
                         help="bench file, e.g. configs/bench/cuhk03_methods_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a bench key, e.g. --set seeds=[0,1], --set base.train.max_batches=2 or "
-                             "--set methods[2].options.rounds=5 (repeatable)")
+                             "--set methods[3].options.rounds=5 (Molchanov in cuhk03_methods_cpu.yaml; repeatable)")
     parser.add_argument("--output", metavar="DIR", help="results folder (default: the bench file's output key, "
                                                         "else runs/bench/NAME)")
     parser.add_argument("--dry-run", action="store_true",
