@@ -12,17 +12,20 @@ from a removal that changes the network.
         --output runs/trace/psfp --set prune.method=psfp --set prune.target_macs=0.5 --set prune.finetune_epochs=5
 
 Every evaluation costs one pass over the query and gallery images (about 10 s for CUHK03 at
-128x64 on two CPU cores).
+128x64 on two CPU cores). A bad config, checkpoint or output folder stops it before any
+training with a one-line error and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from reid_prune.cli import USER_ERRORS
 from reid_prune.config import load_config
 from reid_prune.engine.prune_run import prune_checkpoint, pruner_from_config
 from reid_prune.engine.run import make_eval_loaders, model_report, prepare_dataset
@@ -36,10 +39,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set prune.method=psfp (repeatable)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, ["eval.latency=false", *args.overrides])
+    try:
+        return trace(args.config, args.checkpoint, args.output, args.overrides)
+    except USER_ERRORS as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def trace(config: str, checkpoint: str, output: str, overrides: list[str]) -> int:
+    """Run the prune job of ``config`` on ``checkpoint`` into ``output``, printing the trace.
+
+    Raises:
+        ValueError: the method prunes before fine-tuning, or a config key is invalid (ConfigError).
+        FileNotFoundError, FileExistsError: a missing config or checkpoint, an output holding a model.
+    """
+    cfg = load_config(config, ["eval.latency=false", *overrides])
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint!r} is not a file; give a best.pt or last.pt of a run")
     pruner = pruner_from_config(cfg)
     if pruner.requires != "training":
-        parser.error(f"prune.method {pruner.name!r} prunes before fine-tuning; there is nothing to trace")
+        raise ValueError(f"prune.method {pruner.name!r} prunes before fine-tuning; there is nothing to trace "
+                         "(give a method that prunes during it: psfp, l2, fpgm with mode soft, autobalanced, afp_prc)")
     dataset = prepare_dataset(cfg.data, verbose=False)
     query, gallery = make_eval_loaders(cfg, dataset)
 
@@ -63,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return finalize(owner, model)
 
     schedule.on_epoch_end, schedule.finalize = traced_epoch_end, traced_finalize
-    report = prune_checkpoint(cfg, args.checkpoint, output=args.output, progress=False, pruner=pruner)
+    report = prune_checkpoint(cfg, checkpoint, output=output, progress=False, pruner=pruner)
     print(f"after removal: mAP {report['finetuned']['mAP']:.2f}, MACs kept "
           f"{report['finetuned']['macs'] / report['before']['macs']:.3f}")
     return 0

@@ -49,9 +49,14 @@ def test_trace_prints_each_epoch_and_the_removal(tmp_path, tiny_run, monkeypatch
                                                                         progress=False)["mAP"], abs=0.006)
 
 
-def test_trace_refuses_a_method_that_prunes_before_fine_tuning(tmp_path, tiny_run, capsys):
-    with pytest.raises(SystemExit) as stop:
-        _script().main(_args(tmp_path, tiny_run, "haoli"))
-    assert stop.value.code == 2
-    assert "prunes before fine-tuning" in capsys.readouterr().err
+@pytest.mark.parametrize("change, message", [
+    (["--set", "prune.method=haoli"], "prunes before fine-tuning"),
+    (["--checkpoint", "missing.pt"], "is not a file"),
+    (["--set", "prune.finetune_epochs=fast"], "prune.finetune_epochs"),
+])
+def test_trace_stops_on_bad_input_with_exit_2_before_any_work(tmp_path, tiny_run, capsys, change, message):
+    args = _args(tmp_path, tiny_run, "psfp") + change  # a later --checkpoint or --set wins
+    assert _script().main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
