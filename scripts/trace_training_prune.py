@@ -28,7 +28,6 @@ from torch import nn
 from reid_prune.cli import USER_ERRORS
 from reid_prune.config import load_config
 from reid_prune.engine.prune_run import prune_checkpoint, pruner_from_config
-from reid_prune.engine.run import make_eval_loaders, model_report, prepare_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,26 +59,22 @@ def trace(config: str, checkpoint: str, output: str, overrides: list[str]) -> in
     if pruner.requires != "training":
         raise ValueError(f"prune.method {pruner.name!r} prunes before fine-tuning; there is nothing to trace "
                          "(give a method that prunes during it: psfp, l2, fpgm with mode soft, autobalanced, afp_prc)")
-    dataset = prepare_dataset(cfg.data, verbose=False)
-    query, gallery = make_eval_loaders(cfg, dataset)
 
-    def score(model: nn.Module) -> float:
-        training = model.training
-        model.eval()
-        value = model_report(model, cfg, query, gallery, progress=False, latency=False)["mAP"]
-        model.train(training)
-        return value
+    def score(owner: Any, model: nn.Module) -> float:
+        # The prune job's own validation (its query/gallery loaders): no second parse of the dataset.
+        return owner.context.evaluate(model)["mAP"]
 
     schedule = pruner.schedule
     on_epoch_end, finalize = schedule.on_epoch_end, schedule.finalize
 
     def traced_epoch_end(owner: Any, loop: Any, epoch: int) -> None:  # owner: the Pruner
-        before = score(loop.model)
+        before = score(owner, loop.model)
         on_epoch_end(owner, loop, epoch)
-        print(f"epoch {epoch + 1}: mAP {before:.2f} before its pruning step, {score(loop.model):.2f} after", flush=True)
+        after = score(owner, loop.model)
+        print(f"epoch {epoch + 1}: mAP {before:.2f} before its pruning step, {after:.2f} after", flush=True)
 
     def traced_finalize(owner: Any, model: nn.Module) -> nn.Module:  # owner: the Pruner
-        print(f"handed to the final removal: mAP {score(model):.2f}", flush=True)
+        print(f"handed to the final removal: mAP {score(owner, model):.2f}", flush=True)
         return finalize(owner, model)
 
     schedule.on_epoch_end, schedule.finalize = traced_epoch_end, traced_finalize
