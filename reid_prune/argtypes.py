@@ -76,7 +76,8 @@ def _channels_last_arg(text: str) -> str | bool:
     return values[text]
 
 
-def add_compute_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str, *, cpu_only: bool = False) -> None:
+def add_compute_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str, *,
+                     cpu_only: bool = False) -> None:
     """--amp and --channels-last for the commands that take no config (``cpu_only``: no fp16, no CUDA)."""
     choices, cuda, where = (("auto", "off", "bf16"), "", "on the CPU") if cpu_only else (
         ("auto", "off", "bf16", "fp16"), "bf16/fp16 on CUDA, ", "on the CPU and on CUDA under autocast")
