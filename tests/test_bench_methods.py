@@ -97,14 +97,17 @@ def test_the_file_plans_the_protocol():
             assert p.finetune_epochs == bench.finetune_epochs and p.target_macs == float(cell.budget)
             assert p.scope == ("internal" if cell.method.name in ("entropy", "thinet", "channel_pruning") else "all")
             assert p.allocation is None  # each paper's own allocation
-            # Documented defaults: no option set, but the methods that draw at random draw with the cell's seed.
-            assert {k: v for k, v in p.options.items() if k != "seed"} == {}
+            # Documented defaults: no option set, but the methods that draw at random draw with the cell's seed,
+            # and one labelled AFP+PRC entry that sets its thresholds to reach the budget in 5 epochs.
+            fast = {"threshold": 1.0, "push_fraction": 0.2, "tolerance": 10}
+            assert {k: v for k, v in p.options.items() if k != "seed"} == (fast if cell.label == "AFP+PRC fast" else {})
             if cell.method.name in ("random", "thinet", "channel_pruning"):
                 assert p.options.get("seed", 0) == cell.finetune_seed
             else:
                 assert "seed" not in p.options
-    # Every method at both budgets, in both seeds: 10 entries + 2 anchors + scratch, 2 x 2, and the source.
-    assert len(plan.cells) == 1 + (10 + len(ANCHORS) + 1) * 4
+    assert {c.label for c in cells if c.kind == "prune" and c.method.name == "afp_prc"} == {"AFP+PRC", "AFP+PRC fast"}
+    # Every method at both budgets, in both seeds: 11 entries + 2 anchors + scratch, 2 x 2, and the source.
+    assert len(plan.cells) == 1 + (11 + len(ANCHORS) + 1) * 4
     assert bool(ANCHORS) != any("torch-pruning is not installed" in n for n in plan.notes)
     scratch = [c for c in cells if c.kind == "scratch"]
     assert {c.parent.label for c in scratch} == {"HaoLi"}
