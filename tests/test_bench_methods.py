@@ -95,7 +95,9 @@ def test_the_file_plans_the_protocol():
         if cell.kind == "prune":
             p = cell.cfg.prune
             assert p.finetune_epochs == bench.finetune_epochs and p.target_macs == float(cell.budget)
-            assert p.scope == ("internal" if cell.method.name in ("entropy", "thinet", "channel_pruning") else "all")
+            internal = cell.method.name in ("entropy", "thinet", "channel_pruning") or cell.label == "HaoLi (internal)"
+            assert p.scope == ("internal" if internal else "all")
+            assert p.include_last_stage == (cell.label == "HaoLi (last stage too)")
             assert p.allocation is None  # each paper's own allocation
             # Documented defaults: no option set, but the methods that draw at random draw with the cell's seed,
             # and one labelled AFP+PRC entry that sets its thresholds to reach the budget in 5 epochs.
@@ -106,8 +108,10 @@ def test_the_file_plans_the_protocol():
             else:
                 assert "seed" not in p.options
     assert {c.label for c in cells if c.kind == "prune" and c.method.name == "afp_prc"} == {"AFP+PRC", "AFP+PRC fast"}
-    # Every method at both budgets, in both seeds: 11 entries + 2 anchors + scratch, 2 x 2, and the source.
-    assert len(plan.cells) == 1 + (11 + len(ANCHORS) + 1) * 4
+    assert {c.label for c in cells if c.kind == "prune" and c.method.name == "haoli"} == {
+        "HaoLi", "HaoLi (internal)", "HaoLi (last stage too)"}
+    # Every method at both budgets, in both seeds: 13 entries + 2 anchors + scratch, 2 x 2, and the source.
+    assert len(plan.cells) == 1 + (13 + len(ANCHORS) + 1) * 4
     assert bool(ANCHORS) != any("torch-pruning is not installed" in n for n in plan.notes)
     scratch = [c for c in cells if c.kind == "scratch"]
     assert {c.parent.label for c in scratch} == {"HaoLi"}
