@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .groups import NORMS, ChannelGroup, example_input, find_channel_groups, inspection_mode
+from .groups import ChannelGroup, find_channel_groups
+from .tracing import NORMS, example_input, inspection_mode
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _run_shapes(model: nn.Module, input_size: tuple[int, int]) -> tuple[dict[str
 
     Positions: H_out * W_out for a conv; the output size over ``out_features`` for a linear
     (1 for (B, F)). Input shapes: one image's input without the batch dimension. Runs in
-    eval mode without gradients (:func:`~reid_prune.pruners.groups.inspection_mode`).
+    eval mode without gradients (:func:`~reid_prune.pruners.tracing.inspection_mode`).
 
     Returns:
         ({layer name: positions}, {layer name: input shape}).

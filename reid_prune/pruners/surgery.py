@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .groups import NORMS, ChannelGroup
+from .groups import ChannelGroup
+from .tracing import NORMS
 
 
 
