@@ -30,7 +30,8 @@ from torch import nn
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .data.transforms import build_transforms
 from .evaluation import measure_latency
-from .extract import ImageFiles, atomic_path, checkpoint_preprocessing, list_images
+from .extract import ImageFiles, checkpoint_preprocessing, list_images
+from .outputs import atomic_path
 from .outputs import check_output_file
 from .precision import ComputeSettings
 

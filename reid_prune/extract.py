@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,31 +32,12 @@ from .data.images import READ_ERRORS, read_rgb
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from .engine.trainer import resolve_device
 from .evaluation import extract_features
-from .outputs import check_output_file
+from .outputs import atomic_path, check_output_file
 from .precision import ComputeSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE = (256, 128)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed over ``path`` if the body succeeds, removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def paths_file_for(output: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -185,8 +186,11 @@ def protocol(tmp_path_factory):
 
 def test_protocol_end_to_end_files_and_rows(protocol):
     out, summary, _ = protocol
+    umask = os.umask(0)
+    os.umask(umask)
     for name in ("results.md", "results.csv", "results.json"):
         assert (out / name).stat().st_size > 0
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # readable like any file, not 0600
     if importlib.util.find_spec("matplotlib"):
         assert summary["plots"] == {"pareto": True, "widths": True}
         assert (out / "pareto.png").stat().st_size > 0 and (out / "widths.png").stat().st_size > 0

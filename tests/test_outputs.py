@@ -129,3 +129,28 @@ def test_an_output_that_is_the_input_checkpoint_is_refused(tmp_path):
         check_output_file(tmp_path / "." / "best.pt", "--json", inputs=[checkpoint])
     assert checkpoint.read_bytes() == b"weights"
     check_output_file(tmp_path / "eval.json", "--json", inputs=[checkpoint])
+
+
+def test_atomic_writes_get_the_usual_permissions_and_leave_nothing_on_failure(tmp_path):
+    """Every atomic writer (checkpoints, bench JSON and CSV, latency tables) goes through atomic_path: the file
+    gets 0666 & ~umask like an ordinary open(), not mkstemp's 0600, and a failed write leaves no file at all."""
+    import torch
+
+    from reid_prune.bench.cells import write_json
+    from reid_prune.checkpoint import atomic_save
+    from reid_prune.outputs import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        atomic_save({"a": torch.zeros(2)}, tmp_path / "model.pt")
+        write_json(tmp_path / "result.json", {"mAP": 1.0})
+        with atomic_path(tmp_path / "results.csv") as tmp, open(tmp, "w") as fh:
+            fh.write("a,b\n")
+        for name in ("model.pt", "result.json", "results.csv"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+        with pytest.raises(RuntimeError), atomic_path(tmp_path / "broken.csv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json", "results.csv"]

@@ -9,9 +9,7 @@ writes the cell's files and sends what it read to the other ranks.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +24,7 @@ from ..engine import prepare_dataset, train
 from ..engine.prune_run import prune_checkpoint
 from ..engine.trainer import seed_everything
 from ..evaluation import complexity
+from ..outputs import atomic_path
 from .anchors import TorchPruningAnchor
 from .plan import Cell, eval_settings, with_eval_settings
 
@@ -35,10 +34,8 @@ DONE = "result.json"
 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically: a crash never leaves a half-written marker."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -11,13 +11,13 @@ import csv
 import os
 import platform
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..distributed import env_world_size
+from ..outputs import atomic_path
 from .cells import write_json
 from .latency import compute_text, latency_compute, threads_text
 from .plan import Cell, Plan, describe_budget, eval_settings
@@ -254,12 +254,10 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
     }
     write_json(out / "results.json", summary)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    fd, tmp = tempfile.mkstemp(prefix=".results.csv.", suffix=".tmp", dir=out)
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "results.csv")
     (out / "results.md").write_text(markdown_report(bench, plan, rows, groups, command=command, plots=plots,
                                                     final=final, pending=pending))
     return summary

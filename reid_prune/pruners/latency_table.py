@@ -20,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from torch import nn
 
 from ..engine.run import cache_dir
 from ..evaluation.complexity import synchronize
+from ..outputs import atomic_path
 from ..precision import ComputeSettings, autocast_context
 
 FORMAT = "reid_prune/latency/1"
@@ -208,13 +207,6 @@ class LatencyTable:
         """Write the table atomically (a temporary file renamed over the old one); no-op in memory."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"format": FORMAT, "setting": asdict(self.setting), "ops": self.ops,
-                           "networks": self.networks}, fh, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path) as tmp, open(tmp, "w") as fh:
+            json.dump({"format": FORMAT, "setting": asdict(self.setting), "ops": self.ops,
+                       "networks": self.networks}, fh, indent=1, sort_keys=True)
