@@ -183,10 +183,26 @@ def test_bad_method_option_fails_before_any_training(tmp_path):
     ("input_size=[64]", r"bench key input_size: expected \[height, width\]"),
     ("methods[5].name=fpgm", r"--set 'methods\[5\].name=fpgm': methods\[5\] does not exist \(methods has 2 items\)"),
     ("base_config=missing.yaml", "bench key base_config: run config '.*missing.yaml' does not exist"),
+    ("seeds=[]", "bench key seeds: give at least one seed"),
+    ("finetune_seeds=[]", "bench key finetune_seeds: give at least one fine-tuning seed, or leave the key out"),
+    ("budgets=[{value: 0.5, finetune_seeds: []}]", r"bench key budgets\[0\].finetune_seeds: give at least one"),
+    ("budgets=[]", "bench key budgets: give at least one budget for the methods, anchors and scratch"),
+    ("methods=[haoli, {name: fpgm, label: HaoLi}]",
+     r"bench key methods: labels of methods .* must differ; repeated: HaoLi \("),
+    # 'A/B' and 'A B' are different labels but the same folder name: one cell would serve both rows.
+    ("methods=[{name: haoli, label: 'A/B'}, {name: haoli, label: 'A B'}]",
+     "bench key methods: labels 'A/B' and 'A B' name the same cell folders"),
+    ("methods=[{name: haoli, label: ' '}]", "bench key methods: label ' ' needs a letter or digit"),
 ])
 def test_bench_file_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         plan_bench(load_bench(TINY_FILE, [override]))
+
+
+def test_a_bench_of_baselines_alone_needs_no_budget():
+    plan = plan_bench(load_bench(TINY_FILE, ["methods=[]", "anchors=[]", "scratch=null", "budgets=[]",
+                                             "cross_domain=[]"]))
+    assert plan.cells and {c.kind for c in plan.cells} == {"train"}
 
 
 def test_set_indexes_lists_and_expands_short_items():

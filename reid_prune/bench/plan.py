@@ -276,7 +276,7 @@ def plan_bench(bench: Bench) -> Plan:
     # (budget, fine-tuning seed) in rounds: each budget's first seed, then each budget's second, ...
     # Cells run in this order, so a bench stopped early has every method at every budget once.
     per_budget = [(b, bench.finetune_seeds_of(b)) for b in bench.budgets]
-    rounds = [(budget, seeds[i]) for i in range(max(len(s) for _, s in per_budget))
+    rounds = [(budget, seeds[i]) for i in range(max((len(s) for _, s in per_budget), default=0))
               for budget, seeds in per_budget if i < len(seeds)]
 
     for seed in bench.seeds:

@@ -254,8 +254,22 @@ def _closest(value: Any, valid: Sequence[str]) -> str:
 
 
 def _unique(values: Sequence[Any], key: str, what: str) -> None:
-    if len(set(values)) != len(values):
-        fail(key, f"{what} must differ, got {list(values)}")
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        fail(key, f"{what} must differ; repeated: {', '.join(repeated)} (in {list(values)})")
+
+
+def _check_labels(labels: Sequence[str]) -> None:
+    """Labels name cell folders, where every run of other characters becomes '-': they must differ there too."""
+    folders: dict[str, str] = {}
+    for label in labels:
+        folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+        if not re.search(r"[A-Za-z0-9]", label):
+            fail("methods", f"label {label!r} needs a letter or digit: it names the rows and the cell folders")
+        if folder in folders:
+            fail("methods", f"labels {folders[folder]!r} and {label!r} name the same cell folders ({folder}); "
+                            "make them differ in a letter, digit, '_', '.' or '-'")
+        folders[folder] = label
 
 
 def resolve(bench: Bench, name: str, folder: Path) -> Bench:
@@ -299,10 +313,17 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
         method.label = method.label or get_method(method.name).label
         merge(copy.deepcopy(defaults), method.overrides, f"methods[{i}].set.")
     _resolve_budgets(bench)
+    if not bench.seeds:
+        fail("seeds", "give at least one seed of the trained baselines, e.g. [0]")
     _unique(bench.seeds, "seeds", "seeds")
+    if bench.finetune_seeds == []:
+        fail("finetune_seeds", "give at least one fine-tuning seed, or leave the key out to fine-tune each pruned "
+                               "model with its baseline's seed")
     _unique(bench.finetune_seeds or [], "finetune_seeds", "seeds")
 
     labels = [m.label for m in bench.methods]
+    _unique(labels, "methods", "labels of methods (give the same method twice with a label each)")
+    _check_labels(labels)
     for i, scenario in enumerate(bench.cross_domain):
         for side in ("source", "target"):
             if getattr(scenario, side) not in bench.datasets:
@@ -325,8 +346,12 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
         bench.scratch.label = bench.scratch.label or f"Scratch ({bench.scratch.widths} widths)"
     for anchor in bench.anchors:
         anchor.label = anchor.label or ANCHORS[anchor.importance]
-    _unique(labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else []),
-            "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
+    every = labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else [])
+    _unique(every, "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
+    _check_labels(every)
+    if every and not bench.budgets:
+        fail("budgets", "give at least one budget for the methods, anchors and scratch, e.g. [0.5]; a bench of "
+                        "baselines alone sets methods: [], anchors: [] and scratch: null")
 
     bench.name = bench.name or name
     bench.output = bench.output or f"runs/bench/{bench.name}"
@@ -342,6 +367,9 @@ def _resolve_budgets(bench: Bench) -> None:
             fail(f"budgets[{i}]", f"expected a fraction of {bench.prune_arch}'s MACs kept in (0, 1], match:ARCH "
                                   f"(e.g. match:resnet18) or latency:F (a fraction of its measured latency kept, "
                                   f"e.g. latency:0.5), got {budget.value!r}")
+        if budget.finetune_seeds == []:
+            fail(f"budgets[{i}].finetune_seeds", "give at least one fine-tuning seed, or leave the key out to use "
+                                                 "the bench's finetune_seeds")
         _unique(budget.finetune_seeds or [], f"budgets[{i}].finetune_seeds", "seeds")
     _unique([b.label for b in bench.budgets], "budgets", "budgets")
 
