@@ -17,9 +17,9 @@ DESCRIPTION = """\
 Runs a bench file (configs/bench/*.yaml, see docs/bench.md): trains the baseline
 architectures, prunes the prune_arch baseline with every listed method at each
 budget (match:resnet18 = ResNet-18's MACs; latency:0.5 = half its latency
-measured here) and fine-tuning seed, optionally
-with the controls (random channels, the pruned architecture trained from
-scratch) and Torch-Pruning anchors, and the cross-domain scenario (train on A;
+measured here) and fine-tuning seed, optionally with the controls (random
+channels, the pruned architecture trained from scratch) and Torch-Pruning
+anchors, and the cross-domain scenario (train on A;
 prune and fine-tune with A or with B; evaluate on B); then measures every
 model's CPU latency.
 
@@ -32,11 +32,18 @@ interrupted training continues from its last epoch). Changing only evaluation
 settings (eval.metric, eval.flip, eval.ap, model.retrieval_feature) re-scores
 the cached models.
 
+A long bench runs in parts as sub-benches of the same file (fewer methods,
+budgets or seeds with --set): a cell's key does not depend on the other
+cells, so the full command later computes only what is missing. A --set on a
+list replaces the whole list, and a method's label is part of its cells' keys:
+restate every entry with its label (docs/bench.md, "Running a long bench in
+parts").
+
 examples:
   reid-prune bench --config configs/bench/synthetic_tiny.yaml --output runs/bench-tiny
   reid-prune bench --config configs/bench/cuhk03_methods_cpu.yaml --dry-run
   reid-prune bench --config configs/bench/cuhk03_methods_cpu.yaml --set 'methods=[haoli, random]' --set scratch=null
-  reid-prune bench --config configs/bench/cuhk03_cpu.yaml --output runs/bench/cuhk03 --set seeds=[0,1,2]
+  reid-prune bench --config configs/bench/cuhk03_cpu.yaml --output runs/bench/cuhk03 --set 'seeds=[0,1,2]'
   reid-prune bench --config configs/bench/market1501_gpu.yaml --set datasets.market1501.root=/data/Market-1501
   torchrun --nproc_per_node=4 -m reid_prune bench --config configs/bench/market1501_gpu.yaml \\
       --set datasets.market1501.root=/data/Market-1501      (each cell on 4 GPUs, docs/multi_gpu.md)
