@@ -188,7 +188,7 @@ def test_bad_method_option_fails_before_any_training(tmp_path):
     ("budgets=[{value: 0.5, finetune_seeds: []}]", r"bench key budgets\[0\].finetune_seeds: give at least one"),
     ("budgets=[]", "bench key budgets: give at least one budget for the methods, anchors and scratch"),
     ("methods=[haoli, {name: fpgm, label: HaoLi}]",
-     r"bench key methods: labels of methods .* must differ; repeated: HaoLi \("),
+     r"bench key methods: labels of methods, anchors and scratch .* must differ; repeated: HaoLi \("),
     # 'A/B' and 'A B' are different labels but the same folder name: one cell would serve both rows.
     ("methods=[{name: haoli, label: 'A/B'}, {name: haoli, label: 'A B'}]",
      "bench key methods: labels 'A/B' and 'A B' name the same cell folders"),

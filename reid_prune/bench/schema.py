@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import re
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -254,7 +255,7 @@ def _closest(value: Any, valid: Sequence[str]) -> str:
 
 
 def _unique(values: Sequence[Any], key: str, what: str) -> None:
-    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
     if repeated:
         fail(key, f"{what} must differ; repeated: {', '.join(repeated)} (in {list(values)})")
 
@@ -322,8 +323,19 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
     _unique(bench.finetune_seeds or [], "finetune_seeds", "seeds")
 
     labels = [m.label for m in bench.methods]
-    _unique(labels, "methods", "labels of methods (give the same method twice with a label each)")
-    _check_labels(labels)
+    if bench.scratch is not None:
+        if bench.scratch.widths not in labels:
+            fail("scratch.widths", f"{bench.scratch.widths!r} is not the label of a method in methods"
+                                   + _closest(bench.scratch.widths, labels))
+        bench.scratch.label = bench.scratch.label or f"Scratch ({bench.scratch.widths} widths)"
+    for anchor in bench.anchors:
+        anchor.label = anchor.label or ANCHORS[anchor.importance]
+    every = labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else [])
+    _unique(every, "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
+    _check_labels(every)
+    if every and not bench.budgets:
+        fail("budgets", "give at least one budget for the methods, anchors and scratch, e.g. [0.5]; a bench of "
+                        "baselines alone sets methods: [], anchors: [] and scratch: null")
     for i, scenario in enumerate(bench.cross_domain):
         for side in ("source", "target"):
             if getattr(scenario, side) not in bench.datasets:
@@ -338,20 +350,6 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
                      f"{label!r} is not the label of a method in methods ({', '.join(labels)})")
     if not bench.compare and not bench.cross_domain:
         fail("compare", "nothing to run: compare lists no dataset and there is no cross_domain scenario")
-
-    if bench.scratch is not None:
-        if bench.scratch.widths not in labels:
-            fail("scratch.widths", f"{bench.scratch.widths!r} is not the label of a method in methods"
-                                   + _closest(bench.scratch.widths, labels))
-        bench.scratch.label = bench.scratch.label or f"Scratch ({bench.scratch.widths} widths)"
-    for anchor in bench.anchors:
-        anchor.label = anchor.label or ANCHORS[anchor.importance]
-    every = labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else [])
-    _unique(every, "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
-    _check_labels(every)
-    if every and not bench.budgets:
-        fail("budgets", "give at least one budget for the methods, anchors and scratch, e.g. [0.5]; a bench of "
-                        "baselines alone sets methods: [], anchors: [] and scratch: null")
 
     bench.name = bench.name or name
     bench.output = bench.output or f"runs/bench/{bench.name}"
