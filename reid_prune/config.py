@@ -28,12 +28,19 @@ from typing import Any
 
 import yaml
 
-from .config_fields import ConfigError, check_fields, choice, merge, number_range
+from .backbone import ARCHS, NECKS, POOLINGS, RETRIEVAL_FEATURES
+from .config_fields import ConfigError, check_fields, choice, merge, number_range, tagged, tagged_keys
+from .data.datasets import CUHK03_VARIANTS, DATASET_KINDS
+from .evaluation.features import METRICS as DISTANCES
+from .evaluation.metrics import AP_MODES
+from .losses import METRICS as LOSS_METRICS
+from .losses import TRIPLET_MODES
 from .precision import AMP_SETTINGS, CHANNELS_LAST_SETTINGS, LEGACY_AMP
+from .pruners.config import PruneConfig, check_prune
 
-# Keys that change how fast a run goes or what it prints, never the weights it computes.
-RUNTIME_KEYS = ("output", "data.workers", "data.eval_batch_size", "data.check_images", "data.cache", "eval.latency",
-                "eval.latency_batch_sizes", "train.device")
+__all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "PruneConfig",
+           "TrainConfig", "changed_keys", "config_from_dict", "dump_config", "load_config", "parse_override",
+           "parse_yaml", "read_yaml", "tagged_keys", "validate"]
 
 
 @dataclass
@@ -58,35 +65,36 @@ class TransformConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = choice("synthetic", "synthetic", "market1501", "dukemtmc", "cuhk03np", "market_layout")
+    dataset: str = choice("synthetic", "synthetic", *DATASET_KINDS)
     root: str = ""  # dataset folder; for synthetic, where to write it ("" = a cache folder)
     name: str = ""  # display name of a market_layout folder
-    cuhk03_variant: str = choice("detected", "detected", "labeled")
+    cuhk03_variant: str = choice("detected", *CUHK03_VARIANTS)
     height: int = number_range(256, 1)
     width: int = number_range(128, 1)
     p: int = number_range(16, 2)  # identities per batch; batch-hard mining needs negatives
     k: int = number_range(4, 1)  # images per identity
-    workers: int = number_range(2, 0)
-    eval_batch_size: int = number_range(128, 1)
+    workers: int = tagged(number_range(2, 0), "runtime", "unhashed")
+    eval_batch_size: int = tagged(number_range(128, 1), "runtime", "unhashed")
     # Decode every image once when the dataset is read: error (stop, naming the file),
     # skip (leave unreadable images out, with a warning) or off (for huge, trusted datasets).
-    check_images: str = choice("error", "error", "skip", "off", aliases={False: "off"})  # YAML reads off as false
+    check_images: str = tagged(choice("error", "error", "skip", "off", aliases={False: "off"}),  # YAML reads off as false
+                               "runtime", "unhashed")
     # Decode every image once, resized, into memory (uint8): auto = when the images fit in a quarter
     # of the available memory. Saves the JPEG decoding and the resize of every later pass.
-    cache: bool | str = choice("auto", "auto", True, False)
+    cache: bool | str = tagged(choice("auto", "auto", True, False), "runtime", "unhashed")
     transforms: TransformConfig = field(default_factory=TransformConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = choice("resnet50", "resnet18", "resnet34", "resnet50")
+    arch: str = choice("resnet50", *ARCHS)
     last_stride: int = 1
-    pooling: str = choice("avg", "avg", "max", "gem")
-    neck: str = choice("bnneck", "bnneck", "none")
+    pooling: str = choice("avg", *POOLINGS)
+    neck: str = choice("bnneck", *NECKS)
     embedding_dim: int = number_range(0, 0)
     # What the model returns for retrieval: the BNNeck output, or the pooled feature before it.
-    retrieval_feature: str = choice("after_neck", "after_neck", "before_neck")
+    retrieval_feature: str = tagged(choice("after_neck", *RETRIEVAL_FEATURES), "eval_only", "not_training")
     pretrained: str = "none"  # none | imagenet | path to a torchvision state_dict
     # From scratch: start each residual block's last BatchNorm scale at 0, so every block
     # begins as the identity (Goyal et al. 2017). Deep nets then train faster on small data.
@@ -95,10 +103,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    triplet: str = choice("batch_hard", "batch_hard", "random", "none")
+    triplet: str = choice("batch_hard", *TRIPLET_MODES)
     margin: float = number_range(0.3, 0)
     soft_margin: bool = False
-    metric: str = choice("euclidean", "euclidean", "cosine")
+    metric: str = choice("euclidean", *LOSS_METRICS)
     triplet_weight: float = number_range(1.0, 0)
     id_weight: float = number_range(0.0, 0)  # identity cross-entropy; > 0 adds a classifier to the model
     label_smoothing: float = number_range(0.1, 0, 1, high_open=True)
@@ -106,28 +114,32 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = number_range(120, 1)
+    epochs: int = tagged(number_range(120, 1), "resumable")
     optimizer: str = choice("adam", "adam", "sgd")
     lr: float = number_range(3.5e-4, 0, low_open=True)
     weight_decay: float = number_range(5e-4, 0)
     # Which parameters weight decay reaches: conv and linear weights only (the "bag of tricks" default),
     # or every parameter, BatchNorm scales and shifts and biases included (a plain torch.optim setup).
-    decay_norms_and_biases: bool = False
+    decay_norms_and_biases: bool = tagged(False, "later")
     # The BNNeck's shift stays at zero (bag of tricks) unless this trains it like any BatchNorm shift.
-    train_neck_bias: bool = False
+    train_neck_bias: bool = tagged(False, "later")
     momentum: float = number_range(0.9, 0, 1, high_open=True)
     warmup_epochs: int = number_range(10, 0)
     warmup_factor: float = number_range(0.01, 0, 1, low_open=True)  # learning rate multiplier at the first warm-up step
     scheduler: str = choice("multistep", "multistep", "cosine", "constant")
     milestones: list[int] = number_range([40, 70], 0)
     gamma: float = number_range(0.1, 0, 1, low_open=True)  # learning rate multiplier at each milestone
-    eval_every: int = number_range(10, 1)  # epochs; the last epoch is always evaluated
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK
+    eval_every: int = tagged(number_range(10, 1), "resumable")  # epochs; the last epoch is always evaluated
+    # auto | cpu | cuda | cuda:N; under torchrun auto and cuda mean cuda:LOCAL_RANK. A resumed run may move to
+    # another device, but a bench cell's key keeps it: CUDA kernels sum floats in another order than the CPU's.
+    device: str = tagged("auto", "runtime")
     # Autocast precision of training, evaluation and fine-tuning (weights stay fp32): auto = bf16/fp16
     # on CUDA, bf16 on a CPU with native bf16, else fp32; off = fp32. Old configs: true = auto, false = off.
     amp: str = choice("auto", *AMP_SETTINGS, aliases={**LEGACY_AMP, "fp32": "off"})
     # Memory format of the model and its inputs: auto = channels-last on the CPU, and on CUDA under autocast.
-    channels_last: bool | str = choice("auto", *CHANNELS_LAST_SETTINGS)
+    # Out of a bench cell's key (it changes only the order of the same float32 sums); a resume compares what
+    # it resolves to (the checkpoint's "compute"), so it is no runtime key.
+    channels_last: bool | str = tagged(choice("auto", *CHANNELS_LAST_SETTINGS), "unhashed")
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     seed: int = number_range(0, 0, 2**31 - 1)
     max_batches: int = number_range(0, 0)  # cap on batches per epoch (0 = a full pass); for smoke runs
@@ -135,52 +147,22 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    metric: str = choice("cosine", "cosine", "euclidean")
-    flip: bool = False
-    ap: str = choice("torchreid", "torchreid", "official")
-    latency: bool = True
-    latency_batch_sizes: list[int] = number_range([1, 32], 1)
-
-
-@dataclass
-class PruneConfig:
-    method: str = "haoli"
-    # Fraction of channels pruned in every group; or the fractions of MACs / parameters / measured latency kept.
-    rate: float | None = number_range(None, 0, 1, high_open=True, what="a prune fraction")
-    # {group name: fraction pruned}, e.g. the layer_rates.yaml of reid-prune sensitivity; unnamed groups keep all
-    layer_rates: dict[str, float] | None = None
-    target_macs: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
-    target_params: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
-    target_latency: float | None = number_range(None, 0, 1, low_open=True, what="a kept fraction")
-    # A latency target: the batch sizes whose mean kept fraction it is (null = eval.latency_batch_sizes), the CPU
-    # threads timed (null = torch's current count, as eval reports) and the measured re-plans (0 = prediction only).
-    latency_batch_sizes: list[int] | None = number_range(None, 1)
-    latency_threads: int | None = number_range(None, 1)
-    latency_feedback: int = number_range(3, 0)
-    # auto = all (residual streams too) for a MACs, params or latency target, internal for rates (docs/pruners.md)
-    scope: str = choice("auto", "auto", "internal", "all")
-    # uniform | global | layer_rates; null = the method's own default (docs/pruners.md)
-    allocation: str | None = None
-    include_stem: bool = True
-    include_downsample: bool = True
-    include_last_stage: bool = False
-    min_channels: int = number_range(1, 1)
-    round_to: int = number_range(1, 1)
-    finetune_epochs: int = number_range(0, 0)
-    finetune_lr: float | None = number_range(None, 0, low_open=True)  # while fine-tuning (default: train.lr / 10)
-    data_batches: int = number_range(8, 1)  # training batches used by data-driven criteria
-    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
+    metric: str = tagged(choice("cosine", *DISTANCES), "eval_only")
+    flip: bool = tagged(False, "eval_only")
+    ap: str = tagged(choice("torchreid", *AP_MODES), "eval_only")
+    latency: bool = tagged(True, "runtime", "unhashed")
+    latency_batch_sizes: list[int] = tagged(number_range([1, 32], 1), "runtime", "unhashed")
 
 
 @dataclass
 class Config:
-    output: str = "runs/default"
+    output: str = tagged("runs/default", "runtime", "unhashed")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: EvalConfig = tagged(field(default_factory=EvalConfig), "not_training")
+    prune: PruneConfig = tagged(field(default_factory=PruneConfig), "not_training")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -226,30 +208,8 @@ def validate(cfg: Config) -> Config:
              f"expected auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
     _require(not cfg.eval.latency or bool(cfg.eval.latency_batch_sizes), "eval.latency_batch_sizes",
              "give at least one batch size, or set eval.latency=false")
-    _check_prune(cfg.prune)
+    check_prune(cfg.prune)
     return cfg
-
-
-def _check_prune(p: PruneConfig) -> None:
-    """Per-group rates, latency settings, the method, its options (names, types, ranges) and the allocation."""
-    from .pruners import ALLOCATIONS, get_method  # the pruning layer imports this module
-    from .pruners.options import build_options
-
-    for group, rate in (p.layer_rates or {}).items():
-        _require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1,
-                 f"prune.layer_rates.{group}", f"a prune fraction must lie in [0, 1), got {rate!r}")
-    try:
-        method = get_method(p.method)
-    except ValueError as exc:
-        raise ConfigError(f"config key prune.method: {exc}") from None
-    build_options(method.options, p.options, "prune.options.")
-    _require(p.latency_batch_sizes is None or bool(p.latency_batch_sizes), "prune.latency_batch_sizes",
-             "give at least one batch size, or null for eval.latency_batch_sizes")
-    for key in ("latency_batch_sizes", "latency_threads"):
-        _require(getattr(p, key) is None or p.target_latency is not None, f"prune.{key}",
-                 "applies to a latency target only: set prune.target_latency (--target-latency), or leave it unset")
-    _require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
-             f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
 
 
 def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -334,11 +294,12 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
-                base: dict[str, Any] | None = None) -> Config:
+                base: dict[str, Any] | None = None, after: typing.Sequence[dict[str, Any]] = ()) -> Config:
     """Read a YAML config (or start from the defaults), apply ``a.b=value`` overrides and validate.
 
     ``base``: a nested dict (e.g. the config stored with a run) applied over the defaults
-    before the file and the overrides.
+    before the file and the overrides. ``after``: nested dicts applied last, in order (a
+    command's own flags, which win over the file and ``--set``).
     """
     cfg = Config()
     if base is not None:
@@ -348,6 +309,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for text in overrides:
         keys, value = parse_override(text)
         merge(cfg, nest(keys, value))
+    for values in after:
+        merge(cfg, values)
     return validate(cfg)
 
 

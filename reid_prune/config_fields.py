@@ -210,3 +210,43 @@ def check_fields(obj: Any, prefix: str = "", *, noun: str = NOUN) -> None:
                     what = f"{f.metadata['what']} " if f.metadata["what"] else ""
                     raise ConfigError(f"{noun} {where}: {what}must {_interval(low, high, low_open, high_open)}, "
                                       f"got {item!r}")
+
+
+# Classes of config keys, declared as tags on the fields where the keys are defined. Each consumer
+# asks for its class with :func:`tagged_keys`, so a new key is classified once, beside its default.
+TAGS = {
+    "runtime": "changes how fast a run goes or what it prints, never the weights: a resumed run may change it",
+    "resumable": "how long a run goes or how it is watched: a resumed run may change it too",
+    "unhashed": "changes how fast a bench cell runs, not what it computes: left out of the cell's key",
+    "later": "added after the first benches ran: left out of a cell's key while at its default",
+    "eval_only": "changes only how a finished model is scored: the bench re-scores instead of retraining",
+    "not_training": "training never reads it (a section or key of pruning or scoring): a resume does not compare it",
+}
+
+
+def tagged(default: Any, *tags: str) -> Any:
+    """A field (``default`` a value, or a field made by :func:`choice`, :func:`number_range` or
+    ``dataclasses.field``) that carries ``tags``, classes of :data:`TAGS` read by :func:`tagged_keys`."""
+    unknown = set(tags) - set(TAGS)
+    if unknown:
+        raise ValueError(f"unknown config key tags {sorted(unknown)}; known: {', '.join(TAGS)}")
+    if not isinstance(default, dataclasses.Field):
+        return field(default=default, metadata={"tags": tags})
+    kwargs = {"default": default.default} if default.default is not dataclasses.MISSING else {
+        "default_factory": default.default_factory}
+    return field(**kwargs, metadata={**default.metadata, "tags": tags})
+
+
+def tagged_keys(obj: Any, tag: str, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of ``obj`` (a dataclass instance, sections included) whose field carries ``tag``.
+
+    A tagged section gives its prefix (``"prune."``); keys are in declaration order.
+    """
+    keys: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if tag in f.metadata.get("tags", ()):
+            keys.append(f"{prefix}{f.name}." if dataclasses.is_dataclass(value) else f"{prefix}{f.name}")
+        elif dataclasses.is_dataclass(value):
+            keys.extend(tagged_keys(value, tag, f"{prefix}{f.name}."))
+    return tuple(keys)

@@ -43,7 +43,7 @@ import time
 
 import torch
 
-from reid_prune.argtypes import add_compute_args
+from reid_prune.commands.argtypes import add_compute_args
 from reid_prune import build_model
 from reid_prune.bench.anchors import TorchPruningAnchor
 from reid_prune.bench.plan import torch_pruning_version

@@ -44,11 +44,11 @@ import reid_prune
 from reid_prune import build_model
 from reid_prune.config import load_config
 from reid_prune.data import build_eval_loader, build_train_loader, build_transforms, decode_images
-from reid_prune.engine import Trainer, prepare_dataset
-from reid_prune.engine.run import make_eval_loaders, make_train_loader
+from reid_prune.engine import Trainer
+from reid_prune.jobs.wiring import make_eval_loaders, make_train_loader, prepare_dataset
 from reid_prune.evaluation import complexity, extract_features
 from reid_prune.precision import ComputeSettings, cpu_bf16_flags
-from reid_prune.report import format_table
+from reid_prune.commands.report import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 64)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from reid_prune.argtypes import add_compute_args
+from reid_prune.commands.argtypes import add_compute_args
 from reid_prune.checkpoint import load_model
 from reid_prune.evaluation.complexity import complexity, latency_ratios
 from reid_prune.precision import ComputeSettings

@@ -25,9 +25,9 @@ from typing import Any
 
 from torch import nn
 
-from reid_prune.cli import USER_ERRORS
+from reid_prune.commands.common import USER_ERRORS
 from reid_prune.config import load_config
-from reid_prune.engine.prune_run import prune_checkpoint, pruner_from_config
+from reid_prune.jobs.prune import prune_checkpoint, pruner_from_config
 
 
 def main(argv: list[str] | None = None) -> int:

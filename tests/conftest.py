@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory) -> Path:
     The run is in ROOT/run (best.pt, last.pt, ...), its generated dataset in ROOT/cache.
     """
     from reid_prune.config import load_config
-    from reid_prune.engine import train
+    from reid_prune.jobs.train import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     with pytest.MonkeyPatch.context() as mp:

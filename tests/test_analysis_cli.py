@@ -20,8 +20,8 @@ from reid_prune.analysis.plotting import INSTALL_HINT
 from reid_prune.cli import main
 from reid_prune.config import load_config
 from reid_prune.data import build_dataset
-from reid_prune.engine import train
-from reid_prune.engine.run import synthetic_root
+from reid_prune.jobs.train import train
+from reid_prune.jobs.wiring import synthetic_root
 from reid_prune.evaluation.visrank import BORDER, CAPTION, GAP, MATCH_COLOUR, MISMATCH_COLOUR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from reid_prune import build_model
 from reid_prune.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from reid_prune.config import ConfigError, load_config
 from reid_prune.data import PKSampler
-from reid_prune.engine.hooks import TrainerHook
+from reid_prune.hooks import TrainerHook
 from reid_prune.engine.trainer import Trainer
 from reid_prune.pruners import get_pruner
 from reid_prune.pruners.criteria.magnitude import channel_norms, channel_parameters

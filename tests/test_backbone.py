@@ -113,13 +113,16 @@ def test_invalid_options_name_the_key(kwargs, key):
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_one_network_embeds_anchor_positive_negative(arch):
     # Siamese design: one set of weights; in eval mode embedding the triplet as one
-    # batch must give exactly what three separate passes give.
+    # batch must give what three separate passes give, up to float32 rounding. The kernels
+    # for a batch of 3 and of 1 may sum in another order: after ResNet-50's 50 layers that
+    # moved a feature of magnitude 18 by 1.4e-5 on an AMD EPYC, so the tolerance scales
+    # with the features (1e-5 of the largest); another weight set differs by O(1).
     model = build_model(arch, embedding_dim=64).eval()
     anchor, positive, negative = images(1, seed=1), images(1, seed=2), images(1, seed=3)
     with torch.no_grad():
         together = model(torch.cat([anchor, positive, negative]))
         separately = torch.cat([model(anchor), model(positive), model(negative)])
-    assert torch.allclose(together, separately, atol=1e-5)
+    assert torch.allclose(together, separately, atol=1e-5 * separately.abs().max().item())
 
 
 def torchvision_state_dict(arch: str = "resnet18", seed: int = 123) -> dict[str, torch.Tensor]:

@@ -10,10 +10,11 @@ import pytest
 
 from reid_prune.bench import cells as bench_cells, latency as bench_latency, plan as bench_plan, scoring
 from reid_prune import build_model, load_model
-from reid_prune.bench import PLOT_NOTE, add_bench_command, check_plan, load_bench, plan_bench, run_bench
+from reid_prune.bench import PLOT_NOTE, check_plan, load_bench, plan_bench, run_bench
+from reid_prune.cli import build_parser
 from reid_prune.config import ConfigError, load_config
 from reid_prune.data import generate_synthetic
-from reid_prune.engine import evaluate_checkpoint
+from reid_prune.jobs.evaluate import evaluate_checkpoint
 from reid_prune.evaluation import complexity
 from reid_prune.precision import resolve_precision
 
@@ -41,9 +42,7 @@ def _quiet(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    add_bench_command(parser.add_subparsers(dest="command"))
-    return parser
+    return build_parser()
 
 
 def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from reid_prune.bench.tables import versus
 from reid_prune.checkpoint import module_widths, read_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import changed_keys, load_config
-from reid_prune.engine import evaluate_checkpoint
+from reid_prune.jobs.evaluate import evaluate_checkpoint
 from reid_prune.precision import resolve_precision
 from reid_prune.pruners import available
 

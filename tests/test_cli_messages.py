@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_RUN
 from reid_prune.cli import main
 from reid_prune.data import generate_synthetic
-from reid_prune.engine import prune_run
+from reid_prune.jobs import prune as prune_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_RUN + ["train.warmup_epochs=0", "train.max_batches=2", "eval.latency_batch_sizes=[1]"]

@@ -236,7 +236,7 @@ def test_yaml_spellings_users_write():
 def test_an_unavailable_device_is_refused_up_front():
     import torch
 
-    from reid_prune.engine.trainer import resolve_device
+    from reid_prune.runtime import resolve_device
 
     if not torch.backends.mps.is_available():
         with pytest.raises(ValueError, match="'mps' was asked for but this machine has no Apple MPS device"):

@@ -41,9 +41,10 @@ from reid_prune.cli import main
 from reid_prune.config import dump_config, load_config
 from reid_prune.data import PKSampler, build_train_loader, build_transforms
 from reid_prune.distributed import all_reduce_mean, broadcast_object, process_group_from_env
-from reid_prune.engine.run import make_train_loader, model_config_for, prepare_dataset
+from reid_prune.jobs.wiring import make_train_loader, model_config_for, prepare_dataset
 from reid_prune.engine.schedule import lr_at
-from reid_prune.engine.trainer import Trainer, build_optimizer, resolve_device, seed_everything, shared_copy
+from reid_prune.engine.trainer import Trainer, build_optimizer, shared_copy
+from reid_prune.runtime import resolve_device, seed_everything
 from reid_prune.losses import ReIDLoss
 from reid_prune.pruners import PruneContext, get_pruner
 

@@ -17,7 +17,7 @@ import reid_prune
 from reid_prune import build_model, load_model, save_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import load_config
-from reid_prune.export import EXPORT_PACKAGES, export_checkpoint, export_onnx
+from reid_prune.jobs.export import EXPORT_PACKAGES, export_checkpoint, export_onnx
 from reid_prune.precision import ComputeSettings, resolve_precision
 
 needs_extra = pytest.mark.skipif(

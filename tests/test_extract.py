@@ -13,7 +13,7 @@ from reid_prune import build_model, load_model, save_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import load_config
 from reid_prune.data import build_transforms
-from reid_prune.extract import list_images
+from reid_prune.jobs.extract import list_images
 from reid_prune.precision import resolve_precision
 
 
@@ -56,7 +56,7 @@ def _expected(model, paths, *, flip=False) -> np.ndarray:
 def test_folder_features_sidecar_and_corrupt_image(checkpoint, tmp_path, caplog):
     paths = _images(tmp_path / "imgs")
     out = tmp_path / "out" / "feats.npy"
-    with caplog.at_level(logging.WARNING, logger="reid_prune.extract"):
+    with caplog.at_level(logging.WARNING, logger="reid_prune.jobs.extract"):
         code = main(["extract", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "imgs"),
                      "--output", str(out), "--batch-size", "2", "--workers", "0", "--amp", "off", "--quiet"])
     assert code == 0
@@ -77,7 +77,7 @@ def test_list_file_keeps_its_order_skips_missing_and_flips(checkpoint, tmp_path,
     listing = tmp_path / "imgs" / "list.txt"
     listing.write_text(f"c.bmp\n\n{paths[0]}\nmissing.png\nsub/b.jpg\n")  # relative to the list's folder
     out = tmp_path / "feats.npy"
-    with caplog.at_level(logging.WARNING, logger="reid_prune.extract"):
+    with caplog.at_level(logging.WARNING, logger="reid_prune.jobs.extract"):
         assert main(["extract", "--checkpoint", str(checkpoint), "--images", str(listing), "--output", str(out),
                      "--flip", "--workers", "0", "--amp", "off", "--quiet"]) == 0
     expected_paths = [paths[2], paths[0], paths[1]]

@@ -7,7 +7,7 @@ from reid_prune import build_model
 from reid_prune.config import load_config
 from reid_prune.data import PKSampler
 from reid_prune.engine.finetune import BatchStream, StepFinetuner
-from reid_prune.engine.prune_run import finetune_schedule
+from reid_prune.jobs.prune import finetune_schedule
 
 
 class _Indexed(Dataset):

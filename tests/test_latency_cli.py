@@ -93,11 +93,13 @@ def test_latency_flags(tmp_path, capsys):
     assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     args = parser.parse_args(["prune", "--config", "c.yaml", "--checkpoint", "x.pt", "--target-latency", "0.5",
                               "--latency-batch-sizes", "1", "8"])
-    from reid_prune.prune_command import prune_overrides
+    from reid_prune.commands.common import load_run_config
+    from reid_prune.commands.prune import prune_flags
 
-    overrides = prune_overrides(args)
-    assert "prune.target_latency=0.5" in overrides and "prune.latency_batch_sizes=[1, 8]" in overrides
-    assert load_config(None, overrides).prune.latency_batch_sizes == [1, 8]
+    flags = {key: value for group in prune_flags(args) for key, value in group.items()}
+    assert flags["prune.target_latency"] == 0.5 and flags["prune.latency_batch_sizes"] == [1, 8]
+    args.config = None  # the defaults, then the flags
+    assert load_run_config(args, *prune_flags(args)).prune.latency_batch_sizes == [1, 8]
     help_text = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
     assert "--target-latency" in help_text and "(prune.scope auto)" in help_text
 

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_RUN
 from reid_prune.cli import main
 from reid_prune.config import load_config
-from reid_prune.engine import train
+from reid_prune.jobs.train import train
 from reid_prune.losses import ReIDLoss
 
 TINY = TINY_RUN + ["train.warmup_epochs=0", "train.eval_every=1", "eval.latency=false"]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY_RUN
 from reid_prune.cli import main
-from reid_prune.engine import prune_run, run
+from reid_prune.jobs import prune as prune_run, wiring as run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_RUN + ["train.warmup_epochs=0", "eval.latency=false", "train.max_batches=2"]
@@ -77,9 +77,9 @@ def test_train_into_a_file_exits_2_before_reading_data(blocked, monkeypatch, cap
 
 def test_eval_json_into_a_folder_exits_2_before_evaluating(checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("REID_PRUNE_CACHE", str(checkpoint.parents[1] / "cache"))
-    import reid_prune.engine as engine
+    import reid_prune.jobs.evaluate as evaluate_job
 
-    _forbid(monkeypatch, (engine, "evaluate_checkpoint"))
+    _forbid(monkeypatch, (evaluate_job, "evaluate_checkpoint"))
     assert main(["eval", *_config_args(), "--checkpoint", str(checkpoint), "--json", str(tmp_path)]) == 2
     assert f"--json '{tmp_path}': is a folder" in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ from conftest import TINY_RUN
 from reid_prune import load_model
 from reid_prune.cli import main
 from reid_prune.config import load_config
-from reid_prune.engine import train
+from reid_prune.jobs.train import train
 from reid_prune.pruners import available
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ from conftest import TINY_RUN
 from reid_prune.cli import main
 from reid_prune.config import load_config
 from reid_prune.data import build_train_loader, build_transforms
-from reid_prune.engine import Trainer, train
-from reid_prune.engine.run import prepare_dataset
+from reid_prune.engine import Trainer
+from reid_prune.jobs.train import train
+from reid_prune.jobs.wiring import prepare_dataset
 
 TINY = TINY_RUN + ["train.warmup_epochs=1", "train.milestones=[2]", "train.eval_every=1", "eval.latency=false"]
 REPO = Path(__file__).resolve().parents[1]

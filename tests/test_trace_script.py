@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, TINY_RUN
 from reid_prune.config import load_config
-from reid_prune.engine import evaluate_checkpoint
+from reid_prune.jobs.evaluate import evaluate_checkpoint
 
 SCRIPT = REPO / "scripts" / "trace_training_prune.py"
 

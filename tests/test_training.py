@@ -10,8 +10,10 @@ from conftest import TINY_RUN
 from reid_prune import build_model, load_model
 from reid_prune.cli import main
 from reid_prune.config import load_config
-from reid_prune.engine import Trainer, evaluate_checkpoint, train
-from reid_prune.engine.run import make_eval_loaders, prepare_dataset
+from reid_prune.engine import Trainer
+from reid_prune.jobs.evaluate import evaluate_checkpoint
+from reid_prune.jobs.train import train
+from reid_prune.jobs.wiring import make_eval_loaders, prepare_dataset
 from reid_prune.evaluation import evaluate
 from reid_prune.precision import resolve_precision
 

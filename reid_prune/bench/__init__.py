@@ -16,15 +16,14 @@
 One module per idea: :mod:`.schema` (the bench file), :mod:`.plan` (cells and their keys),
 :mod:`.cells` (running one cell, DDP and caching), :mod:`.anchors` (Torch-Pruning),
 :mod:`.scoring` (evaluation-only settings), :mod:`.latency`, :mod:`.tables` and :mod:`.plots`
-(the results), :mod:`.run` (the whole bench) and :mod:`.cli` (the command).
+(the results), :mod:`.run` (the whole bench); the command is :mod:`reid_prune.commands.bench`.
 """
 
 from .cells import DONE, cell_checkpoint, run_cell
-from .cli import add_bench_command, cmd_bench
 from .plan import EVAL_ONLY, Cell, Plan, RowSpec, check_plan, plan_bench
 from .plots import PLOT_NOTE
 from .run import run_bench
 from .schema import Bench, load_bench, parse_bench
 
-__all__ = ["DONE", "EVAL_ONLY", "PLOT_NOTE", "Bench", "Cell", "Plan", "RowSpec", "add_bench_command", "cell_checkpoint",
-           "check_plan", "cmd_bench", "load_bench", "parse_bench", "plan_bench", "run_bench", "run_cell"]
+__all__ = ["DONE", "EVAL_ONLY", "PLOT_NOTE", "Bench", "Cell", "Plan", "RowSpec", "cell_checkpoint",
+           "check_plan", "load_bench", "parse_bench", "plan_bench", "run_bench", "run_cell"]

@@ -20,11 +20,12 @@ from ..backbone import build_model, reinitialise
 from ..checkpoint import apply_widths, load_model, model_with_new_classifier, read_checkpoint, save_checkpoint
 from ..config import read_yaml
 from ..distributed import barrier, broadcast_object, is_main_process
-from ..engine import prepare_dataset, train
-from ..engine.prune_run import prune_checkpoint
-from ..engine.trainer import seed_everything
 from ..evaluation import complexity
+from ..jobs.prune import prune_checkpoint
+from ..jobs.train import train
+from ..jobs.wiring import prepare_dataset
 from ..outputs import atomic_path
+from ..runtime import seed_everything
 from .anchors import TorchPruningAnchor
 from .plan import Cell, eval_settings, with_eval_settings
 

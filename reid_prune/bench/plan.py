@@ -20,9 +20,8 @@ from ..backbone import build_model
 from ..config import Config, ConfigError
 from ..config_fields import merge
 from ..distributed import env_world_size
-from ..engine import prepare_dataset
-from ..engine.prune_run import pruner_from_config
-from ..engine.run import model_config_for, parse_dataset
+from ..jobs.prune import pruner_from_config
+from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset
 from ..evaluation import complexity
 from ..pruners.criteria import Taylor
 from ..pruners.schedules import PlayAndPrune

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..config import DataConfig
 from ..distributed import broadcast_object, is_main_process
-from ..engine import evaluate_checkpoint, prepare_dataset
+from ..jobs.evaluate import evaluate_checkpoint
+from ..jobs.wiring import prepare_dataset
 from .cells import METRICS, cell_checkpoint, read_json, write_json
 from .plan import Cell, eval_settings
 

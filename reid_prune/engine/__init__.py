@@ -1,7 +1,9 @@
-"""Training engine: the loop, its hooks, schedules, and the train/evaluate jobs."""
+"""The training loop: :class:`Trainer`, the learning-rate schedule and short fine-tuning between pruning rounds.
 
-from .hooks import TrainerHook
-from .run import evaluate_checkpoint, model_report, prepare_dataset, train
-from .trainer import Trainer, resolve_device
+Jobs (:mod:`reid_prune.jobs`) build the data and the model and hand them to the loop; hooks
+(:mod:`reid_prune.hooks`) such as training-time pruners ride along.
+"""
 
-__all__ = ["Trainer", "TrainerHook", "evaluate_checkpoint", "model_report", "prepare_dataset", "resolve_device", "train"]
+from .trainer import NonFiniteError, Trainer, evaluate_with_config
+
+__all__ = ["NonFiniteError", "Trainer", "evaluate_with_config"]

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig
-from .trainer import Trainer, seed_everything
+from ..runtime import Runtime, seed_everything
+from .trainer import Trainer
 
 
 class BatchStream:
@@ -57,18 +58,22 @@ class StepFinetuner:
         loader: the P x K training loader.
         model_config: build_model arguments of the model being pruned (stored in checkpoints).
         schedule: the fine-tuning schedule; its ``lr`` is used as a constant for these short runs.
+        runtime: the job's device, precision and ranks (default: resolved from ``schedule``).
 
     A new optimiser is made at every call, since surgery replaced the parameters.
     """
 
-    def __init__(self, cfg: Config, loader: DataLoader, model_config: dict[str, Any], schedule: TrainConfig) -> None:
+    def __init__(self, cfg: Config, loader: DataLoader, model_config: dict[str, Any], schedule: TrainConfig, *,
+                 runtime: Runtime | None = None) -> None:
         self.cfg, self.model_config, self.schedule = cfg, model_config, schedule
+        self.runtime = runtime or Runtime.from_config(schedule)
         self.stream = BatchStream(loader, schedule.seed)
         self.loader = loader
         self.steps_done = 0
 
     def __call__(self, model: nn.Module, steps: int) -> nn.Module:
-        trainer = Trainer(self.cfg, model, self.model_config, self.loader, train=self.schedule, progress=False)
+        trainer = Trainer(self.cfg, model, self.model_config, self.loader, train=self.schedule, progress=False,
+                          runtime=self.runtime)
         trainer.model.train()
         trainer.train_model.train()
         for group in trainer.optimizer.param_groups:

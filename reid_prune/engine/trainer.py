@@ -22,12 +22,10 @@ import copy
 import itertools
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -35,50 +33,13 @@ from tqdm import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ..config import Config, TrainConfig
-from ..distributed import (all_reduce_mean, broadcast_buffers, broadcast_object, distributed_context, env_world_size,
-                           local_rank)
+from ..distributed import all_reduce_mean, broadcast_buffers, broadcast_object
 from ..evaluation import evaluate
+from ..hooks import TrainerHook
 from ..losses import ReIDLoss
 from ..precision import ComputeSettings
-from .hooks import TrainerHook
+from ..runtime import Runtime, seed_everything
 from .schedule import lr_at
-
-
-def resolve_device(spec: str, *, option: str = "config key train.device") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; other values go to ``torch.device``.
-
-    Under torchrun (``WORLD_SIZE`` > 1) ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``: one GPU per process.
-    ``option`` is how the user gave ``spec`` (a config key or a flag such as ``--device``), for errors.
-
-    Raises:
-        ValueError: ``spec`` is not a device, or names CUDA on a machine without it.
-    """
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"{option}: expected auto, cpu, cuda or cuda:N, got {spec!r}") from None
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{option}: 'mps' was asked for but this machine has no Apple MPS device; use auto or cpu")
-    if device.type != "cuda":
-        return device
-    if not torch.cuda.is_available():
-        raise ValueError(f"{option}: {spec!r} was asked for but CUDA is not available; use auto or cpu")
-    if device.index is None and env_world_size() > 1:
-        if local_rank() >= torch.cuda.device_count():
-            raise ValueError(
-                f"torchrun started process LOCAL_RANK={local_rank()} but this machine shows "
-                f"{torch.cuda.device_count()} GPU(s); start at most that many processes per node (--nproc_per_node)"
-            )
-        device = torch.device("cuda", local_rank())
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -101,14 +62,15 @@ class NonFiniteError(ValueError):
 
 
 def evaluate_with_config(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
-                         device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Rank metrics of ``model`` with the config's distance, flip, AP convention, precision and memory format.
+                         compute: ComputeSettings, progress: bool = True) -> dict[str, Any]:
+    """Rank metrics of ``model`` with the config's distance, flip and AP convention, run as ``compute`` says.
 
-    ``model`` is moved to ``device`` in the configured memory format first (in place), so a
-    model fresh from a checkpoint or from pruning surgery is evaluated as it will be trained.
+    ``compute``: the job's resolved device, precision and memory format (``Runtime.compute``).
+    ``model`` is moved to the device in that memory format first (in place), so a model fresh
+    from a checkpoint or from pruning surgery is evaluated as it will be trained.
     """
     e = cfg.eval
-    compute = ComputeSettings.from_config(cfg.train, device)
+    device = compute.device
     return evaluate(compute.place(model), query_loader, gallery_loader, device=device, metric=e.metric, flip=e.flip,
                     ap=e.ap, precision=compute.precision, channels_last=compute.channels_last, progress=progress)
 
@@ -126,6 +88,7 @@ class Trainer:
         output_dir: run folder (config.yaml, last.pt, best.pt, metrics.jsonl); None writes nothing.
         hooks: pruners or other :class:`TrainerHook` objects.
         train: the schedule to follow; defaults to ``cfg.train`` (fine-tuning passes its own).
+        runtime: device, precision, ranks (:class:`~reid_prune.runtime.Runtime`); default: resolved from ``train``.
     """
 
     def __init__(
@@ -141,17 +104,17 @@ class Trainer:
         hooks: Sequence[TrainerHook] = (),
         train: TrainConfig | None = None,
         progress: bool = True,
+        runtime: Runtime | None = None,
     ) -> None:
         self.cfg = cfg
         self.train_cfg = train or cfg.train
         self.model_config = model_config
-        self.device = resolve_device(self.train_cfg.device)
-        self.rank, self.world_size = distributed_context()
-        self.is_main = self.rank == 0
+        self.runtime = runtime or Runtime.from_config(self.train_cfg)
+        self.device, self.compute = self.runtime.device, self.runtime.compute
+        self.rank, self.world_size, self.is_main = self.runtime.rank, self.runtime.world_size, self.runtime.is_main
         if self.train_cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
             raise ValueError("config key train.sync_bn: torch's SyncBatchNorm runs on GPUs only; "
                              "set train.sync_bn=false to train on CPUs (BatchNorm statistics are then per rank)")
-        self.compute = ComputeSettings.from_config(self.train_cfg, self.device)
         self.model = self.compute.place(model)
         neck = getattr(unwrap(self.model), "neck", None)
         if self.train_cfg.train_neck_bias and isinstance(neck, nn.BatchNorm1d):
@@ -369,7 +332,7 @@ class Trainer:
         metrics = None
         if self.is_main:
             metrics = evaluate_with_config(unwrap(self.model), self.cfg, self.query_loader, self.gallery_loader,
-                                           device=self.device, progress=self.progress)
+                                           compute=self.compute, progress=self.progress)
         return broadcast_object(metrics)
 
 

@@ -12,8 +12,9 @@ from . import methods  # noqa: F401  (registers every method)
 from .allocation import ALLOCATIONS, Allocation, Target
 from .base import Pruner, get_pruner, prune, resolve_scope
 from .criteria import PruneContext
+from .groups import SCOPES
 from .latency import LatencyCost
 from .registry import Method, available, get_method, register
 
-__all__ = ["ALLOCATIONS", "Allocation", "LatencyCost", "Method", "PruneContext", "Pruner", "Target", "available",
+__all__ = ["ALLOCATIONS", "Allocation", "LatencyCost", "Method", "PruneContext", "Pruner", "SCOPES", "Target", "available",
            "get_method", "get_pruner", "prune", "register", "resolve_scope"]

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from typing import Any, Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ..engine.hooks import TrainerHook, TrainingLoop
+from ..hooks import TrainerHook, TrainingLoop
 from ..precision import ComputeSettings
 from .allocation import Allocation, Target
 from .budget import _bounds, budget_problem
@@ -127,6 +128,37 @@ class Pruner(TrainerHook):
         self.context = PruneContext()  # data for training-time schedules whose criterion reads it
         self.session: PruningSession | None = None
         self.keep_counts: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, prune: Any, *, input_size: tuple[int, int], compute: ComputeSettings | None = None,
+                    latency_batch_sizes: Sequence[int] = (1, 32),
+                    layer_rates: Mapping[str, float] | None = None) -> Pruner:
+        """The pruner a :class:`~reid_prune.pruners.config.PruneConfig` describes.
+
+        Every field of ``prune`` named like an argument of this constructor is passed by that
+        name, and ``prune.options`` as the method's options; the job gives what a prune section
+        does not hold (the input size, the resolved ``compute``, and ``latency_batch_sizes``
+        where ``prune.latency_batch_sizes`` is null). ``layer_rates`` replaces the configured
+        target (a sensitivity sweep's one-group rates).
+
+        Raises:
+            ValueError: a bad target, scope, allocation or option (the message names it).
+        """
+        arguments = {name for name, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY
+                     or p.kind == p.POSITIONAL_OR_KEYWORD}  # not **options: those are prune.options
+        settings = {f.name: getattr(prune, f.name) for f in dataclasses.fields(prune) if f.name in arguments}
+        settings.update(latency_batch_sizes=tuple(prune.latency_batch_sizes or latency_batch_sizes),
+                        latency_threads=prune.latency_threads or 0)
+        if layer_rates is not None:
+            settings.update(rate=None, target_macs=None, target_params=None, target_latency=None,
+                            layer_rates=layer_rates, allocation="layer_rates")
+        return cls(**settings, input_size=input_size, compute=compute, **prune.options)
+
+    def budget_params(self) -> dict[str, Any]:
+        """The settings whether a target can be met depends on (besides the architecture): equal for two pruners
+        of one model means one :meth:`check` answers for both."""
+        return {"scope": self.scope, "include": self.include, "min_channels": self.min_channels,
+                "round_to": self.round_to, "target": dataclasses.asdict(self.target), "input_size": self.input_size}
 
     # ---------------------------------------------------------------- what it needs
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.run import cache_dir
 from ..evaluation.complexity import synchronize
 from ..outputs import atomic_path
 from ..precision import ComputeSettings, autocast_context
+from ..runtime import cache_dir
 
 FORMAT = "reid_prune/latency/1"
 # A standalone op is timed until it has run MIN_RUNS times and for MIN_SECONDS, or MAX_RUNS times;

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ...engine.hooks import TrainingLoop
+from ...hooks import TrainingLoop
 from ..budget import kept
 from ..criteria.base import keep_top, score_groups
 from ..criteria.magnitude import channel_norms

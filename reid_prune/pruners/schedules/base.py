@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ...engine.hooks import TrainingLoop
+from ...hooks import TrainingLoop
 from ..criteria.base import PruneContext, score_groups
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ import torch
 from scipy.optimize import brentq
 from torch import nn
 
-from ...engine.hooks import TrainingLoop
+from ...hooks import TrainingLoop
 from ..budget import kept
 from ..criteria.base import keep_top, score_groups
 from .base import Schedule

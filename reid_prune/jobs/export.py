@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import model_from_checkpoint, read_checkpoint
-from .data.transforms import build_transforms
-from .evaluation import measure_latency
+from ..checkpoint import model_from_checkpoint, read_checkpoint
+from ..data.transforms import build_transforms
+from ..evaluation import measure_latency
+from ..outputs import atomic_path, check_output_file
+from ..precision import ComputeSettings
 from .extract import ImageFiles, checkpoint_preprocessing, list_images
-from .outputs import atomic_path
-from .outputs import check_output_file
-from .precision import ComputeSettings
 
 EXPORT_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 FORMATS = ("onnx",)

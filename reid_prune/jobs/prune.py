@@ -24,43 +24,33 @@ from ..analysis.widths import kept_widths, plot_widths
 from ..checkpoint import (model_from_checkpoint, model_with_new_classifier, module_widths, read_checkpoint,
                           remove_stale_temporaries, save_checkpoint)
 from ..config import Config, TrainConfig
-from ..evaluation.complexity import latency_ratios
 from ..distributed import barrier, is_main_process
+from ..engine import Trainer, evaluate_with_config
+from ..engine.finetune import StepFinetuner
+from ..evaluation.complexity import latency_ratios
 from ..outputs import check_output_dir
 from ..precision import ComputeSettings
-from ..pruners import PruneContext, Pruner, get_pruner
-from .run import check_architecture, make_eval_loaders, make_train_loader, model_report, prepare_dataset
-from .finetune import StepFinetuner
-from .trainer import Trainer, evaluate_with_config, resolve_device
+from ..pruners import PruneContext, Pruner
+from ..runtime import Runtime
+from .evaluate import check_architecture, model_report
+from .wiring import make_eval_loaders, make_train_loader, prepare_dataset
 
 STAGES = ("before", "pruned", "finetuned")
 TARGET_KEYS = ("method", "scope", "rate", "layer_rates", "target_macs", "target_params", "target_latency")
 RATIO_ROUNDS = 7  # interleaved passes of the unpruned and the pruned model per batch size
 
 
-def pruner_from_config(cfg: Config, *, layer_rates: Mapping[str, float] | None = None) -> Pruner:
+def pruner_from_config(cfg: Config, runtime: Runtime | None = None, *,
+                       layer_rates: Mapping[str, float] | None = None) -> Pruner:
     """The configured method with its target, scope and guards; ``layer_rates`` replaces the configured target.
 
-    A latency target is timed as ``eval`` measures: on ``train.device`` with the run's precision and
-    memory format, at ``prune.latency_batch_sizes`` (default ``eval.latency_batch_sizes``).
+    A latency target is timed as ``eval`` measures: on the runtime's device, precision and memory
+    format (default: resolved from ``cfg.train``), at ``prune.latency_batch_sizes`` (default
+    ``eval.latency_batch_sizes``). See :meth:`Pruner.from_config <reid_prune.pruners.Pruner.from_config>`.
     """
-    p = cfg.prune
-    if layer_rates is not None:
-        target = {"layer_rates": layer_rates}
-    else:
-        target = {"rate": p.rate, "layer_rates": p.layer_rates, "target_macs": p.target_macs,
-                  "target_params": p.target_params, "target_latency": p.target_latency}
-    return get_pruner(
-        p.method, **target, scope=p.scope,
-        include_stem=p.include_stem, include_downsample=p.include_downsample,
-        include_last_stage=p.include_last_stage, min_channels=p.min_channels, round_to=p.round_to,
-        input_size=(cfg.data.height, cfg.data.width),
-        allocation="layer_rates" if layer_rates is not None else p.allocation,
-        latency_batch_sizes=latency_batch_sizes(cfg), latency_threads=p.latency_threads or 0,
-        latency_feedback=p.latency_feedback, compute=ComputeSettings.from_config(cfg.train,
-                                                                               resolve_device(cfg.train.device)),
-        **p.options,
-    )
+    runtime = runtime or Runtime.from_config(cfg.train)
+    return Pruner.from_config(cfg.prune, input_size=(cfg.data.height, cfg.data.width), compute=runtime.compute,
+                              latency_batch_sizes=latency_batch_sizes(cfg), layer_rates=layer_rates)
 
 
 def latency_batch_sizes(cfg: Config) -> tuple[int, ...]:
@@ -117,7 +107,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
         raise FileExistsError(f"{out / 'pruned.pt'} exists; choose another --output")
-    pruner = pruner or pruner_from_config(cfg)  # validates method, rates and options before any work
+    runtime = Runtime.from_config(cfg.train)
+    pruner = pruner or pruner_from_config(cfg, runtime)  # validates method, rates and options before any work
     epochs = cfg.prune.finetune_epochs
     if pruner.requires == "training" and epochs < 1:
         raise ValueError(f"pruning method {pruner.name!r} prunes during training: give --finetune-epochs N (N >= 1)")
@@ -127,8 +118,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     model.set_retrieval_feature(cfg.model.retrieval_feature)  # an evaluation choice: the config decides
     model_config = model.build_config
     original_widths = module_widths(model)
-    device = resolve_device(cfg.train.device)
-    compute = ComputeSettings.from_config(cfg.train, device)
+    compute = runtime.compute
     pruner.check(compute.place(model).eval())  # an unmeetable target stops here, before the data is read
     dataset = prepare_dataset(cfg.data, verbose=progress)
     classes = ckpt["model_config"].get("num_classes", 0)
@@ -141,42 +131,43 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         model.set_retrieval_feature(cfg.model.retrieval_feature)
         model_config = model.build_config
     query, gallery = make_eval_loaders(cfg, dataset)
-    train_loader = make_train_loader(cfg, dataset)
+    train_loader = make_train_loader(cfg, dataset, runtime)
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
     report["scope"] = pruner.scope  # auto resolved
     report.update(method=pruner.name, finetune_epochs=epochs, checkpoint=str(checkpoint))
-    report["before"] = model_report(model, cfg, query, gallery, progress=progress)
+    report["before"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
 
     def validate(net: nn.Module) -> dict[str, Any]:
-        return evaluate_with_config(net, cfg, query, gallery, device=device, progress=False)
+        return evaluate_with_config(net, cfg, query, gallery, compute=compute, progress=False)
 
     # Between rounds the fine-tuning continues one stream of batches instead of restarting epoch 0.
-    context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=device,
-                           finetune=StepFinetuner(cfg, train_loader, model_config, finetune_schedule(cfg, 1)),
+    context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=compute.device,
+                           finetune=StepFinetuner(cfg, train_loader, model_config, finetune_schedule(cfg, 1),
+                                                  runtime=runtime),
                            evaluate=validate, precision=compute.precision)
     started = time.perf_counter()
     if pruner.requires == "training":
         pruner.context = context  # criteria that read data score on the training split
         # Soft and regularised methods run their schedule inside the fine-tuning epochs.
         trainer = Trainer(cfg, model, model_config, train_loader, query, gallery, hooks=[pruner],
-                          train=finetune_schedule(cfg, epochs), progress=progress)
+                          train=finetune_schedule(cfg, epochs), progress=progress, runtime=runtime)
         trainer.fit()
         # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
         model = compute.place(pruner.finalize(trainer.model))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = None  # pruned during fine-tuning: only the final state exists
-        report["finetuned"] = model_report(model, cfg, query, gallery, progress=progress)
+        report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
     else:
         # Criteria score the model as it runs (placed); place it again after, whatever surgery built.
         model = compute.place(pruner.prune(compute.place(model).eval(), context))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
-        report["pruned"] = model_report(model, cfg, query, gallery, progress=progress)
+        report["pruned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
         if epochs > 0:
             trainer = Trainer(cfg, model, model_config, train_loader, query, gallery,
-                              train=finetune_schedule(cfg, epochs), progress=progress)
+                              train=finetune_schedule(cfg, epochs), progress=progress, runtime=runtime)
             trainer.fit()
             model = trainer.model
-            report["finetuned"] = model_report(model, cfg, query, gallery, progress=progress)
+            report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
         else:
             report["finetuned"] = None
     report.update(pruner.summary())

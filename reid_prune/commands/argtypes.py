@@ -83,6 +83,6 @@ def add_compute_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         ("auto", "off", "bf16", "fp16"), "bf16/fp16 on CUDA, ", "on the CPU and on CUDA under autocast")
     parser.add_argument("--amp", default="auto", choices=choices,
                         help=f"precision of {what}: auto (default) = bf16 autocast on a CPU with native bf16, "
-                             f"{cuda}else fp32; off = fp32")
+                        f"{cuda}else fp32; off = fp32")
     parser.add_argument("--channels-last", default="auto", type=_channels_last_arg, metavar="{auto,true,false}",
                         help=f"memory format of {what}: auto (default) = channels-last {where}; false = NCHW")

@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config
-from ..engine.run import check_architecture, make_eval_loaders, prepare_dataset
-from ..engine.trainer import resolve_device
 from ..evaluation import extract_features, pairwise_distance, visualize_ranked
 from ..evaluation.visrank import choose_queries
-from ..precision import ComputeSettings
+from ..runtime import Runtime
+from .evaluate import check_architecture
+from .wiring import make_eval_loaders, prepare_dataset
 
 
 def visrank_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path, queries: int = 8,
@@ -56,7 +56,7 @@ def visrank_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Pat
     chosen = choose_queries(dataset.query, dataset.gallery, queries, seed=seed, pids=query_ids)
     model = model_from_checkpoint(ckpt)
     model.set_retrieval_feature(cfg.model.retrieval_feature)
-    compute = ComputeSettings.from_config(cfg.train, resolve_device(cfg.train.device))  # as every evaluation
+    compute = Runtime.from_config(cfg.train).compute  # as every evaluation
     model = compute.place(model)
     query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
     options = {"device": compute.device, "flip": cfg.eval.flip, "precision": compute.precision,

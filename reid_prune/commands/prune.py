@@ -1,20 +1,21 @@
-"""The ``reid-prune prune`` command: its flags, its help (with the table of methods) and what it prints."""
+"""``reid-prune prune``: its flags, its help (with the table of methods) and what it prints."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import Any
 
-from .analysis.commands import method_overrides
-from .analysis.plotting import missing_note
-from .argtypes import int_at_least
-from .config import ConfigError, load_config, read_yaml
-from .pruners import ALLOCATIONS, available, get_method, get_pruner
+from ..analysis.plotting import missing_note
+from ..config import ConfigError, read_yaml
+from ..pruners import ALLOCATIONS, SCOPES, available, get_method, get_pruner
+from .argtypes import PRECISION_HELP, int_at_least
+from .common import given, load_run_config, method_flags
 from .report import format_table
 
-PRUNE_SUMMARY = "prune a checkpoint with one method, fine-tune, report before/after"
-PRUNE_DESCRIPTION = """\
+NAME = "prune"
+SUMMARY = "prune a checkpoint with one method, fine-tune, report before/after"
+DESCRIPTION = """\
 Loads a checkpoint, removes channels with the chosen method (they are physically
 removed: the saved model is smaller and faster), optionally fine-tunes, and
 writes DIR/pruned.pt and DIR/report.json (params, MACs, latency, mAP and rank-1
@@ -63,7 +64,8 @@ examples:
       --target-latency 0.5 --latency-batch-sizes 1 32 --finetune-epochs 4 --output runs/demo/fpgm-lat50
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
       --layer-rates runs/demo/sensitivity/layer_rates.yaml --output runs/demo/haoli-sensitivity
-"""
+""" + PRECISION_HELP
+CONFIG, QUIET, DISTRIBUTED, INTERRUPTED = True, True, True, None
 
 
 def read_layer_rates(path: str) -> dict[str, float]:
@@ -75,33 +77,28 @@ def read_layer_rates(path: str) -> dict[str, float]:
     return rates
 
 
-def prune_overrides(args: argparse.Namespace) -> list[str]:
-    """Map the prune flags onto prune.* config keys (flags win over the file and --set)."""
-    targets = {"rate": args.rate, "target_macs": args.target_macs, "target_params": args.target_params,
-               "target_latency": args.target_latency,
-               "layer_rates": json.dumps(read_layer_rates(args.layer_rates)) if args.layer_rates else None}
-    overrides = method_overrides(args)
-    if args.allocation is not None:
-        overrides.append(f"prune.allocation={args.allocation}")
+def prune_flags(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The prune flags as {dotted config key: value} groups, applied in order; they win over the file and --set."""
+    targets = {"prune.rate": args.rate, "prune.target_macs": args.target_macs,
+               "prune.target_params": args.target_params, "prune.target_latency": args.target_latency,
+               "prune.layer_rates": read_layer_rates(args.layer_rates) if args.layer_rates else None}
+    others = {"prune.allocation": args.allocation, "prune.finetune_epochs": args.finetune_epochs,
+              "prune.latency_batch_sizes": args.latency_batch_sizes}
+    groups = [method_flags(args), given(others)]
     if any(v is not None for v in targets.values()):
         # One target on the command line replaces any target the config file set (nulled first, so a
         # mapping from the file is replaced rather than merged).
-        overrides += [f"prune.{k}=null" for k in targets]
-        overrides += [f"prune.{k}={v}" for k, v in targets.items() if v is not None]
-    if args.finetune_epochs is not None:
-        overrides.append(f"prune.finetune_epochs={args.finetune_epochs}")
-    if args.latency_batch_sizes is not None:
-        overrides.append(f"prune.latency_batch_sizes={json.dumps(args.latency_batch_sizes)}")
-    return overrides
+        groups += [dict.fromkeys(targets), given(targets)]
+    return groups
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process
-    from .engine.prune_run import STAGES, prune_checkpoint
-    from .precision import describe_text
+def run(args: argparse.Namespace) -> int:
+    from ..distributed import is_main_process
+    from ..jobs.prune import STAGES, prune_checkpoint
+    from ..precision import describe_text
     from .report import achieved_line, human
 
-    cfg = load_config(args.config, list(args.overrides) + prune_overrides(args))
+    cfg = load_run_config(args, *prune_flags(args))
     output = args.output or str(Path(cfg.output) / f"pruned-{cfg.prune.method}")
     report = prune_checkpoint(cfg, args.checkpoint, output=output, progress=not args.quiet)
     if not is_main_process():
@@ -134,7 +131,7 @@ def methods_table() -> str:
     return "methods:\n" + format_table(["method", "needs", "allocation", "what it does"], rows)
 
 
-def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``reid-prune prune`` (besides --config, --set and --quiet)."""
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="the trained model to prune")
     parser.add_argument("--method", help="pruning method (default: the config's prune.method); see the list below")
@@ -150,7 +147,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep this fraction of the latency measured on this machine, e.g. 0.5 (twice as fast)")
     target.add_argument("--layer-rates", metavar="YAML", help="per-group rates {group: rate}, e.g. the "
                         "layer_rates.yaml of reid-prune sensitivity")
-    parser.add_argument("--scope", choices=("auto", "internal", "all"),
+    parser.add_argument("--scope", choices=("auto", *SCOPES),
                          help="internal: convs inside blocks; all: also residual streams; auto: all for a MACs, "
                               "params or latency target, internal for rates and for the methods that support only "
                               "internal (entropy, thinet, channel_pruning) (default: config, auto)")

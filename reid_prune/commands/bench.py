@@ -1,17 +1,19 @@
-"""The ``reid-prune bench`` command: run a bench file, or with ``--dry-run`` check it and list its cells."""
+"""``reid-prune bench``: run a bench file, or with ``--dry-run`` check it and list its cells."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 
+from ..bench.cells import DONE
+from ..bench.plan import check_plan, describe_budget, plan_bench
+from ..bench.run import run_bench
+from ..bench.schema import load_bench
 from ..distributed import is_main_process
 from ..outputs import check_output_dir
-from .cells import DONE
-from .plan import check_plan, describe_budget, plan_bench
-from .run import run_bench
-from .schema import load_bench
+from .argtypes import precision_help
 
+NAME = "bench"
 SUMMARY = "benchmark: train baselines, prune them with every method at each budget, tables and plots"
 DESCRIPTION = """\
 Runs a bench file (configs/bench/*.yaml, see docs/bench.md): trains the baseline
@@ -47,13 +49,13 @@ examples:
   reid-prune bench --config configs/bench/market1501_gpu.yaml --set datasets.market1501.root=/data/Market-1501
   torchrun --nproc_per_node=4 -m reid_prune bench --config configs/bench/market1501_gpu.yaml \\
       --set datasets.market1501.root=/data/Market-1501      (each cell on 4 GPUs, docs/multi_gpu.md)
-"""
+""" + precision_help("base.")  # a bench file sets them under base.train
+# A bench file is not a run config: its --config and --set are its own (add_arguments).
+CONFIG, QUIET, DISTRIBUTED = False, True, True
+INTERRUPTED = "finished models are kept (run the same command again to continue)"
 
 
-def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` subcommand to the ``reid-prune`` parser (its function: :func:`cmd_bench`)."""
-    parser = subparsers.add_parser("bench", help=SUMMARY, description=f"{SUMMARY}.\n\n{DESCRIPTION}",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="bench file, e.g. configs/bench/cuhk03_methods_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -64,11 +66,9 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the dataset roots, method settings and budgets, list the models the bench "
                              "would compute and which are already finished, then stop")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or dataset summaries")
-    parser.set_defaults(func=cmd_bench)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run (or with ``--dry-run`` list) the bench of ``args.config``."""
     bench = load_bench(args.config, args.overrides)
     output = check_output_dir(args.output or bench.output, "--output")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .precision import describe_text
+from ..precision import describe_text
 
 
 def human(value: float, unit: str = "") -> str:

@@ -35,17 +35,20 @@ from tqdm import tqdm
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config
 from ..data import ReIDDataset, Sample
-from ..engine.prune_run import pruner_from_config
-from ..engine.run import check_architecture, make_eval_loaders, make_train_loader, prepare_dataset
-from ..engine.trainer import evaluate_with_config, resolve_device
+from ..analysis.allocation import Allocation, allocate_rates, check_budget
+from ..analysis.plotting import new_figure, save_figure
+from ..engine import evaluate_with_config
 from ..pruners import PruneContext
 from ..pruners.budget import keep_counts_for_rate
 from ..pruners.cost import CostModel
 from ..pruners.groups import find_channel_groups
-from .allocation import Allocation, allocate_rates, check_budget
-from .plotting import new_figure, save_figure
+from ..runtime import Runtime
+from .evaluate import check_architecture
+from .prune import pruner_from_config
+from .wiring import make_eval_loaders, make_train_loader, prepare_dataset
 
 DEFAULT_RATES = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_TARGET_MACS = 0.5  # when neither the call nor the config's prune.target_macs gives one
 CSV_COLUMNS = ("group", "kind", "stage", "channels", "rate", "kept", "macs_fraction", "mAP", "rank1", "mAP_drop")
 FILES = ("sensitivity.csv", "sensitivity.png", "layer_rates.yaml")
 
@@ -79,7 +82,8 @@ def subset_split(dataset: ReIDDataset, num_ids: int, seed: int) -> tuple[list[Sa
 
 
 def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
-                           rates: Sequence[float] = DEFAULT_RATES, target_macs: float = 0.5, subset_ids: int = 0,
+                           rates: Sequence[float] = DEFAULT_RATES, target_macs: float | None = None,
+                           subset_ids: int = 0,
                            seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Run the sensitivity sweep of ``cfg.prune.method`` on ``checkpoint``; write the files of the module docstring.
 
@@ -89,7 +93,8 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
         checkpoint: the trained model.
         output: the folder to write (must not hold a ``sensitivity.csv`` yet).
         rates: the fractions pruned in each group, each in (0, 1).
-        target_macs: the fraction of the model's MACs that ``layer_rates.yaml`` keeps.
+        target_macs: the fraction of the model's MACs that ``layer_rates.yaml`` keeps (default:
+            ``prune.target_macs``, else :data:`DEFAULT_TARGET_MACS`).
         subset_ids: evaluate on this many test identities drawn with ``seed`` (0: all).
         seed: the seed of the subset.
         progress: progress bar over the (group, rate) pairs, dataset summary.
@@ -108,12 +113,15 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     if (out / FILES[0]).exists():
         raise FileExistsError(f"{out / FILES[0]} exists; choose another --output")
     rates = check_rates(rates)
+    if target_macs is None:
+        target_macs = cfg.prune.target_macs or DEFAULT_TARGET_MACS
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
     model.set_retrieval_feature(cfg.model.retrieval_feature)
     p = cfg.prune
-    probe = pruner_from_config(cfg, layer_rates={})  # checks method and options; scope auto means internal here
+    runtime = Runtime.from_config(cfg.train)
+    probe = pruner_from_config(cfg, runtime, layer_rates={})  # checks method and options; scope auto means internal here
     scope = probe.scope
     groups = find_channel_groups(model, scope=scope, include_stem=p.include_stem,
                                  include_downsample=p.include_downsample, include_last_stage=p.include_last_stage)
@@ -140,20 +148,19 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     # Decoded once and kept in memory: every (group, rate) pair is evaluated on the same tensors.
     loaders = make_eval_loaders(cfg, dataclasses.replace(dataset, query=query, gallery=gallery))
     query_batches, gallery_batches = (list(loader) for loader in loaders)
-    device = resolve_device(cfg.train.device)
-    context = PruneContext(device=device, num_batches=p.data_batches)
+    context = PruneContext(device=runtime.device, num_batches=p.data_batches)
     if probe.requires == "data":
-        context.data = list(itertools.islice(make_train_loader(cfg, dataset), p.data_batches))
-    model = model.to(device).eval()
+        context.data = list(itertools.islice(make_train_loader(cfg, dataset, runtime), p.data_batches))
+    model = model.to(runtime.device).eval()
 
     def evaluate(net) -> dict[str, Any]:
-        return evaluate_with_config(net, cfg, query_batches, gallery_batches, device=device, progress=False)
+        return evaluate_with_config(net, cfg, query_batches, gallery_batches, compute=runtime.compute, progress=False)
 
     baseline = evaluate(model)
     rows = []
     pairs = [(g, r) for g in groups for r in rates]
     for group, rate in tqdm(pairs, desc="sensitivity", disable=not progress, dynamic_ncols=True):
-        pruned = pruner_from_config(cfg, layer_rates={group.name: rate}).prune(copy.deepcopy(model), context)
+        pruned = pruner_from_config(cfg, runtime, layer_rates={group.name: rate}).prune(copy.deepcopy(model), context)
         metrics = evaluate(pruned)
         k = kept(group, rate)
         rows.append({"group": group.name, "kind": group.kind, "stage": group.stage, "channels": group.channels,

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import model_from_checkpoint, read_checkpoint
-from .data.datasets import IMAGE_EXTENSIONS
-from .data.images import READ_ERRORS, read_rgb
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
-from .engine.trainer import resolve_device
-from .evaluation import extract_features
-from .outputs import atomic_path, check_output_file
-from .precision import ComputeSettings
+from ..checkpoint import model_from_checkpoint, read_checkpoint
+from ..data.datasets import IMAGE_EXTENSIONS
+from ..data.images import READ_ERRORS, read_rgb
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from ..evaluation import extract_features
+from ..outputs import atomic_path, check_output_file
+from ..precision import ComputeSettings
+from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,81 @@
+"""The evaluate job: rank metrics, parameters, MACs and latency of a model or a saved checkpoint.
+
+From a notebook::
+
+    from reid_prune import evaluate_checkpoint, load_config
+    report = evaluate_checkpoint(load_config("configs/demo.yaml"), "runs/demo/best.pt")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..checkpoint import model_from_checkpoint, read_checkpoint
+from ..config import Config
+from ..data import ReIDDataset
+from ..engine import evaluate_with_config
+from ..evaluation import complexity, measure_latency
+from ..precision import model_memory_format
+from ..runtime import Runtime
+from .wiring import make_eval_loaders, prepare_dataset
+
+METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+def check_architecture(cfg: Config, ckpt: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose architecture differs from the config's model.arch."""
+    arch = ckpt["model_config"]["arch"]
+    if arch != cfg.model.arch:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds a {arch} but the config's model.arch is {cfg.model.arch}; "
+            f"pass the matching config or --set model.arch={arch}"
+        )
+
+
+def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
+                 runtime: Runtime, progress: bool = True, latency: bool | None = None) -> dict[str, Any]:
+    """Rank metrics, parameters, MACs/FLOPs and (optionally) latency of ``model``: one number source for all.
+
+    The features and the latency follow the config's precision and memory format on its
+    device; ``latency_setting`` names them (device, precision, memory_format, threads), and
+    ``memory_format`` is the layout the model's weights were evaluated in.
+    """
+    compute = runtime.compute
+    metrics = evaluate_with_config(model, cfg, query_loader, gallery_loader, compute=compute, progress=progress)
+    size = (cfg.data.height, cfg.data.width)
+    report: dict[str, Any] = {k: metrics[k] for k in METRIC_KEYS}
+    report["num_valid_queries"] = metrics["num_valid_queries"]
+    report["precision"], report["memory_format"] = compute.precision, model_memory_format(model)
+    report.update(complexity(model, size))
+    if cfg.eval.latency if latency is None else latency:
+        report["latency_ms"] = measure_latency(model, size, batch_sizes=tuple(cfg.eval.latency_batch_sizes),
+                                               device=compute.device, precision=compute.precision,
+                                               channels_last=compute.channels_last)
+        report["latency_setting"] = compute.describe()
+    return report
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, *, progress: bool = True,
+                        dataset: ReIDDataset | None = None) -> dict[str, Any]:
+    """Evaluate a saved model (pruned or not) on the configured dataset's query/gallery split.
+
+    ``dataset``: the parsed ``cfg.data`` when the caller has it. Under torchrun, preparing a
+    dataset is a collective, so a caller that evaluates on rank 0 alone prepares it on all ranks first.
+
+    Returns :func:`model_report`'s dict plus ``dataset``, the dataset's display name (``data.name``).
+    """
+    runtime = Runtime.from_config(cfg.train)
+    ckpt = read_checkpoint(checkpoint)
+    check_architecture(cfg, ckpt, checkpoint)
+    model = model_from_checkpoint(ckpt)
+    # The retrieval feature is an evaluation choice, not a weight: the config decides it.
+    model.set_retrieval_feature(cfg.model.retrieval_feature)
+    if dataset is None:
+        dataset = prepare_dataset(cfg.data, verbose=progress)
+    query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
+    report = model_report(model, cfg, query_loader, gallery_loader, runtime=runtime, progress=progress)
+    return {"dataset": dataset.name, **report}

@@ -1,0 +1,140 @@
+"""The train job: a :class:`~reid_prune.config.Config` in; config.yaml, last.pt, best.pt and metrics.jsonl out.
+
+From a notebook::
+
+    from reid_prune import load_config, train
+    summary = train(load_config("configs/demo.yaml", ["train.epochs=2"]), output="runs/notebook")
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..backbone import build_model
+from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_temporaries
+from ..config import Config, ConfigError, changed_keys, config_from_dict, dump_config, tagged_keys
+from ..distributed import is_main_process
+from ..engine import Trainer
+from ..evaluation import complexity
+from ..outputs import check_output_dir
+from ..runtime import Runtime, seed_everything
+from .wiring import make_eval_loaders, make_train_loader, model_config_for, prepare_dataset
+
+# What a resumed run may change: how fast it runs, how long, and how it is watched; never what it computes.
+RESUMABLE_KEYS = tagged_keys(Config(), "runtime") + tagged_keys(Config(), "resumable")
+# Sections and keys training never reads (they prune or evaluate): a resume does not compare them.
+NOT_TRAINING = tagged_keys(Config(), "not_training")
+
+
+def prepare_output(output: str | Path, *, resume: bool) -> Path:
+    """Check the run folder: writable, a new run must not overwrite one, a resumed run needs last.pt."""
+    out = check_output_dir(output, "--output")
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume: {out / 'last.pt'} does not exist; train into {out} first")
+    else:
+        for name in ("last.pt", "best.pt"):
+            if (out / name).exists():
+                raise FileExistsError(f"{out} already holds a run ({name}); pass --resume to continue it or choose "
+                                      "another --output")
+    return out
+
+
+def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path, runtime: Runtime) -> None:
+    """Refuse to resume ``ckpt`` (a run's last.pt) with a config that changes more than :data:`RESUMABLE_KEYS`.
+
+    The weights, optimiser state and schedule in ``last.pt`` belong to the config stored with
+    them; training them on under another architecture, loss or data would go on silently
+    with the old weights and then label them wrongly.
+
+    Raises:
+        ValueError: naming every changed key that may not change, or when ``train.epochs`` is
+            below the epochs already trained.
+    """
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict):
+        raise ValueError(f"--resume: {path} holds no run config (it was not written by train); "
+                         "start a new run in another --output")
+    try:
+        before = config_from_dict(stored).to_dict()
+    except ConfigError as exc:
+        raise ValueError(f"--resume: the config stored in {path} is not valid today ({exc}); "
+                         "start a new run in another --output") from None
+    changed = {k: v for k, v in changed_keys(before, cfg.to_dict()).items()
+               if k not in RESUMABLE_KEYS and not k.startswith(NOT_TRAINING)}
+    if changed:
+        listing = ", ".join(f"{key} ({_yaml(old)} -> {_yaml(new)})" for key, (old, new) in changed.items())
+        raise ValueError(f"--resume: the config changes {listing} from the run in {path.parent}; a resumed run may "
+                         f"change only {', '.join(RESUMABLE_KEYS)}. Resume with the run's own config "
+                         f"({path.parent / 'config.yaml'}), or train the new config into another --output")
+    if cfg.train.epochs < int(ckpt["epoch"]):
+        raise ValueError(f"--resume: {path} has trained {ckpt['epoch']} epochs already, more than "
+                         f"train.epochs={cfg.train.epochs}; set train.epochs to {ckpt['epoch']} or more")
+    if cfg.train.scheduler == "cosine" and cfg.train.epochs != before["train"]["epochs"]:
+        warnings.warn(f"--resume with train.epochs {before['train']['epochs']} -> {cfg.train.epochs}: the cosine "
+                      "schedule is stretched over the new length, so the learning rate of the remaining epochs differs "
+                      "from the first run's curve", UserWarning, stacklevel=2)
+    compute = runtime.compute
+    stored_compute = ckpt.get("compute") or {}
+    now = {"precision": compute.precision, "memory_format": compute.memory_format_name}
+    different = {k: (v, now[k]) for k, v in stored_compute.items() if k in now and v != now[k]}
+    if different:
+        listing = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in different.items())
+        raise ValueError(f"--resume: {path} was trained with {', '.join(f'{k} {v}' for k, v in stored_compute.items())}, "
+                         f"but train.amp / train.channels_last resolve here to {listing}; set train.amp and "
+                         "train.channels_last to what the run used (e.g. --set train.amp=bf16) to continue it exactly")
+
+
+def _yaml(value: Any) -> str:
+    """A config value as YAML spells it (null, true, [1, 2])."""
+    return json.dumps(value, default=str)
+
+
+def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True,
+          build: Callable[[dict[str, Any]], nn.Module] | None = None) -> dict[str, Any]:
+    """Train the configured model; writes config.yaml, last.pt, best.pt and metrics.jsonl under ``output``.
+
+    Under torchrun every rank calls this; each loads the same weights (the seed, or
+    ``last.pt`` when resuming) and only rank 0 writes files. ``build`` makes the first
+    model from :func:`model_config_for`'s arguments, after the seed is set (default:
+    :func:`~reid_prune.backbone.build_model`), e.g. a pruned architecture trained from scratch;
+    a resumed run rebuilds whatever ``last.pt`` holds.
+
+    Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}, "precision": str,
+    "memory_format": str}.
+    """
+    out = prepare_output(output or cfg.output, resume=resume)
+    ckpt = read_checkpoint(out / "last.pt") if resume else None
+    runtime = Runtime.from_config(cfg.train)  # a bad device or precision fails before any file
+    if ckpt is not None:
+        check_resume(cfg, ckpt, out / "last.pt", runtime)
+    dataset = prepare_dataset(cfg.data, verbose=progress)
+    model_config = model_config_for(cfg, dataset.num_train_pids)
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt)
+    else:
+        seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
+        model = build(model_config) if build is not None else build_model(**model_config)
+    train_loader = make_train_loader(cfg, dataset, runtime)
+    query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):
+            remove_stale_temporaries(out / name)  # left by a kill during a checkpoint write
+        dump_config(cfg, out / "config.yaml")
+    trainer = Trainer(cfg, model, model_config, train_loader, query_loader, gallery_loader, output_dir=out,
+                      progress=progress, runtime=runtime)
+    if resume:
+        trainer.resume()
+    summary = trainer.fit()
+    summary["output"] = str(out)
+    summary["precision"], summary["memory_format"] = trainer.compute.precision, trainer.compute.memory_format_name
+    summary["complexity"] = complexity(trainer.model, (cfg.data.height, cfg.data.width))
+    return summary
+
+
