@@ -25,7 +25,6 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-DATASET_KINDS = ("market1501", "dukemtmc", "cuhk03np", "market_layout")
 CUHK03_VARIANTS = ("detected", "labeled")
 # Every format the image reader decodes (data/images.py), for datasets and extract alike.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -158,6 +157,29 @@ def read_market_layout(root: str | Path, name: str) -> ReIDDataset:
     return ReIDDataset(name, _relabel(splits["train"]), splits["query"], splits["gallery"])
 
 
+def _cuhk03np_folder(root: Path, variant: str) -> tuple[Path, str]:
+    """CUHK03-NP holds one Market-layout folder per box kind: ``root/detected`` and ``root/labeled``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: folder '{root}' does not exist")
+    if not (root / variant).is_dir():
+        raise FileNotFoundError(
+            f"data.root: folder '{root}' has no {variant}; a CUHK03-NP root holds "
+            f"{' and '.join(CUHK03_VARIANTS)}, each with {', '.join(folder for _, folder in MARKET_FOLDERS)}"
+        )
+    return root / variant, f"cuhk03np-{variant}"
+
+
+# kind -> (root, cuhk03_variant) -> (the Market-layout folder to read, the default display name).
+# A dataset kind is one entry here; data.dataset in the config accepts every key (reid_prune/config.py).
+DATASETS = {
+    "market1501": lambda root, variant: (root, "market1501"),
+    "dukemtmc": lambda root, variant: (root, "dukemtmc"),
+    "cuhk03np": _cuhk03np_folder,
+    "market_layout": lambda root, variant: (root, root.name),
+}
+DATASET_KINDS = tuple(DATASETS)
+
+
 def build_dataset(
     kind: str,
     root: str | Path,
@@ -185,21 +207,8 @@ def build_dataset(
         raise ValueError(f"data.kind: expected one of {list(DATASET_KINDS)}, got {kind!r}")
     if cuhk03_variant not in CUHK03_VARIANTS:
         raise ValueError(f"data.cuhk03_variant: expected one of {list(CUHK03_VARIANTS)}, got {cuhk03_variant!r}")
-    root = Path(root)
-    if kind == "cuhk03np":
-        if not root.is_dir():
-            raise FileNotFoundError(f"data.root: folder '{root}' does not exist")
-        if not (root / cuhk03_variant).is_dir():
-            raise FileNotFoundError(
-                f"data.root: folder '{root}' has no {cuhk03_variant}; a CUHK03-NP root holds "
-                f"{' and '.join(CUHK03_VARIANTS)}, each with "
-                f"{', '.join(folder for _, folder in MARKET_FOLDERS)}"
-            )
-        root = root / cuhk03_variant
-        default_name = f"cuhk03np-{cuhk03_variant}"
-    else:
-        default_name = root.name if kind == "market_layout" else kind
-    dataset = read_market_layout(root, name or default_name)
+    folder, default_name = DATASETS[kind](Path(root), cuhk03_variant)
+    dataset = read_market_layout(folder, name or default_name)
     if verbose:
         print(dataset.summary())
     return dataset
