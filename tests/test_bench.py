@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reid_prune.bench import cells as bench_cells, latency as bench_latency, plan as bench_plan, scoring
+from reid_prune.bench import cells as bench_cells, keys as bench_keys, latency as bench_latency, scoring
 from reid_prune import build_model, load_model
 from reid_prune.bench import PLOT_NOTE, check_plan, load_bench, plan_bench, run_bench
+from reid_prune.bench.configs import data_config
 from reid_prune.cli import build_parser
 from reid_prune.config import ConfigError, load_config
 from reid_prune.data import generate_synthetic
@@ -110,7 +111,7 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     direct, on_a, on_b = rows[4:]
     assert direct["cell"] == by_name["ResNet50"]["cell"] and on_a["cell"] == by_name["HaoLi"]["cell"]
     cfg_b = plan_bench(bench).rows[5].cell.cfg
-    cfg_b.data = bench.data_config("synthetic_b")
+    cfg_b.data = data_config(bench, "synthetic_b")
     rescored = evaluate_checkpoint(cfg_b, out / "cells" / on_a["cell"] / "pruned.pt", progress=False)
     assert on_a["mAP"] == round(rescored["mAP"], 2)
     assert load_model(out / "cells" / on_b["cell"] / "pruned.pt").classifier.out_features == 12
@@ -278,8 +279,8 @@ def test_cuhk03_cpu_bench_finds_its_data(monkeypatch):
 
 
 def test_config_keys_added_later_change_no_cell_key_while_unset():
-    assert "layer_rates" not in bench_plan.hashed(load_config())["prune"]
-    rates = bench_plan.hashed(load_config(None, ["prune.layer_rates={layer1.0.conv1: 0.3}"]))["prune"]["layer_rates"]
+    assert "layer_rates" not in bench_keys.hashed(load_config())["prune"]
+    rates = bench_keys.hashed(load_config(None, ["prune.layer_rates={layer1.0.conv1: 0.3}"]))["prune"]["layer_rates"]
     assert rates == {"layer1.0.conv1": 0.3}
 
 

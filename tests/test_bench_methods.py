@@ -21,13 +21,17 @@ import torch
 
 from reid_prune.bench import cells as bench_cells, check_plan, load_bench, plan_bench
 from reid_prune.bench.cells import scratch_model
+from reid_prune.bench.keys import EVAL_ONLY, reads_evaluation
 from reid_prune.bench.tables import versus
 from reid_prune.checkpoint import module_widths, read_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import changed_keys, load_config
 from reid_prune.jobs.evaluate import evaluate_checkpoint
+from reid_prune.jobs.prune import pruner_from_config
 from reid_prune.precision import resolve_precision
 from reid_prune.pruners import available
+from reid_prune.pruners.criteria import Taylor
+from reid_prune.pruners.schedules import PlayAndPrune
 
 from conftest import REPO, shared_data
 
@@ -125,6 +129,25 @@ def test_the_file_finds_its_data(monkeypatch):
     shared_data("cuhk03_market")
     monkeypatch.chdir(REPO)  # data.root is relative to the working directory
     check_plan(plan_bench(load_bench(FILE)), dry_run=True)  # the root, every method's settings and budget
+
+
+def test_declared_reads_give_the_evaluation_settings_of_the_old_rule():
+    """A pruned cell's key keeps the evaluation settings its method's criterion and schedule declare they read
+    (``reads``). For every registered method they are those the bench's rule by class gave: all of them for the
+    AFP+PRC schedule (it steers by the validation mAP), the retrieval feature for a Taylor criterion."""
+    kinds = set()
+    for name in available():
+        cfg = load_config(None, [f"prune.method={name}", "prune.target_macs=0.5"])
+        pruner = pruner_from_config(cfg)
+        if isinstance(pruner.schedule, PlayAndPrune):
+            old = EVAL_ONLY
+        elif isinstance(pruner.criterion, Taylor):
+            old = ("model.retrieval_feature",)
+        else:
+            old = ()
+        kinds.add(old)
+        assert reads_evaluation(cfg, f"method {name}") == old, name
+    assert len(kinds) == 3  # the registry has methods of each kind, so each branch was checked
 
 
 def test_comparison_with_random_hand_cases():

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from reid_prune.bench import load_bench
+from reid_prune.bench.configs import run_config
 from reid_prune.cli import main
 from reid_prune.config import Config, ConfigError, config_from_dict, dump_config, load_config
 from reid_prune.engine.schedule import lr_at
@@ -98,7 +99,7 @@ def test_floats_without_a_dot_are_numbers_in_files_and_set(tmp_path):
     assert (cfg.prune.rate, cfg.train.momentum, cfg.prune.finetune_lr) == (0.05, 0.9, 1e-5)
     assert load_config(None, ["data.name=1e4x"]).data.name == "1e4x"  # not a number: stays a string
     bench = load_bench(REPO / "configs" / "bench" / "synthetic_tiny.yaml", ["base.train.lr=2e-4"])
-    assert bench.run_config(bench.compare[0], bench.baselines[0], 0).train.lr == 2e-4
+    assert run_config(bench, bench.compare[0], bench.baselines[0], 0).train.lr == 2e-4
     assert yaml.safe_load("1e-4") == "1e-4"  # PyYAML's own loader is left as it was
 
 

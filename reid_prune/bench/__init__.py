@@ -13,14 +13,16 @@
 4. measures the CPU latency of every model and writes results.csv, results.json,
    results.md, pareto.png and widths.png.
 
-One module per idea: :mod:`.schema` (the bench file), :mod:`.plan` (cells and their keys),
+One module per idea: :mod:`.schema` (the bench file), :mod:`.configs` (each cell's run config),
+:mod:`.keys` (the cache-key policy), :mod:`.plan` (cells, rows, checks before any work),
 :mod:`.cells` (running one cell, DDP and caching), :mod:`.anchors` (Torch-Pruning),
 :mod:`.scoring` (evaluation-only settings), :mod:`.latency`, :mod:`.tables` and :mod:`.plots`
 (the results), :mod:`.run` (the whole bench); the command is :mod:`reid_prune.commands.bench`.
 """
 
 from .cells import DONE, cell_checkpoint, run_cell
-from .plan import EVAL_ONLY, Cell, Plan, RowSpec, check_plan, plan_bench
+from .keys import EVAL_ONLY
+from .plan import Cell, Plan, RowSpec, check_plan, plan_bench
 from .plots import PLOT_NOTE
 from .run import run_bench
 from .schema import Bench, load_bench, parse_bench

@@ -27,7 +27,8 @@ from ..jobs.wiring import prepare_dataset
 from ..outputs import atomic_path
 from ..runtime import seed_everything
 from .anchors import TorchPruningAnchor
-from .plan import Cell, eval_settings, with_eval_settings
+from .keys import eval_settings, with_eval_settings
+from .plan import Cell
 
 METRICS = ("mAP", "rank1", "rank5", "mINP")
 DONE = "result.json"

@@ -1,80 +1,24 @@
 """Planning a bench: every cell (a trained, pruned, scratch-trained or anchor model), its cache key, every row.
 
-A cell's key is readable (``prune-cuhk03_market-HaoLi-0.5-s0-ft1-...``) and ends with a hash
-of everything that determines the model it leaves: its resolved run config, without the
-settings below that change only how fast it runs or how it is scored, and its parent's key.
+Each cell's run config comes from :mod:`.configs`, its key from :mod:`.keys` (the cache-key
+policy); :func:`check_plan` then checks every dataset and budget before any training.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import importlib.util
 import json
-import re
 from dataclasses import dataclass
-from typing import Any
 
 from ..backbone import build_model
 from ..config import Config, ConfigError
-from ..config_fields import merge
-from ..distributed import env_world_size
 from ..jobs.prune import pruner_from_config
 from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset
 from ..evaluation import complexity
-from ..pruners.criteria import Taylor
-from ..pruners.schedules import PlayAndPrune
+from .configs import finetune_seeds_of, run_config
+from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
 from .schema import AnchorSpec, Bench, BudgetSpec, MethodSpec
-
-# Settings that change how fast a cell runs, not what it computes: left out of the cell key. The memory
-# format changes only the order of the same float32 sums; train.amp (the precision) is part of the key.
-UNHASHED = {"output": None, "data": ("workers", "eval_batch_size", "check_images", "cache"),
-            "eval": ("latency", "latency_batch_sizes"), "train": ("channels_last",)}
-# Config keys added after the first benches ran: left out of the cell key while at their defaults, so cells
-# cached before they existed keep their keys.
-LATER_KEYS = (("prune", "layer_rates"), ("prune", "allocation"), ("prune", "target_latency"),
-              ("prune", "latency_batch_sizes"), ("prune", "latency_threads"), ("prune", "latency_feedback"),
-              ("train", "decay_norms_and_biases"), ("train", "train_neck_bias"))
-# Version of the pruning methods' rules, in every pruned cell's key: cells cut by older rules are not reused.
-PRUNING_RULES = 2
-# Settings that only change how a finished model is scored. They enter a cell's key at their default
-# values, whatever the bench says, so that changing them re-scores cached models (scoring.py) and the
-# keys of cells computed with the defaults stay what they were. A cell whose own computation reads one
-# (see reads_evaluation) keeps its real value in the key.
-EVAL_ONLY = ("eval.metric", "eval.flip", "eval.ap", "model.retrieval_feature")
-KINDS = ("train", "prune", "scratch", "anchor")
-
-
-def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation-only settings of a config dict (``Config.to_dict()``): {"eval.metric": ..., ...}."""
-    return {key: config[key.split(".")[0]][key.split(".")[1]] for key in EVAL_ONLY}
-
-
-def with_eval_settings(cfg: Config, settings: dict[str, Any]) -> Config:
-    """A copy of ``cfg`` scored with ``settings`` ({"eval.metric": ..., ...})."""
-    cfg = copy.deepcopy(cfg)
-    for key, value in settings.items():
-        section, name = key.split(".")
-        merge(cfg, {section: {name: value}})
-    return cfg
-
-
-def reads_evaluation(cfg: Config, where: str) -> tuple[str, ...]:
-    """The evaluation settings the configured pruning method's own decisions depend on.
-
-    AFP+PRC steers its rate by the validation mAP (every setting counts); Taylor criteria
-    score with the triplet loss on the retrieval feature.
-    """
-    try:
-        pruner = pruner_from_config(cfg)
-    except (ValueError, NotImplementedError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-    if isinstance(pruner.schedule, PlayAndPrune):
-        return EVAL_ONLY
-    if isinstance(pruner.criterion, Taylor):
-        return ("model.retrieval_feature",)
-    return ()
 
 
 @dataclass
@@ -141,36 +85,6 @@ class Plan:
     notes: list[str]  # what the bench file asks for but this machine cannot run (e.g. a missing extra)
 
 
-def hashed(cfg: Config, reads: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The part of a cell's config that enters its key (see the module constants)."""
-    values = cfg.to_dict()
-    for section, keys in UNHASHED.items():
-        if keys is None:
-            values.pop(section)
-        else:
-            for key in keys:
-                values[section].pop(key)
-    later = Config().to_dict()
-    for section, key in LATER_KEYS:
-        if values[section][key] == later[section][key]:
-            values[section].pop(key)
-    defaults = eval_settings(Config().to_dict())
-    for dotted_key in EVAL_ONLY:
-        if dotted_key not in reads:
-            section, key = dotted_key.split(".")
-            values[section][key] = defaults[dotted_key]
-    return values
-
-
-def cell_key(prefix: str, spec: dict[str, Any]) -> str:
-    world = env_world_size()
-    if world > 1:
-        # N ranks train with a global batch of N x P x K images: another experiment than one process's.
-        spec = {**spec, "world_size": world}
-    digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', prefix)}-{digest}"
-
-
 def budget_targets(label: str, value: float) -> dict[str, float | None]:
     """The prune targets of a resolved budget: ``target_latency`` for ``latency:F``, else ``target_macs``."""
     latency = label.startswith("latency:")
@@ -186,8 +100,8 @@ def resolve_budgets(bench: Bench) -> dict[str, float]:
 
     A ``latency:F`` budget resolves to F, the fraction of the latency kept (:func:`budget_targets`).
     """
-    cfg = bench.run_config(bench.compare[0] if bench.compare else bench.cross_domain[0].source,
-                           bench.baseline(bench.prune_arch), bench.seeds[0])
+    cfg = run_config(bench, bench.compare[0] if bench.compare else bench.cross_domain[0].source,
+                     bench.baseline(bench.prune_arch), bench.seeds[0])
     size = (cfg.data.height, cfg.data.width)
     m = cfg.model
 
@@ -231,7 +145,7 @@ def plan_bench(bench: Bench) -> Plan:
         return f"-s{seed}" + ("" if finetune_seed is None else f"-ft{finetune_seed}")
 
     def trained(dataset: str, arch_: str, seed: int) -> Cell:
-        cfg = bench.run_config(dataset, bench.baseline(arch_), seed)
+        cfg = run_config(bench, dataset, bench.baseline(arch_), seed)
         key = cell_key(f"train-{dataset}-{arch_}-s{seed}", {"kind": "train", "config": hashed(cfg)})
         return add(Cell(key, "train", cfg, dataset, dataset, seed, arch_, arch_.replace("resnet", "ResNet")))
 
@@ -239,8 +153,8 @@ def plan_bench(bench: Bench) -> Plan:
                ft: int | None) -> Cell:
         parent = trained(pretrain, arch, seed)
         targets = budget_targets(budget.label, budgets[budget.label])
-        cfg = bench.run_config(dataset, bench.baseline(arch), seed if ft is None else ft, method,
-                               targets["target_macs"], target_latency=targets["target_latency"])
+        cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft, method,
+                         targets["target_macs"], target_latency=targets["target_latency"])
         reads = reads_evaluation(cfg, f"bench method {method.label}")
         source = f"{pretrain}-to-" if pretrain != dataset else ""
         key = cell_key(f"prune-{source}{dataset}-{method.label}-{budget.label}{suffix(seed, ft)}",
@@ -250,8 +164,8 @@ def plan_bench(bench: Bench) -> Plan:
 
     def from_scratch(dataset: str, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
         parent = pruned(dataset, dataset, bench.method(bench.scratch.widths), budget, seed, ft)
-        cfg = bench.run_config(dataset, bench.baseline(arch), seed if ft is None else ft,
-                               extra_epochs=bench.finetune_epochs)
+        cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft,
+                         extra_epochs=bench.finetune_epochs)
         key = cell_key(f"scratch-{dataset}-{bench.scratch.widths}-{budget.label}{suffix(seed, ft)}",
                        {"kind": "scratch", "config": hashed(cfg), "widths": parent.key})
         return add(Cell(key, "scratch", cfg, dataset, dataset, seed, arch, bench.scratch.label, budget=budget.label,
@@ -259,8 +173,8 @@ def plan_bench(bench: Bench) -> Plan:
 
     def anchored(dataset: str, anchor: AnchorSpec, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
         parent = trained(dataset, arch, seed)
-        cfg = bench.run_config(dataset, bench.baseline(arch), seed if ft is None else ft,
-                               target_macs=budgets[budget.label])
+        cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft,
+                         target_macs=budgets[budget.label])
         reads = ("model.retrieval_feature",) if anchor.importance == "taylor" else ()  # its Taylor loss reads it
         key = cell_key(f"anchor-{dataset}-{anchor.label}-{budget.label}{suffix(seed, ft)}",
                        {"kind": "anchor", "importance": anchor.importance, "last_stage": anchor.last_stage,
@@ -274,7 +188,7 @@ def plan_bench(bench: Bench) -> Plan:
 
     # (budget, fine-tuning seed) in rounds: each budget's first seed, then each budget's second, ...
     # Cells run in this order, so a bench stopped early has every method at every budget once.
-    per_budget = [(b, bench.finetune_seeds_of(b)) for b in bench.budgets]
+    per_budget = [(b, finetune_seeds_of(bench, b)) for b in bench.budgets]
     rounds = [(budget, seeds[i]) for i in range(max((len(s) for _, s in per_budget), default=0))
               for budget, seeds in per_budget if i < len(seeds)]
 
@@ -336,9 +250,7 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                 raise ConfigError(f"{where}: {cell.method.name} prunes during fine-tuning; "
                                   "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
             model_config = {**model_config_for(cell.cfg, 0), "pretrained": "none"}  # MACs do not count the classifier
-            key = json.dumps([pruner.scope, pruner.include, pruner.min_channels, pruner.round_to,
-                              dataclasses.asdict(pruner.target), pruner.input_size, model_config],
-                             sort_keys=True, default=str)
+            key = json.dumps([pruner.budget_params(), model_config], sort_keys=True, default=str)
             if key not in seen_budgets:
                 seen_budgets.add(key)
                 try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..analysis.plotting import missing_note, new_figure, save_figure
 from .cells import read_json
+from .configs import latency_batch_sizes
 from .plan import Plan
 from .schema import Bench
 
@@ -46,7 +47,8 @@ def pareto_plot(bench: Bench, groups: list[dict[str, Any]], path: Path) -> bool 
     panels = [(title, members) for title, members in panels if members]
     if not panels:
         return None
-    batch = bench.latency_batch_sizes[0] if bench.latency_batch_sizes else None
+    batches = latency_batch_sizes(bench)
+    batch = batches[0] if batches else None
     axes_x = [("macs", "GMACs per image", 1e-9)]
     if batch and any(f"latency_ms_batch{batch}" in g for g in groups):
         axes_x.append((f"latency_ms_batch{batch}", f"CPU ms per image (batch {batch})", 1.0))

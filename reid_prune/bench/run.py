@@ -11,6 +11,7 @@ import yaml
 from ..distributed import broadcast_object, is_main_process
 from ..outputs import check_output_dir
 from .cells import run_cell
+from .configs import data_config, latency_batch_sizes
 from .latency import cell_latencies, compute_text, latency_compute, threads_text
 from .plan import check_plan, plan_bench
 from .plots import PLOT_NOTE
@@ -54,7 +55,7 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
                 f"rank-1 {metrics['rank1']:.1f}")
         for row in plan.rows:
             if row.cell is cell and (cell.key, row.dataset) not in scores:
-                scores[cell.key, row.dataset] = scored = score(cell, row.dataset, bench.data_config(row.dataset),
+                scores[cell.key, row.dataset] = scored = score(cell, row.dataset, data_config(bench, row.dataset),
                                                                results[cell.key], cells_dir, progress=progress)
                 if row.dataset == cell.dataset and scored["scored_by"] != RUN:
                     log(f"    re-scored with the bench's evaluation settings ({scored['scored_by']})")
@@ -63,11 +64,11 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
     summary = None
     if main:
         latencies: dict[str, dict[str, float]] = {}
-        if bench.latency_batch_sizes:
-            batches = ", ".join(map(str, bench.latency_batch_sizes))
-            log(f"measuring the CPU latency of {len(plan.cells)} models (batch {batches}, {threads_text(bench)}, "
-                f"{compute_text(plan)})")
-            latencies = cell_latencies(plan.cells, cells_dir, bench.latency_batch_sizes, bench.latency_threads,
+        batches = latency_batch_sizes(bench)
+        if batches:
+            log(f"measuring the CPU latency of {len(plan.cells)} models (batch {', '.join(map(str, batches))}, "
+                f"{threads_text(bench)}, {compute_text(plan)})")
+            latencies = cell_latencies(plan.cells, cells_dir, batches, bench.latency_threads,
                                        compute=latency_compute(plan))
         summary = write_results(bench, plan, out, cells_dir, results, scores, latencies, command=command)
         drawn = [f"{name}.png" for name, ok in summary["plots"].items() if ok]

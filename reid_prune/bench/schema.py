@@ -8,6 +8,9 @@ name the key (``bench key methods[0].name: ...``). Keys that hold run-config val
 them into a :class:`~reid_prune.config.Config` (``config key base.train.lr: ...``).
 :func:`resolve` then checks what ties keys together and fills the defaults that depend on
 other keys (labels, epochs, ``compare``). See docs/bench.md for every key.
+
+This module parses and checks only; :mod:`.configs` builds each cell's run config from a
+resolved bench, and :mod:`.plan` its cells and keys.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..config import Config, ConfigError, DataConfig, PruneConfig, nest, parse_override, read_yaml, validate
+from ..config import Config, ConfigError, DataConfig, nest, parse_override, read_yaml
 from ..config_fields import check_fields, choice, merge, number_range
-from ..pruners import available, get_method, resolve_scope
+from ..pruners import available, get_method
 
 NOUN = "bench key"
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -166,87 +169,25 @@ class Bench:
     anchors: list[AnchorSpec] = field(default_factory=list)
     latency_threads: int = number_range(1, 0)  # CPU threads while timing; 0 = torch's default
 
-    # ------------------------------------------------------------------ cell configs
-
-    def data_config(self, dataset: str) -> DataConfig:
-        """base.data, then the dataset's keys, then input_size."""
-        data = DataConfig()
-        merge(data, self.base.get("data", {}), "base.data.")
-        merge(data, self.datasets[dataset], f"datasets.{dataset}.")
-        if self.input_size is not None:
-            data.height, data.width = self.input_size
-        return data
-
-    def run_config(self, dataset: str, baseline: BaselineSpec, seed: int, method: MethodSpec | None = None,
-                   target_macs: float | None = None, *, target_latency: float | None = None,
-                   extra_epochs: int = 0) -> Config:
-        """The resolved run config of one cell.
-
-        A baseline trained on ``dataset`` (``extra_epochs`` stretches its schedule, learning-rate
-        steps at the same fractions); with ``target_macs`` (or ``target_latency``: of the latency
-        measured on the machine that prunes it), its pruning and fine-tuning, by ``method`` when
-        given. A method's own ``seed`` option follows ``seed`` unless the bench sets it, so every
-        random choice of a cell changes with the cell's seed. ``prune.scope: auto`` is resolved
-        here, so every cell's config and key says the scope it ran at.
-        """
-        where = f"bench dataset {dataset}, {baseline.arch}, seed {seed}" + (f", method {method.label}" if method else "")
-        try:
-            cfg = Config()
-            merge(cfg, self.base, "base.")
-            cfg.data = self.data_config(dataset)
-            merge(cfg, {"model": {"arch": baseline.arch}, "train": {"epochs": baseline.epochs, "seed": seed}})
-            merge(cfg, baseline.overrides)
-            trained = cfg.train.epochs
-            cfg.train.epochs += extra_epochs
-            if self.lr_steps is not None:
-                cfg.train.milestones = [round(f * cfg.train.epochs) for f in self.lr_steps]
-            elif extra_epochs:
-                cfg.train.milestones = [round(m * cfg.train.epochs / trained) for m in cfg.train.milestones]
-            if target_macs is None and target_latency is None:
-                # A training reads no prune key: the base's stay out of its config and key, so that changing
-                # them retrains no baseline (and a baseline's key is the same in every bench).
-                cfg.prune = PruneConfig()
-            else:
-                merge(cfg, {"prune": {"rate": None, "target_params": None, "target_macs": target_macs,
-                                      "target_latency": target_latency, "finetune_epochs": self.finetune_epochs}})
-            if method is not None:
-                merge(cfg, {"prune": {"method": method.name}})
-                merge(cfg, method.overrides)
-                seeded = {f.name: f.default for f in dataclasses.fields(get_method(method.name).options)}
-                # Left out at the default, so that cells computed before this rule keep their keys.
-                if "seed" in seeded and "seed" not in method.options and seed != seeded["seed"]:
-                    merge(cfg, {"prune": {"options": {"seed": seed}}})
-            cfg.eval.latency = False  # the bench measures CPU latency itself, once per model
-            validate(cfg)
-            p = cfg.prune
-            budget = any(v is not None for v in (p.target_macs, p.target_params, p.target_latency))
-            p.scope = resolve_scope(p.scope, budget=budget, scopes=get_method(p.method).scopes)
-            return cfg
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
     def baseline(self, arch: str) -> BaselineSpec:
+        """The baseline of architecture ``arch`` (StopIteration when the bench trains none)."""
         return next(b for b in self.baselines if b.arch == arch)
 
     def method(self, label: str) -> MethodSpec:
+        """The method labelled ``label`` (StopIteration when there is none)."""
         return next(m for m in self.methods if m.label == label)
 
-    def base_defaults(self) -> Config:
-        """The base config alone (types checked; ranges are checked per cell)."""
-        cfg = Config()
-        merge(cfg, self.base, "base.")
-        return cfg
 
-    @property
-    def latency_batch_sizes(self) -> list[int]:
-        """base.eval.latency_batch_sizes; empty when base.eval.latency is false."""
-        e = self.base_defaults().eval
-        return list(e.latency_batch_sizes) if e.latency else []
+def base_defaults(bench: Bench) -> Config:
+    """The run config of ``bench.base`` alone, over the defaults: types checked; ranges are checked per cell
+    (:func:`~.configs.run_config`), where the other keys are in.
 
-    def finetune_seeds_of(self, budget: BudgetSpec) -> list[int | None]:
-        """Fine-tuning seeds of the pruned cells at ``budget``; [None]: each uses its baseline's seed."""
-        seeds = budget.finetune_seeds if budget.finetune_seeds is not None else self.finetune_seeds
-        return list(seeds) if seeds is not None else [None]
+    Raises:
+        ConfigError: a key or type the run config refuses (``config key base.train.lr: ...``).
+    """
+    cfg = Config()
+    merge(cfg, bench.base, "base.")
+    return cfg
 
 
 def _closest(value: Any, valid: Sequence[str]) -> str:
@@ -281,7 +222,7 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
             fail("base_config", f"{bench.base_config} holds no mapping of run-config keys")
         bench.base = deep_update(values, bench.base)
         bench.base_config = ""  # read into base: the written bench.yaml needs no other file
-    defaults = bench.base_defaults()
+    defaults = base_defaults(bench)
     if bench.input_size is not None and len(bench.input_size) != 2:
         fail("input_size", f"expected [height, width] in pixels, e.g. [256, 128], got {bench.input_size!r}")
 

@@ -1,7 +1,7 @@
 """The scores of a finished cell under the bench's evaluation settings, without training anything again.
 
 Evaluation-only settings (``eval.metric``, ``eval.flip``, ``eval.ap``,
-``model.retrieval_feature``) do not enter a cell's key (plan.py). A row therefore takes
+``model.retrieval_feature``) do not enter a cell's key (keys.py). A row therefore takes
 the numbers its cell's own run measured when they were measured on the row's dataset with
 the settings the bench asks for now, and otherwise re-scores the cell's saved model:
 ``eval-DATASET-HASH.json`` beside the cell caches each re-scoring, the hash covering the
@@ -22,7 +22,8 @@ from ..distributed import broadcast_object, is_main_process
 from ..jobs.evaluate import evaluate_checkpoint
 from ..jobs.wiring import prepare_dataset
 from .cells import METRICS, cell_checkpoint, read_json, write_json
-from .plan import Cell, eval_settings
+from .keys import eval_settings
+from .plan import Cell
 
 RUN = "run"  # scored_by of the numbers the cell's own run measured
 

@@ -20,7 +20,9 @@ from ..distributed import env_world_size
 from ..outputs import atomic_path
 from .cells import write_json
 from .latency import compute_text, latency_compute, threads_text
-from .plan import Cell, Plan, describe_budget, eval_settings
+from .configs import finetune_seeds_of, latency_batch_sizes
+from .keys import eval_settings
+from .plan import Cell, Plan, describe_budget
 from .plots import PLOT_NOTE, pareto_plot, widths_plot
 from .schema import Bench
 
@@ -160,7 +162,7 @@ def _cells(group: dict[str, Any], latency_key: str | None) -> list[str]:
 def _intro(bench: Bench, plan: Plan, latency_key: str | None) -> list[str]:
     cfg = plan.cells[0].cfg
     e = eval_settings(cfg.to_dict())
-    finetune = {label: bench.finetune_seeds_of(b) for b, label in zip(bench.budgets, plan.budgets)}
+    finetune = {label: finetune_seeds_of(bench, b) for b, label in zip(bench.budgets, plan.budgets)}
     seeds = (f"Baselines: seeds {bench.seeds}; each pruned model is fine-tuned with its baseline's seed."
              if all(s == [None] for s in finetune.values()) else
              f"Baselines: seeds {bench.seeds}. Fine-tuning seeds per budget: "
@@ -191,7 +193,8 @@ def _intro(bench: Bench, plan: Plan, latency_key: str | None) -> list[str]:
 def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups: list[dict[str, Any]], *,
                     command: str, plots: dict[str, bool], final: bool, pending: int) -> str:
     """results.md: one in-domain table per compared dataset, then one table per cross-domain pair."""
-    batch = bench.latency_batch_sizes[0] if bench.latency_batch_sizes else None
+    batches = latency_batch_sizes(bench)
+    batch = batches[0] if batches else None
     latency_key = f"latency_ms_batch{batch}" if batch and any(f"latency_ms_batch{batch}" in r for r in rows) else None
     costs = ["MACs kept", "Parameters (M)", "GMACs"]
     if latency_key:
@@ -243,7 +246,7 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
     summary = {
         "bench": bench.name, "command": command, "complete": pending == 0, "pending_cells": pending,
         "budgets": plan.budgets, "seeds": bench.seeds,
-        "finetune_seeds": {label: bench.finetune_seeds_of(b) for b, label in zip(bench.budgets, plan.budgets)},
+        "finetune_seeds": {label: finetune_seeds_of(bench, b) for b, label in zip(bench.budgets, plan.budgets)},
         "evaluation": eval_settings(plan.cells[0].cfg.to_dict()),
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                         "world_size": env_world_size(),

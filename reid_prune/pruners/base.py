@@ -170,6 +170,12 @@ class Pruner(TrainerHook):
         return "data" if self.criterion.needs_data else "weights"
 
     @property
+    def reads(self) -> tuple[str, ...]:
+        """The evaluation settings (dotted config keys, e.g. ``eval.metric``) its decisions depend on: the
+        ``reads`` its criterion declares, then its schedule's, each once."""
+        return tuple(dict.fromkeys(self.criterion.reads + self.schedule.reads))
+
+    @property
     def groups(self) -> list:
         return self.session.groups if self.session is not None else []
 

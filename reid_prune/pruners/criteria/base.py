@@ -121,12 +121,17 @@ class Criterion:
             2017), ``max``, or ``none`` (scores already comparable).
         rankable: False for criteria whose scores are only an order inside a group (ThiNet's
             removal step); the ``global`` allocation refuses them.
+        reads: dotted config keys of evaluation settings (``eval.metric``, ``eval.flip``,
+            ``eval.ap``, ``model.retrieval_feature``) the scores depend on; none by default.
+            The bench keeps these at their real values in a pruned cell's cache key (they
+            otherwise only change how a finished model is scored).
     """
 
     name: str = ""
     needs_data: bool = False
     normalizer: str = "mean"
     rankable: bool = True
+    reads: tuple[str, ...] = ()
 
     def scores(self, model: nn.Module, groups: Sequence[ChannelGroup], context: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError

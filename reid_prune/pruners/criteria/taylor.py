@@ -56,6 +56,9 @@ class Taylor(Criterion):
 
     name = "taylor"
     needs_data = True
+    # The scores are gradients of the loss, by default the batch-hard triplet loss on the features the model
+    # returns, and which feature it returns (before or after the neck) is model.retrieval_feature.
+    reads = ("model.retrieval_feature",)
 
     def __init__(self, variant: int = 2017, abs_of: str = "example") -> None:
         self.variant, self.abs_of = variant, abs_of

@@ -50,6 +50,9 @@ class PlayAndPrune(Schedule):
     """AFP's sparsity push and threshold cuts, steered by PRC's accuracy tolerance (options as in the module docstring)."""
 
     trains = True
+    # PRC steers the cuts by the validation mAP (``context.evaluate``), and every evaluation setting (the
+    # distance, flipped images, the AP rule, the retrieval feature) changes that number.
+    reads = ("eval.metric", "eval.flip", "eval.ap", "model.retrieval_feature")
 
     def __init__(self, *, tolerance: float = 2.0, reg: float = 1e-4, push_fraction: float = 0.1,
                  threshold: float = 0.05, threshold_step: float = 0.05, patience: int = 2) -> None:

@@ -30,9 +30,17 @@ def round_up(keep: int, channels: int, min_channels: int, round_to: int) -> int:
 
 
 class Schedule:
-    """No-op events; a schedule overrides what it uses."""
+    """No-op events; a schedule overrides what it uses.
+
+    Class attributes:
+        trains: prunes during training (the hook events), not in :meth:`run`.
+        reads: dotted config keys of evaluation settings (``eval.metric``, ``eval.flip``,
+            ``eval.ap``, ``model.retrieval_feature``) its decisions depend on; none by default.
+            The bench keeps these at their real values in a pruned cell's cache key.
+    """
 
     trains = False
+    reads: tuple[str, ...] = ()
 
     def run(self, pruner: Pruner, model: nn.Module, context: PruneContext) -> nn.Module:
         raise NotImplementedError
