@@ -24,43 +24,24 @@ import torch
 from torch import nn
 
 from .backbone import build_model
+from .layers import kind_of
 from .outputs import atomic_path
 
 FORMAT = "reid_prune/1"
-_RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def module_widths(model: nn.Module) -> dict[str, list[int]]:
-    """Channel widths of every conv, linear and BN layer: {name: [out, in]} or {name: [C]}."""
+    """Channel widths of every channel-carrying layer (:func:`~reid_prune.layers.kind_of`).
+
+    Returns:
+        {name: [out, in]} for convs and linears, {name: [C]} for BatchNorms, in module order.
+    """
     widths: dict[str, list[int]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            widths[name] = [module.out_channels, module.in_channels]
-        elif isinstance(module, nn.Linear):
-            widths[name] = [module.out_features, module.in_features]
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            widths[name] = [module.num_features]
+        kind = kind_of(module)
+        if kind is not None:
+            widths[name] = list(kind.widths(module))
     return widths
-
-
-def _resized(module: nn.Module, width: list[int]) -> nn.Module:
-    """A fresh module like ``module`` with the given widths (weights are loaded afterwards)."""
-    if isinstance(module, nn.Conv2d):
-        out_c, in_c = width
-        if module.groups != 1:
-            raise ValueError("grouped convolutions cannot be resized")
-        return nn.Conv2d(in_c, out_c, module.kernel_size, module.stride, module.padding, module.dilation,
-                         bias=module.bias is not None, padding_mode=module.padding_mode)
-    if isinstance(module, nn.Linear):
-        out_f, in_f = width
-        return nn.Linear(in_f, out_f, bias=module.bias is not None)
-    (channels,) = width
-    new = type(module)(channels, eps=module.eps, momentum=module.momentum, affine=module.affine,
-                       track_running_stats=module.track_running_stats)
-    if module.affine:
-        new.weight.requires_grad_(module.weight.requires_grad)
-        new.bias.requires_grad_(module.bias.requires_grad)
-    return new
 
 
 def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
@@ -74,7 +55,9 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _resized(getattr(parent, child), list(width)))
+        module = getattr(parent, child)
+        # A fresh layer: its weights are loaded afterwards.
+        setattr(parent, child, kind_of(module).resized(module, list(width), None))
     return model
 
 

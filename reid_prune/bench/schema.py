@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from ..backbone import ARCHS
 from ..config import Config, ConfigError, DataConfig, nest, parse_override, read_yaml
 from ..config_fields import check_fields, choice, merge, number_range
 from ..pruners import available, get_method
 
 NOUN = "bench key"
-ARCHS = ("resnet18", "resnet34", "resnet50")
 ANCHORS = {"l1": "Torch-Pruning L1", "taylor": "Torch-Pruning Taylor"}
 
 

@@ -10,19 +10,19 @@ trainable or not, including layers the retrieval forward does not run (the class
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
+from ..layers import PRODUCER, kind_of
 from .groups import ChannelGroup, find_channel_groups
-from .tracing import NORMS, example_input, inspection_mode
+from .tracing import example_input, inspection_mode
 
 
 @dataclass
 class LayerCost:
-    """Geometry of one Conv2d / Linear / BatchNorm layer.
+    """Geometry of one Conv2d / Linear / BatchNorm layer (a producer or norm of :mod:`reid_prune.layers`).
 
     ``macs = out_channels * in_channels / groups * per_pair`` and
     ``params = out_channels * in_channels / groups * kernel + bias * out_channels`` for
@@ -78,22 +78,27 @@ class CostModel:
         self.layers: list[LayerCost] = []
         counted = 0
         for name, m in model.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                conv = isinstance(m, nn.Conv2d)
+            kind = kind_of(m)
+            if kind is None:
+                continue
+            if kind.role == PRODUCER:
+                out_c, in_c = kind.widths(m)
+                n_groups, kernel = kind.geometry(m)
                 layer = LayerCost(
                     name=name,
-                    out_channels=m.out_channels if conv else m.out_features,
-                    in_channels=m.in_channels if conv else m.in_features,
-                    groups=m.groups if conv else 1,
-                    kernel=math.prod(m.kernel_size) if conv else 1,
-                    per_pair=(math.prod(m.kernel_size) if conv else 1) * positions.get(name, 0),
+                    out_channels=out_c,
+                    in_channels=in_c,
+                    groups=n_groups,
+                    kernel=kernel,
+                    per_pair=kernel * positions.get(name, 0),
                     bias=m.bias is not None,
                     out_group=out_group.get(name),
                     in_group=in_group.get(name),
                     in_shape=in_shapes.get(name, ()),
                 )
-            elif isinstance(m, NORMS) and m.affine:
-                layer = LayerCost(name, out_channels=m.num_features, in_channels=1, groups=1, kernel=0, per_pair=0,
+            elif m.affine:  # a norm (BatchNorm's interface): a weight and a bias per channel
+                (channels,) = kind.widths(m)
+                layer = LayerCost(name, out_channels=channels, in_channels=1, groups=1, kernel=0, per_pair=0,
                                   bias=True, out_group=out_group.get(name), is_norm=True)
             else:
                 continue
@@ -156,8 +161,9 @@ def _run_shapes(model: nn.Module, input_size: tuple[int, int]) -> tuple[dict[str
     in_shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        kind = kind_of(m)
+        if kind is not None and kind.role == PRODUCER:
+            channels = kind.widths(m)[0]
 
             def hook(module, inputs, output, name=name, channels=channels):
                 positions[name] = positions.get(name, 0) + output.numel() // channels

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..distributed import broadcast_object, is_main_process
 from ..evaluation.complexity import measure_latency
+from ..layers import NORM, PRODUCER, role_widths
 from ..precision import ComputeSettings, cpu_threads
 from .budget import _bounds, _round_keep
 from .cost import CostModel, LayerCost
@@ -251,6 +252,6 @@ def widths_for(cost: CostModel, keep_counts: Mapping[str, int]) -> dict[str, lis
     widths = {}
     for layer in cost.layers:
         out_c, in_c = cost.widths(layer, counts)
-        widths[layer.name] = [out_c] if layer.is_norm else [out_c, in_c]
+        widths[layer.name] = list(role_widths(NORM if layer.is_norm else PRODUCER, out_c, in_c))
     return widths
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..evaluation.complexity import synchronize
+from ..layers import LayerKind, kind_named, kind_of
 from ..outputs import atomic_path
 from ..precision import ComputeSettings, autocast_context
 from ..runtime import cache_dir
@@ -92,7 +93,7 @@ class Signature:
     """What a layer's time depends on besides its widths.
 
     Attributes:
-        kind: ``conv`` or ``linear``.
+        kind: the name of the layer's kind in :mod:`reid_prune.layers`: ``conv`` or ``linear``.
         kernel, stride, padding, dilation: a conv's (h, w) pairs; () for a linear.
         groups: a conv's groups (1 for a linear).
         bias: whether the layer adds a bias.
@@ -111,13 +112,22 @@ class Signature:
 
     @classmethod
     def of(cls, module: nn.Module, in_shape: tuple[int, ...]) -> Signature:
-        """The signature of a Conv2d or Linear run on one image's input of shape ``in_shape`` (no batch)."""
-        if isinstance(module, nn.Conv2d):
-            if not isinstance(module.padding, tuple) or module.padding_mode != "zeros":
-                raise ValueError(f"latency tables time convs with numeric zero padding, got {module}")
-            return cls("conv", module.kernel_size, module.stride, module.padding, module.dilation, module.groups,
-                       module.bias is not None, tuple(in_shape[1:]))
-        return cls("linear", (), (), (), (), 1, module.bias is not None, tuple(in_shape[:-1]))
+        """The signature of a Conv2d or Linear run on one image's input of shape ``in_shape`` (no batch).
+
+        Raises:
+            ValueError: the module's kind (:mod:`reid_prune.layers`) is not timed, or the
+                module cannot be timed standalone (a conv with string or non-zero padding).
+        """
+        kind = kind_of(module)
+        if kind is None or kind.timing is None:
+            raise ValueError(f"latency tables time convs and linears, got {type(module).__name__}")
+        spatial = in_shape[1:] if kind.channels_dim == 1 else in_shape[:-1]
+        return cls(kind.name, **kind.timing(module), spatial=tuple(spatial))
+
+    @property
+    def layer(self) -> LayerKind:
+        """The layer kind this signature times (:func:`reid_prune.layers.kind_named` of ``kind``)."""
+        return kind_named(self.kind)
 
     def key(self, in_channels: int, out_channels: int) -> str:
         """``conv k3x3 s1x1 p1x1 d1x1 g1 nobias @64x32: 64->128``: the op's entry in a table."""
@@ -133,10 +143,8 @@ class Signature:
         Timing each conv with its BatchNorm and ReLU predicted measured ratios no better
         (docs/pruners.md, "Latency budgets"): the elementwise work is left to the calibration.
         """
-        if self.kind == "linear":
-            return nn.Linear(in_channels, out_channels, bias=self.bias)
-        return nn.Conv2d(in_channels, out_channels, self.kernel, self.stride, self.padding, self.dilation,
-                         self.groups, bias=self.bias)
+        fields = {k: v for k, v in asdict(self).items() if k not in ("kind", "spatial")}
+        return self.layer.op(in_channels, out_channels, **fields)
 
 
 def time_op(signature: Signature, in_channels: int, out_channels: int, setting: LatencySetting) -> float:
@@ -147,10 +155,11 @@ def time_op(signature: Signature, in_channels: int, out_channels: int, setting: 
     """
     compute = setting.compute
     op = compute.place(signature.op(in_channels, out_channels)).eval()
-    shape = (setting.batch_size, in_channels, *signature.spatial) if signature.kind == "conv" else \
+    channels_first = signature.layer.channels_dim == 1
+    shape = (setting.batch_size, in_channels, *signature.spatial) if channels_first else \
         (setting.batch_size, *signature.spatial, in_channels)
     x = torch.randn(shape, device=compute.device, dtype=_ACTIVATION_DTYPES[setting.precision])
-    if signature.kind == "conv":
+    if channels_first and x.dim() == 4:  # the memory format applies to (N, C, H, W) tensors only
         x = x.contiguous(memory_format=compute.memory_format)
     times: list[float] = []
     with torch.inference_mode(), autocast_context(compute.device, setting.precision):

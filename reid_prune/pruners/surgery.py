@@ -2,9 +2,10 @@
 
 :func:`prune_group` rebuilds every producer, norm and consumer of a
 :class:`~reid_prune.pruners.groups.ChannelGroup` as a new, smaller ``nn.Conv2d`` /
-``nn.Linear`` / ``nn.BatchNorm1d/2d`` holding the kept slices of the weights, biases and
-running statistics. Parameter counts, ``state_dict`` sizes, file sizes and MACs shrink,
-and :func:`reid_prune.checkpoint.save_checkpoint` records the new widths, so
+``nn.Linear`` / ``nn.BatchNorm1d/2d`` (any type in :mod:`reid_prune.layers`'s table)
+holding the kept slices of the weights, biases and running statistics. Parameter counts,
+``state_dict`` sizes, file sizes and MACs shrink, and
+:func:`reid_prune.checkpoint.save_checkpoint` records the new widths, so
 :func:`reid_prune.checkpoint.load_model` rebuilds the pruned network by itself.
 
 Surgery creates new ``nn.Parameter`` objects and new modules: an optimiser (or anything
@@ -20,9 +21,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..layers import NORM, LayerKind, kind_of
 from .groups import ChannelGroup
-from .tracing import NORMS
-
 
 
 def _as_index(indices: Sequence[int] | Tensor, channels: int, what: str) -> Tensor:
@@ -56,58 +56,24 @@ def _check_widths(model: nn.Module, group: ChannelGroup) -> None:
                 )
 
 
+def _kind(module: nn.Module) -> LayerKind:
+    kind = kind_of(module)
+    if kind is None:
+        raise TypeError(f"cannot prune channels of {type(module).__name__}")
+    return kind
+
+
 def _width(module: nn.Module, role: str) -> int:
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels if role == "producer" else module.in_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features if role == "producer" else module.in_features
-    if isinstance(module, NORMS):
-        return module.num_features
-    raise TypeError(f"cannot prune channels of {type(module).__name__}")
-
-
-def _sliced_parameter(param: Tensor | None, dim: int, index: Tensor) -> nn.Parameter | None:
-    """The kept slice of ``param``, in ``param``'s memory format (a channels-last model stays channels-last)."""
-    if param is None:
-        return None
-    sliced = param.detach().index_select(dim, index.to(param.device))
-    if param.dim() == 4 and not param.is_contiguous() and param.is_contiguous(memory_format=torch.channels_last):
-        sliced = sliced.contiguous(memory_format=torch.channels_last)
-    return nn.Parameter(sliced, requires_grad=param.requires_grad)
+    """The width ``role`` cuts: a consumer's input channels, a producer's or a norm's output channels."""
+    widths = _kind(module).widths(module)
+    return widths[1] if role == "consumer" else widths[0]
 
 
 def _sliced(module: nn.Module, role: str, index: Tensor) -> nn.Module:
-    """A new module like ``module`` keeping only channels ``index`` (output for producers, input for consumers).
-
-    Built on the meta device so no weights are initialised, then given the sliced tensors.
-    """
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise NotImplementedError(f"grouped convolution (groups={module.groups}) cannot be pruned")
-        out_c = len(index) if role == "producer" else module.out_channels
-        in_c = len(index) if role == "consumer" else module.in_channels
-        new = nn.Conv2d(in_c, out_c, module.kernel_size, module.stride, module.padding, module.dilation,
-                        bias=module.bias is not None, padding_mode=module.padding_mode, device="meta")
-    elif isinstance(module, nn.Linear):
-        out_f = len(index) if role == "producer" else module.out_features
-        in_f = len(index) if role == "consumer" else module.in_features
-        new = nn.Linear(in_f, out_f, bias=module.bias is not None, device="meta")
-    elif isinstance(module, NORMS):
-        new = type(module)(len(index), eps=module.eps, momentum=module.momentum, affine=module.affine,
-                           track_running_stats=module.track_running_stats, device="meta")
-        for name in ("running_mean", "running_var"):
-            buffer = getattr(module, name)
-            setattr(new, name, None if buffer is None else buffer.index_select(0, index.to(buffer.device)))
-        if module.num_batches_tracked is not None:
-            new.num_batches_tracked = module.num_batches_tracked.clone()
-    else:
-        raise TypeError(f"cannot prune channels of {type(module).__name__}")
-    dim = 1 if role == "consumer" else 0
-    new.weight = _sliced_parameter(module.weight, dim, index)
-    # A consumer's bias belongs to its outputs, which keep their width.
-    new.bias = _sliced_parameter(module.bias, 0, index) if role != "consumer" else module.bias
-    new.train(module.training)
-    return new
+    """A new module like ``module`` keeping channels ``index``: its inputs for a consumer, else its outputs."""
+    if role == "consumer":
+        return _kind(module).sliced(module, keep_in=index)
+    return _kind(module).sliced(module, keep_out=index)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -205,7 +171,7 @@ def zero_group(model: nn.Module, group: ChannelGroup, drop: Sequence[int] | Tens
     with torch.no_grad():
         for name in group.producers + (group.norms if norms else []):
             module = model.get_submodule(name)
-            if isinstance(module, NORMS) and not module.affine:
+            if _kind(module).role == NORM and not module.affine:
                 raise ValueError(f"{name} has no affine weight and bias, so its channels cannot be zeroed")
             for param in (module.weight, module.bias):
                 if param is not None:

@@ -19,8 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import GraphModule, Interpreter, Node, symbolic_trace
+from torch.fx import GraphModule, Interpreter, Node, Tracer
 from torch.fx.node import map_aggregate
+
+from ..layers import NORM, PRODUCER, kind_of
+# NORMS is re-exported through .groups, which defined it before reid_prune.layers held the layer table.
+from ..layers import NORMS as NORMS
 
 
 class _Space:
@@ -99,7 +103,6 @@ _CHANNELWISE_METHODS = {
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "tanh", "clamp",
     "clamp_", "clamp_min", "clamp_min_", "pow", "pow_", "sqrt", "abs", "exp", "log", "flatten", "contiguous",
 }
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # per-channel layers that surgery slices
 
 
 class _ShapeRecorder(Interpreter):
@@ -137,10 +140,23 @@ def inspection_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+class _LayerTracer(Tracer):
+    """torch.fx's tracer, keeping every layer type of :mod:`reid_prune.layers` whole.
+
+    torch.fx keeps torch.nn's own modules as ``call_module`` nodes but traces into any other
+    module, so a registered layer type defined outside torch.nn would reach the channel
+    tracer as loose tensor ops that it cannot prune.
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return kind_of(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module, input_size: tuple[int, int]) -> tuple[GraphModule, dict[Node, tuple[int, ...]]]:
     """Trace ``model`` (with logits, when its forward takes ``with_logits``) and record node shapes."""
     concrete = {"with_logits": True} if "with_logits" in signature(model.forward).parameters else None
-    gm = symbolic_trace(model, concrete_args=concrete)
+    tracer = _LayerTracer()
+    gm = GraphModule(model, tracer.trace(model, concrete_args=concrete), type(model).__name__)
     recorder = _ShapeRecorder(gm)
     with inspection_mode(model):  # the traced graph shares the model's modules
         recorder.run(example_input(model, input_size), *(concrete or {}).values())
@@ -221,16 +237,18 @@ class _ChannelTracer:
         name = str(node.target)
         module = self.gm.get_submodule(name)
         kind = type(module).__name__
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            if isinstance(module, nn.Conv2d) and module.groups != 1:
+        layer = kind_of(module)
+        if layer is not None and layer.role == PRODUCER:
+            n_groups = layer.geometry(module)[0]
+            if n_groups != 1:
                 raise NotImplementedError(
-                    f"{name} is a grouped/depthwise convolution (groups={module.groups}); "
+                    f"{name} is a grouped/depthwise convolution (groups={n_groups}); "
                     "channel groups are only derived for groups=1 convolutions"
                 )
             in_shape = self.shapes.get(node.args[0])
-            if isinstance(module, nn.Linear) and in_shape is not None and len(in_shape) != 2:
-                # A Linear on a (B, ..., F) tensor mixes the last dim, not dim 1.
-                self._block(spaced, f"{name} applies a Linear to a {len(in_shape)}-D tensor")
+            if layer.channels_dim != 1 and in_shape is not None and len(in_shape) != 2:
+                # A layer reading channels from the last dim (a Linear) on a (B, ..., F) tensor mixes F, not dim 1.
+                self._block(spaced, f"{name} applies a {kind} to a {len(in_shape)}-D tensor")
                 self._new_output(node, f"it is produced by {name} from a {len(in_shape)}-D tensor")
                 return
             if spaced:
@@ -239,7 +257,7 @@ class _ChannelTracer:
             if space is not None:
                 self._attach("producer", name, space)
                 self.opened.append(space)
-        elif isinstance(module, NORMS) and spaced:
+        elif layer is not None and layer.role == NORM and spaced:
             self._attach("norm", name, self.space_of[spaced[0]])
             self.space_of[node] = self.space_of[spaced[0]]
         elif isinstance(module, _CHANNELWISE_MODULES):
