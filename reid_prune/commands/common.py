@@ -32,7 +32,8 @@ NOTHING_WRITTEN = "nothing was written (run the command again to start over)"
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--config YAML (required) and --set KEY=VALUE (repeatable): the run config of a command."""
     parser.add_argument("--config", required=True, metavar="YAML",
-                        help="YAML config; keys it omits take the defaults in reid_prune/config.py")
+                        help="YAML config; keys it omits take the defaults in reid_prune/config.py "
+                             "(the prune section: reid_prune/pruners/config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.epochs=5 (repeatable)")
 
