@@ -12,6 +12,7 @@ from reid_prune.checkpoint import read_checkpoint
 from reid_prune.config import Config, config_from_dict, load_config
 from reid_prune.engine import Trainer
 from reid_prune.engine.trainer import evaluate_with_config
+from reid_prune.runtime import Runtime
 from reid_prune.precision import (ComputeSettings, autocast_context, cpu_bf16_flags, model_memory_format,
                                   resolve_channels_last, resolve_precision)
 
@@ -154,10 +155,10 @@ def test_evaluation_places_the_model_in_the_configured_layout(monkeypatch):
         return {}
 
     monkeypatch.setattr("reid_prune.engine.trainer.evaluate", fake_evaluate)
-    evaluate_with_config(model, cfg, [], [], device=torch.device("cpu"), progress=False)
+    evaluate_with_config(model, cfg, [], [], compute=Runtime.from_config(cfg.train).compute, progress=False)
     assert seen["layout"] == "channels_last" and seen["channels_last"] and seen["precision"] == "fp32"
     cfg = load_config(None, ["train.device=cpu", "train.amp=off", "train.channels_last=false"])
-    evaluate_with_config(model, cfg, [], [], device=torch.device("cpu"), progress=False)
+    evaluate_with_config(model, cfg, [], [], compute=Runtime.from_config(cfg.train).compute, progress=False)
     assert seen["layout"] == "contiguous" and not seen["channels_last"]
 
 
