@@ -2,7 +2,7 @@
 
 Li et al. ("Pruning Filters for Efficient ConvNets", Sec. 4) prune each layer alone, look
 at the accuracy curves and prune the insensitive layers harder. This module makes that
-choice from the measured curves of :mod:`~reid_prune.analysis.sensitivity`:
+choice from the measured curves of :mod:`~reid_prune.jobs.sensitivity`:
 
 * the **predicted loss** of a group kept at ``k`` channels is its measured mAP drop,
   linearly interpolated in ``k`` between the swept points (and 0 at full width), after

@@ -2,7 +2,7 @@
 
 ``reid-prune prune`` writes the rows into ``report.json`` (key ``widths``) and draws them
 beside it as ``widths.png``; the bench's pruned cells get both the same way, since each
-cell is a :func:`~reid_prune.engine.prune_run.prune_checkpoint` run.
+cell is a :func:`~reid_prune.jobs.prune.prune_checkpoint` run.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 ``reid-prune bench --config configs/bench/NAME.yaml [--output DIR]`` (docs/bench.md):
 
-1. trains the baseline architectures with :func:`reid_prune.engine.train`;
+1. trains the baseline architectures with :func:`reid_prune.jobs.train.train`;
 2. prunes the ``prune_arch`` baseline with every listed method at each budget and
    fine-tuning seed, fine-tunes and evaluates it with
-   :func:`reid_prune.engine.prune_run.prune_checkpoint`; optionally also the controls (the
+   :func:`reid_prune.jobs.prune.prune_checkpoint`; optionally also the controls (the
    ``random`` method; ``scratch``: a method's pruned architecture trained from scratch) and
    Torch-Pruning anchors, and the cross-domain scenario;
 3. scores every model with the bench's evaluation settings, re-scoring cached models when

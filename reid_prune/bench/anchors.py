@@ -2,7 +2,7 @@
 
 With the ``bench`` extra installed (torch-pruning), :class:`TorchPruningAnchor` cuts a
 trained model with Torch-Pruning's pruner and its L1-magnitude or Taylor importance; the
-bench hands it to :func:`~reid_prune.engine.prune_run.prune_checkpoint` in place of a
+bench hands it to :func:`~reid_prune.jobs.prune.prune_checkpoint` in place of a
 registered method, so evaluation, fine-tuning and the saved files are those of every
 other pruned cell. ``scripts/bench_prune.py`` drives the same pruner for its speed table.
 """
