@@ -73,6 +73,10 @@ class DataConfig:
     width: int = number_range(128, 1)
     p: int = number_range(16, 2)  # identities per batch; batch-hard mining needs negatives
     k: int = number_range(4, 1)  # images per identity
+    # Training identities carved into a validation query/gallery (0: none). Every decision (best checkpoint,
+    # pruning schedules that steer by mAP, the sensitivity's rates) reads it; the test split is only scored.
+    val_ids: int = tagged(number_range(0, 0), "later")
+    val_seed: int = tagged(number_range(0, 0, 2**31 - 1), "later")  # which identities: the same for every run seed
     workers: int = tagged(number_range(2, 0), "runtime", "unhashed")
     eval_batch_size: int = tagged(number_range(128, 1), "runtime", "unhashed")
     # Decode every image once when the dataset is read: error (stop, naming the file),

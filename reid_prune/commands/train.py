@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, output=args.output, resume=args.resume, progress=not args.quiet)
     if not is_main_process():
         return 0
-    report = {**summary["last"], **summary["complexity"], "precision": summary["precision"],
+    metrics = summary.get("test", summary["last"])  # with a validation split, the test split's one score
+    report = {**metrics, **summary["complexity"], "precision": summary["precision"],
               "memory_format": summary["memory_format"]}
-    print_report(f"trained {cfg.model.arch} -> {summary['output']} (best mAP {summary['best']['mAP']:.2f}% "
-                 f"at epoch {summary['best']['epoch']})", report)
+    split, note = ("validation ", "; below: the last epoch on the test split") if "test" in summary else ("", "")
+    print_report(f"trained {cfg.model.arch} -> {summary['output']} (best {split}mAP {summary['best']['mAP']:.2f}% "
+                 f"at epoch {summary['best']['epoch']}{note})", report)
     return 0

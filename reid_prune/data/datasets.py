@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 CUHK03_VARIANTS = ("detected", "labeled")
@@ -47,12 +47,18 @@ class Sample:
 
 @dataclass
 class ReIDDataset:
-    """A re-ID dataset split into training images and a query / gallery test set."""
+    """A re-ID dataset split into training images and a query / gallery test set.
+
+    ``val_query`` / ``val_gallery``: a validation split carved from the training identities
+    (:func:`~reid_prune.data.validation.carve_validation`), empty when there is none.
+    """
 
     name: str
     train: list[Sample]
     query: list[Sample]
     gallery: list[Sample]
+    val_query: list[Sample] = field(default_factory=list)
+    val_gallery: list[Sample] = field(default_factory=list)
 
     @property
     def num_train_pids(self) -> int:
@@ -66,7 +72,10 @@ class ReIDDataset:
             f"  {'split':<8}| {'images':>7} | {'identities':>10} | {'cameras':>7}",
             f"  {'-' * 8}+{'-' * 9}+{'-' * 12}+{'-' * 8}",
         ]
-        for split, samples in (("train", self.train), ("query", self.query), ("gallery", self.gallery)):
+        splits = [("train", self.train), ("query", self.query), ("gallery", self.gallery)]
+        if self.val_query:
+            splits += [("val qry", self.val_query), ("val gal", self.val_gallery)]
+        for split, samples in splits:
             pids = {s.pid for s in samples}
             if split == "gallery":  # train pids are relabelled, so 0 is a distractor only here
                 pids.discard(DISTRACTOR_PID)
@@ -120,7 +129,7 @@ def _parse_split(folder: Path, *, keep_distractors: bool) -> list[Sample]:
     return samples
 
 
-def _relabel(samples: list[Sample]) -> list[Sample]:
+def relabel(samples: list[Sample]) -> list[Sample]:
     """Map pids to 0..N-1 in sorted order of the original pid."""
     label_of = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
     return [Sample(s.path, label_of[s.pid], s.camid) for s in samples]
@@ -137,7 +146,7 @@ def without_paths(dataset: ReIDDataset, paths: set[str]) -> ReIDDataset:
     empty = [split for split, samples in splits.items() if not samples]
     if empty:
         raise ValueError(f"dataset {dataset.name}: no usable image is left in {', '.join(empty)}")
-    return replace(dataset, train=_relabel(splits["train"]), query=splits["query"], gallery=splits["gallery"])
+    return replace(dataset, train=relabel(splits["train"]), query=splits["query"], gallery=splits["gallery"])
 
 
 def read_market_layout(root: str | Path, name: str) -> ReIDDataset:
@@ -154,7 +163,7 @@ def read_market_layout(root: str | Path, name: str) -> ReIDDataset:
     splits = {
         split: _parse_split(root / folder, keep_distractors=split == "gallery") for split, folder in MARKET_FOLDERS
     }
-    return ReIDDataset(name, _relabel(splits["train"]), splits["query"], splits["gallery"])
+    return ReIDDataset(name, relabel(splits["train"]), splits["query"], splits["gallery"])
 
 
 def _cuhk03np_folder(root: Path, variant: str) -> tuple[Path, str]:

@@ -323,16 +323,18 @@ class Trainer:
         parts["loss"] = value
         return parts
 
-    def evaluate(self) -> dict[str, Any]:
-        """Rank metrics of the current model on the query/gallery loaders.
+    def evaluate(self, query_loader: DataLoader | None = None,
+                 gallery_loader: DataLoader | None = None) -> dict[str, Any]:
+        """Rank metrics of the current model on the trainer's query/gallery loaders (or the ones given).
 
         Under DDP rank 0 evaluates alone (the weights are the same on every rank) and
         the others wait for its metrics, which they receive.
         """
         metrics = None
         if self.is_main:
-            metrics = evaluate_with_config(unwrap(self.model), self.cfg, self.query_loader, self.gallery_loader,
-                                           compute=self.compute, progress=self.progress)
+            metrics = evaluate_with_config(unwrap(self.model), self.cfg, query_loader or self.query_loader,
+                                           gallery_loader or self.gallery_loader, compute=self.compute,
+                                           progress=self.progress)
         return broadcast_object(metrics)
 
 

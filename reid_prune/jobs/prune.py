@@ -33,7 +33,7 @@ from ..precision import ComputeSettings
 from ..pruners import PruneContext, Pruner
 from ..runtime import Runtime
 from .evaluate import check_architecture, model_report
-from .wiring import make_eval_loaders, make_train_loader, prepare_dataset
+from .wiring import decision_loaders, make_eval_loaders, make_train_loader, prepare_dataset
 
 STAGES = ("before", "pruned", "finetuned")
 TARGET_KEYS = ("method", "scope", "rate", "layer_rates", "target_macs", "target_params", "target_latency")
@@ -130,7 +130,9 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         model = model_with_new_classifier(ckpt, dataset.num_train_pids, cfg.train.seed)
         model.set_retrieval_feature(cfg.model.retrieval_feature)
         model_config = model.build_config
-    query, gallery = make_eval_loaders(cfg, dataset)
+    query, gallery = make_eval_loaders(cfg, dataset)  # the reports' stages: scored, never read by a decision
+    # What every decision reads (AFP+PRC's controller, fine-tuning's evaluation): the validation split if any.
+    val_query, val_gallery = decision_loaders(cfg, dataset) if dataset.val_query else (query, gallery)
     train_loader = make_train_loader(cfg, dataset, runtime)
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
     report["scope"] = pruner.scope  # auto resolved
@@ -138,7 +140,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report["before"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
 
     def validate(net: nn.Module) -> dict[str, Any]:
-        return evaluate_with_config(net, cfg, query, gallery, compute=compute, progress=False)
+        return evaluate_with_config(net, cfg, val_query, val_gallery, compute=compute, progress=False)
 
     # Between rounds the fine-tuning continues one stream of batches instead of restarting epoch 0.
     context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=compute.device,
@@ -149,7 +151,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     if pruner.requires == "training":
         pruner.context = context  # criteria that read data score on the training split
         # Soft and regularised methods run their schedule inside the fine-tuning epochs.
-        trainer = Trainer(cfg, model, model_config, train_loader, query, gallery, hooks=[pruner],
+        trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[pruner],
                           train=finetune_schedule(cfg, epochs), progress=progress, runtime=runtime)
         trainer.fit()
         # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
@@ -163,7 +165,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
         if epochs > 0:
-            trainer = Trainer(cfg, model, model_config, train_loader, query, gallery,
+            trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery,
                               train=finetune_schedule(cfg, epochs), progress=progress, runtime=runtime)
             trainer.fit()
             model = trainer.model

@@ -4,8 +4,9 @@ The analysis of Li et al. ("Pruning Filters for Efficient ConvNets", Sec. 4.1, F
 and Distiller's ``sensitivity`` command, for re-ID: for every channel group the method
 may cut, and every rate, a copy of the trained model is pruned in that group only (the
 configured method chooses the channels; no fine-tuning) and its mAP is measured on the
-test split, or, for speed, on a seeded subset of the test identities (all their query and
-gallery images; mAP on a subset is higher than on the whole split, so compare drops).
+test split (the validation split when ``data.val_ids`` carves one), or, for speed, on a
+seeded subset of its identities (all their query and gallery images; mAP on a subset is
+higher than on the whole split, so compare drops).
 
 ``reid-prune sensitivity`` writes into its output folder:
 
@@ -144,6 +145,8 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     check_budget({g.name: kept(g, rates[-1]) for g in groups}, macs_fraction, target_macs)
 
     dataset = prepare_dataset(cfg.data, verbose=progress)
+    if dataset.val_query:  # the rates are a decision: they read the validation split when there is one
+        dataset = dataclasses.replace(dataset, query=dataset.val_query, gallery=dataset.val_gallery)
     query, gallery = subset_split(dataset, subset_ids, seed)
     # Decoded once and kept in memory: every (group, rate) pair is evaluated on the same tensors.
     loaders = make_eval_loaders(cfg, dataclasses.replace(dataset, query=query, gallery=gallery))

@@ -23,7 +23,7 @@ from ..engine import Trainer
 from ..evaluation import complexity
 from ..outputs import check_output_dir
 from ..runtime import Runtime, seed_everything
-from .wiring import make_eval_loaders, make_train_loader, model_config_for, prepare_dataset
+from .wiring import decision_loaders, make_eval_loaders, make_train_loader, model_config_for, prepare_dataset
 
 # What a resumed run may change: how fast it runs, how long, and how it is watched; never what it computes.
 RESUMABLE_KEYS = tagged_keys(Config(), "runtime") + tagged_keys(Config(), "resumable")
@@ -105,8 +105,12 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     :func:`~reid_prune.backbone.build_model`), e.g. a pruned architecture trained from scratch;
     a resumed run rebuilds whatever ``last.pt`` holds.
 
+    The trainer evaluates (and chooses ``best.pt``) on the validation split when ``data.val_ids``
+    carves one, and the finished model (the last epoch's) is then scored once on the test split.
+
     Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}, "precision": str,
-    "memory_format": str}.
+    "memory_format": str, "evaluated_on": "validation" or "test"}, plus "test" (the finished
+    model's test metrics) with a validation split.
     """
     out = prepare_output(output or cfg.output, resume=resume)
     ckpt = read_checkpoint(out / "last.pt") if resume else None
@@ -121,7 +125,7 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
         seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
         model = build(model_config) if build is not None else build_model(**model_config)
     train_loader = make_train_loader(cfg, dataset, runtime)
-    query_loader, gallery_loader = make_eval_loaders(cfg, dataset)
+    query_loader, gallery_loader = decision_loaders(cfg, dataset)
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         for name in ("last.pt", "best.pt"):
@@ -132,6 +136,9 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     if resume:
         trainer.resume()
     summary = trainer.fit()
+    summary["evaluated_on"] = "validation" if dataset.val_query else "test"
+    if dataset.val_query:
+        summary["test"] = trainer.evaluate(*make_eval_loaders(cfg, dataset))  # the test split, scored once
     summary["output"] = str(out)
     summary["precision"], summary["memory_format"] = trainer.compute.precision, trainer.compute.memory_format_name
     summary["complexity"] = complexity(trainer.model, (cfg.data.height, cfg.data.width))

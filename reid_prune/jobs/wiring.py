@@ -16,6 +16,7 @@ from ..config import Config, DataConfig
 from ..data import (ReIDDataset, Sample, build_dataset, build_eval_loader, build_train_loader, build_transforms,
                     check_dataset_images, decode_images, generate_synthetic, should_cache)
 from ..data.cache import decoded_bytes
+from ..data.validation import carve_validation
 from ..distributed import is_main_process, main_process_first
 from ..outputs import check_output_dir
 from ..runtime import Runtime, cache_dir
@@ -43,6 +44,8 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
     Every image is decoded once as ``data.check_images`` says (error, skip or off), so an
     unreadable file stops the run now, naming it, instead of hours into training.
     Under torchrun rank 0 generates while the other ranks wait, and only rank 0 prints the summary.
+    With ``data.val_ids``, that many training identities become the validation split
+    (:func:`~reid_prune.data.validation.carve_validation`), which every decision reads instead of the test split.
     """
     verbose = verbose and is_main_process()
     if data.dataset == "synthetic":
@@ -54,6 +57,8 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
                 generate_synthetic(root, num_ids=s.ids, num_test_ids=s.test_ids, num_cameras=s.cameras,
                                    images_per_camera=s.images_per_camera, seed=s.seed)
     dataset = check_dataset_images(parse_dataset(data), data.check_images, threads=max(1, data.workers))
+    if data.val_ids:
+        dataset = carve_validation(dataset, data.val_ids, data.val_seed)
     if verbose:
         print(dataset.summary())
     return dataset
@@ -61,7 +66,8 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
 
 def cached_images(data: DataConfig, dataset: ReIDDataset, samples: list[Sample]) -> Tensor | None:
     """``samples`` decoded into memory when ``data.cache`` says so (auto: judged on the whole dataset), else None."""
-    num_images = len(dataset.train) + len(dataset.query) + len(dataset.gallery)
+    num_images = sum(len(split) for split in (dataset.train, dataset.query, dataset.gallery, dataset.val_query,
+                                              dataset.val_gallery))
     if not should_cache(data.cache, decoded_bytes(num_images, data.height, data.width)):
         return None
     return decode_images(samples, data.height, data.width, workers=data.workers)
@@ -82,13 +88,27 @@ def make_train_loader(cfg: Config, dataset: ReIDDataset, runtime: Runtime | None
                               images=cached_images(d, dataset, dataset.train))
 
 
-def make_eval_loaders(cfg: Config, dataset: ReIDDataset) -> tuple[DataLoader, DataLoader]:
-    """(query loader, gallery loader), in file order, without augmentation."""
+def make_eval_loaders(cfg: Config, dataset: ReIDDataset, *, validation: bool = False) -> tuple[DataLoader, DataLoader]:
+    """(query loader, gallery loader) of the test split, or with ``validation`` of the validation split;
+    in file order, without augmentation.
+
+    Raises:
+        ValueError: ``validation`` without a validation split (``data.val_ids`` is 0).
+    """
+    if validation and not dataset.val_query:
+        raise ValueError("no validation split: set data.val_ids to the number of training identities to carve")
     d = cfg.data
     transform = build_transforms(d.height, d.width, train=False, mean=d.transforms.mean, std=d.transforms.std)
+    splits = (dataset.val_query, dataset.val_gallery) if validation else (dataset.query, dataset.gallery)
     return tuple(build_eval_loader(split, transform, batch_size=d.eval_batch_size, workers=d.workers,
                                    images=cached_images(d, dataset, split))
-                 for split in (dataset.query, dataset.gallery))
+                 for split in splits)
+
+
+def decision_loaders(cfg: Config, dataset: ReIDDataset) -> tuple[DataLoader, DataLoader]:
+    """The query and gallery loaders every decision reads: the validation split when there is one, else the
+    test split (``data.val_ids: 0``, the behaviour of runs before the validation split existed)."""
+    return make_eval_loaders(cfg, dataset, validation=bool(dataset.val_query))
 
 
 def model_config_for(cfg: Config, num_classes: int) -> dict[str, Any]:
