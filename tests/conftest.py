@@ -9,6 +9,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The environment variable that says where reid_prune keeps generated synthetic datasets and latency
+# tables (reid_prune.runtime.cache_dir). Tests never use the user's cache: a test points it with
+# `cache_at`, a fixture wider than a test with `use_cache`, a subprocess gets {CACHE_VAR: folder} in its env.
+CACHE_VAR = "REID_PRUNE_CACHE"
 
 # --set overrides for runs that take seconds: tiny synthetic data, ResNet-18 at 64x32, CPU.
 TINY_RUN = [
@@ -24,6 +28,42 @@ def _deterministic_threads():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+def use_cache(mp: pytest.MonkeyPatch, folder: Path) -> Path:
+    """Point $REID_PRUNE_CACHE at FOLDER until MP is undone; returns FOLDER (for module and session fixtures)."""
+    mp.setenv(CACHE_VAR, str(folder))
+    return Path(folder)
+
+
+@pytest.fixture
+def cache_at(monkeypatch, request):
+    """``cache_at(folder)`` points $REID_PRUNE_CACHE at FOLDER for the rest of this test; returns FOLDER.
+
+    Which folder is the caller's choice, and it matters:
+
+    - ``cache_at()``: an empty cache of this test's own, ``tmp_path / "cache"``. Tests that fake latency
+      timings need it (a faked table must never be read by another test), as do tests that generate data
+      the others must not see.
+    - ``cache_at(tiny_run / "cache")``: reuse the dataset the session's tiny run generated (TINY_RUN's data).
+    - ``session_cache`` (the fixture below): one folder the whole session shares.
+    """
+    def point(folder: Path | None = None) -> Path:
+        if folder is None:
+            folder = request.getfixturevalue("tmp_path") / "cache"
+        return use_cache(monkeypatch, folder)
+
+    return point
+
+
+@pytest.fixture
+def session_cache(cache_at, tmp_path_factory) -> Path:
+    """Point $REID_PRUNE_CACHE for this test at BASETEMP/cache, one folder the whole session shares.
+
+    Modules that train on generated data use it (pytestmark = pytest.mark.usefixtures("session_cache")),
+    so each dataset is generated once per session, outside the user's cache.
+    """
+    return cache_at(tmp_path_factory.getbasetemp() / "cache")
 
 
 def shared_data(name: str) -> Path:
@@ -45,7 +85,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
+        use_cache(mp, root / "cache")
         cfg = load_config(None, TINY_RUN + ["train.epochs=1", "train.warmup_epochs=0", "train.max_batches=2",
                                             "eval.latency=false"])
         train(cfg, output=root / "run", progress=False)

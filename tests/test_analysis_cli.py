@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, use_cache
 from reid_prune import load_model
 from reid_prune.analysis.plotting import INSTALL_HINT
 from reid_prune.cli import main
@@ -33,20 +33,25 @@ HAS_PLOT = importlib.util.find_spec("matplotlib") is not None
 needs_plot = pytest.mark.skipif(not HAS_PLOT, reason="the plot extra (matplotlib) is not installed")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("analysis_cli")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
-    train(load_config(None, TINY + ["train.epochs=2", "train.eval_every=1"]), output=root / "run", progress=False)
-    yield root
-    mp.undo()
-
-
 @pytest.fixture
-def cache(trained, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
-    return trained
+def cache(tiny_run, cache_at):
+    """The session's tiny run (ROOT/run/best.pt), with the cache on its generated dataset."""
+    cache_at(tiny_run / "cache")
+    return tiny_run
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """ROOT of a run of 2 epochs, each evaluated, for the learning curves.
+
+    tiny_run will not do there: it trains 1 epoch, so its metrics.jsonl and curve hold a single point, and the
+    row-by-row comparison of the curve's table with metrics.jsonl would check one epoch only.
+    """
+    root = tmp_path_factory.mktemp("analysis_cli")
+    with pytest.MonkeyPatch.context() as mp:
+        use_cache(mp, root / "cache")
+        train(load_config(None, TINY + ["train.epochs=2", "train.eval_every=1"]), output=root / "run", progress=False)
+    return root
 
 
 def no_matplotlib(monkeypatch):
@@ -84,6 +89,7 @@ def test_visrank_borders_match_the_dataset_identities(cache, tmp_path, capsys):
         [q["index"] for q in record["queries"]]
 
 
+@pytest.mark.slow
 def test_sensitivity_rates_are_accepted_by_prune_and_meet_the_target(cache, tmp_path, capsys):
     out = tmp_path / "sens"
     args = ["sensitivity", "--config", CONFIG, "--quiet", "--checkpoint", str(cache / "run" / "best.pt"), *SET,
@@ -126,12 +132,14 @@ def test_sensitivity_rates_are_accepted_by_prune_and_meet_the_target(cache, tmp_
 
 
 @needs_plot
-def test_learning_curves_of_one_and_several_runs(cache, tmp_path, capsys):
-    run = cache / "run"
+def test_learning_curves_of_one_and_several_runs(two_epochs, cache_at, tmp_path, capsys):
+    cache_at(two_epochs / "cache")
+    run = two_epochs / "run"
     out = tmp_path / "curves.png"
     assert main(["plot", str(run), "--output", str(out)]) == 0, capsys.readouterr().err
     assert Image.open(out).size == (1500, 400)  # 15 x 4 inches at 100 dpi
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2  # a curve of two evaluated epochs, not a single point
     with open(tmp_path / "curves.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["run", "epoch", "loss", "lr", "mAP", "rank1"]

@@ -305,6 +305,7 @@ class _DieInEpoch(TrainerHook):
             raise _Interrupted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,options", _RUNS)
 def test_resumed_run_matches_an_uninterrupted_one(method, options, tmp_path):
     trainer, pruner = _trainer(method, options)

@@ -33,9 +33,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+# One generated dataset per test session, outside the user's cache.
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _quiet(message: str) -> None:
@@ -46,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
+@pytest.mark.slow
 def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     bench = load_bench(TINY_FILE, TINY)
@@ -272,6 +272,7 @@ def test_infeasible_budget_fails_before_any_training(tmp_path, monkeypatch):
     assert not (tmp_path / "bench").exists()
 
 
+@pytest.mark.slow
 def test_cuhk03_cpu_bench_finds_its_data(monkeypatch):
     shared_data("cuhk03_market")
     monkeypatch.chdir(REPO)  # data.root is relative to the working directory

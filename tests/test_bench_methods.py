@@ -33,7 +33,7 @@ from reid_prune.pruners import available
 from reid_prune.pruners.criteria import Taylor
 from reid_prune.pruners.schedules import PlayAndPrune
 
-from conftest import REPO, shared_data
+from conftest import REPO, shared_data, use_cache
 
 FILE = REPO / "configs" / "bench" / "cuhk03_methods_cpu.yaml"
 # Torch-Pruning anchors are planned only where the optional bench extra is installed (CI installs it).
@@ -197,7 +197,7 @@ def protocol(tmp_path_factory):
     """The file's structure run once on tiny data, then run again: (output folder, calls of the second run)."""
     out = tmp_path_factory.mktemp("methods") / "bench"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REID_PRUNE_CACHE", str(out.parent / "cache"))
+        use_cache(mp, out.parent / "cache")
         assert _bench_cli(out, TINY) == 0
         first = json.loads((out / "results.json").read_text())
         stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
@@ -207,6 +207,7 @@ def protocol(tmp_path_factory):
     return out, first, calls
 
 
+@pytest.mark.slow
 def test_protocol_end_to_end_files_and_rows(protocol):
     out, summary, _ = protocol
     umask = os.umask(0)
@@ -251,6 +252,7 @@ def test_protocol_end_to_end_files_and_rows(protocol):
     assert {c.key for c in plan_bench(load_bench(out / "bench.yaml")).cells} == {r["cell"] for r in rows}
 
 
+@pytest.mark.slow
 def test_protocol_mean_std_and_random_columns(protocol):
     out, summary, _ = protocol
     with open(out / "results.csv", newline="") as fh:
@@ -286,14 +288,16 @@ def test_protocol_mean_std_and_random_columns(protocol):
         assert float(mark.split("(")[1].split(";")[0]) == pytest.approx(mean - r_mean, abs=0.1)
 
 
+@pytest.mark.slow
 def test_protocol_second_run_trains_nothing(protocol):
     out, first, calls = protocol
     assert calls == {"train": 0, "prune_checkpoint": 0}
     assert json.loads((out / "results.json").read_text())["rows"] == first["rows"]
 
 
-def test_evaluation_only_settings_rescore_without_training(tmp_path, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path / "cache"))
+@pytest.mark.slow
+def test_evaluation_only_settings_rescore_without_training(tmp_path, monkeypatch, cache_at):
+    cache_at()
     out = tmp_path / "bench"
     small = [o for o in TINY if not o.startswith("methods[")] + [
         "budgets=[{value: 0.5, finetune_seeds: [0]}]", "anchors=[l1]",

@@ -61,7 +61,8 @@ def test_round_to_8_on_resnet50_gives_multiples_of_8():
     groups = find_channel_groups(build_model("resnet50"), scope="all")
     for rate in (0.1, 0.37, 0.9):
         counts = keep_counts_for_rate(groups, rate, round_to=8)
-        assert all(k % 8 == 0 and 8 <= k <= g.channels for g, k in zip(groups, counts.values()))
+        assert list(counts) == [g.name for g in groups]  # a count for every group, in the groups' order
+        assert all(k % 8 == 0 and 8 <= k <= g.channels for g, k in zip(groups, counts.values(), strict=True))
 
 
 def test_per_group_rates_default_to_zero():

@@ -24,7 +24,7 @@ def samples(tmp_path):
 def test_cached_pixels_are_the_decoded_and_resized_image(samples):
     images = decode_images(samples, 32, 16, batch_size=2)
     assert images.shape == (5, 3, 32, 16) and images.dtype == torch.uint8
-    for sample, cached in zip(samples, images):
+    for sample, cached in zip(samples, images, strict=True):
         resized = Image.open(sample.path).convert("RGB").resize((16, 32), Image.BILINEAR, reducing_gap=None)
         expected = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
         # torchvision's antialiased tensor resize and PIL's bilinear agree within one grey level.

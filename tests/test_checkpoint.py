@@ -30,7 +30,7 @@ def outputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def assert_same_outputs(a: nn.Module, b: nn.Module) -> None:
-    for out_a, out_b in zip(outputs(a), outputs(b)):
+    for out_a, out_b in zip(outputs(a), outputs(b), strict=True):
         assert torch.equal(out_a, out_b)
 
 

@@ -32,8 +32,8 @@ def test_eval_title_names_the_dataset_and_latency_is_per_image(run, tmp_path, ca
     assert "ms/image" in out
 
 
-def test_prune_table_gives_latency_per_image(run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(run / "cache"))
+def test_prune_table_gives_latency_per_image(run, tmp_path, capsys, cache_at):
+    cache_at(run / "cache")
     assert main(["prune", *_config_args(), "--checkpoint", str(run / "run" / "best.pt"), "--method", "haoli",
                  "--rate", "0.3", "--output", str(tmp_path / "pruned")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("latency")]

@@ -45,9 +45,9 @@ def test_gpu_step_autocasts_with_fp32_weights(amp, dtype, scaled):
     assert model_memory_format(trainer.model) == "channels_last"  # auto: channels-last under autocast on CUDA
 
 
-def test_train_eval_prune_on_the_gpu(tmp_path, monkeypatch, capsys):
+def test_train_eval_prune_on_the_gpu(tmp_path, cache_at, capsys):
     """The CLI end to end on CUDA: a CPU-loaded checkpoint is evaluated and pruned on the GPU."""
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path / "cache"))
+    cache_at()
     sets = ["--config", str(REPO / "configs" / "demo.yaml"), *[f"--set={o}" for o in GPU_RUN + ["train.epochs=1"]]]
     assert main(["train", "--quiet", "--output", str(tmp_path / "run"), *sets]) == 0
     assert main(["eval", "--quiet", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--json",

@@ -183,7 +183,7 @@ def test_image_dataset_and_loaders_read_pngs(tmp_path):
     (images, pids, camids, indices) = next(iter(loader))
     assert images.shape == (6, 3, 16, 8)
     assert sorted(pids.tolist()) == [0, 0, 0, 1, 1, 1]  # one image per identity, drawn 3 times
-    assert all(pid == dataset.train[i].pid for pid, i in zip(pids.tolist(), indices.tolist()))
+    assert all(pid == dataset.train[i].pid for pid, i in zip(pids.tolist(), indices.tolist(), strict=True))
     assert build_train_loader(dataset.train, transform, p=2, k=1, seed=0, workers=1).persistent_workers
 
     batches = list(build_eval_loader(dataset.gallery, transform, batch_size=2, workers=0))

@@ -34,6 +34,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import CACHE_VAR, use_cache
 from reid_prune import build_model, load_model
 from reid_prune.bench import load_bench, plan_bench
 from reid_prune.checkpoint import module_widths
@@ -73,14 +74,14 @@ def cache(tmp_path_factory):
     """A generated dataset shared by the test process and the ranks (generated here, before any rank starts)."""
     root = tmp_path_factory.mktemp("ddp_cache")
     mp_ = pytest.MonkeyPatch()
-    mp_.setenv("REID_PRUNE_CACHE", str(root))
+    use_cache(mp_, root)
     prepare_dataset(load_config(None, TINY).data, verbose=False)
     yield root
     mp_.undo()
 
 
 def _torchrun(args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "REID_PRUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, CACHE_VAR: str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "reid_prune", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -139,6 +140,7 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_and_resume(cache, tmp_path):
     """torchrun train for 1 epoch, then --resume to 2: equal to the single-process reference of 2 epochs."""
     out = tmp_path / "run"
@@ -163,8 +165,8 @@ def test_two_ranks_match_one_process_and_resume(cache, tmp_path):
 
 
 def _soft_fpgm_worker(rank: int, port: int, cache: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), CACHE_VAR: cache})
     torch.set_num_threads(1)
     with process_group_from_env():
         cfg = load_config(None, TINY + ["train.epochs=2"])
@@ -202,6 +204,7 @@ def _spawn_ranks(worker, cache: Path, out: Path, what: str) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
     ranks = _spawn_ranks(_soft_fpgm_worker, cache, tmp_path, "soft FPGM")
     assert ranks[0]["masks"] and any(ranks[0]["masks"].values())
@@ -220,8 +223,8 @@ def test_soft_fpgm_under_two_ranks_prunes_identically(cache, tmp_path):
 @contextmanager
 def _rank_with_data(rank: int, port: int, cache: str):
     """One spawned rank's process group, and (model, loader): the same seeded model, each rank's own batches."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), REID_PRUNE_CACHE=cache)
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), CACHE_VAR: cache})
     torch.set_num_threads(1)
     with process_group_from_env():
         cfg = load_config(None, TINY)
@@ -239,6 +242,7 @@ def _thinet_worker(rank: int, port: int, cache: str, out: str) -> None:
                    Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_thinet_under_two_ranks_keeps_the_same_channels_and_weights(cache, tmp_path):
     """ThiNet samples each rank's own batch: scores are averaged and rank 0's least-squares refit is kept."""
     ranks = _spawn_ranks(_thinet_worker, cache, tmp_path, "ThiNet")
@@ -260,6 +264,7 @@ def _molchanov_worker(rank: int, port: int, cache: str, out: str) -> None:
                    Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_molchanov_under_two_ranks_averages_scores_before_cutting(cache, tmp_path):
     ranks = _spawn_ranks(_molchanov_worker, cache, tmp_path, "Molchanov")
     own = [ranks[r]["own"] for r in range(WORLD)]
@@ -280,6 +285,7 @@ BENCH_TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_bench_under_two_ranks_runs_each_cell_once_and_caches(cache, tmp_path):
     """torchrun bench: every rank trains each cell, rank 0 alone logs and writes; a rerun computes nothing."""
     out = tmp_path / "bench"
@@ -330,7 +336,7 @@ def test_sync_bn_copy_shares_weights_and_statistics():
     model = build_model("resnet18")
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(shared_copy(model))
     assert isinstance(synced.bn1, nn.SyncBatchNorm) and type(model.bn1) is nn.BatchNorm2d
-    assert all(a is b for a, b in zip(model.parameters(), synced.parameters()))
+    assert all(a is b for a, b in zip(model.parameters(), synced.parameters(), strict=True))
     before = model.bn1.running_mean.clone()
     synced.train()(torch.randn(4, 3, 64, 32))  # one process: SyncBatchNorm acts as BatchNorm
     assert not torch.equal(model.bn1.running_mean, before)

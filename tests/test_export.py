@@ -56,6 +56,7 @@ def unpruned_onnx_bytes(tmp_path_factory):
     return export_checkpoint(_checkpoint(folder / "full.pt"), folder / "full.onnx", latency=False)["size_bytes"]
 
 
+@pytest.mark.slow
 @needs_extra
 @pytest.mark.parametrize("scope", [None, "internal", "all"], ids=["unpruned", "pruned-internal", "pruned-all"])
 def test_parity_unpruned_and_pruned(tmp_path, scope, unpruned_onnx_bytes):

@@ -47,9 +47,9 @@ def raw(a: int, b: int) -> float:
 
 
 @pytest.fixture
-def fake_timer(monkeypatch, tmp_path):
+def fake_timer(monkeypatch, cache_at):
     """Replace every timing with the formulas above; returns the list of what was timed."""
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path / "cache"))
+    cache_at()  # a latency cache of this test's own: the faked timings must never reach another test
     calls = []
 
     def time_op(signature, c_in, c_out, setting):

@@ -17,12 +17,12 @@ TINY = TINY_RUN + ["train.warmup_epochs=0", "train.max_batches=2", "eval.latency
 
 
 @pytest.fixture
-def fake_table(monkeypatch, tiny_run, tmp_path):
+def fake_table(monkeypatch, cache_at, tiny_run, tmp_path):
     """Instant, deterministic table timings (MACs-like) in a folder of their own, away from real ones.
 
     The feedback step and the report still time the real models (tiny ones).
     """
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tiny_run / "cache"))  # the generated dataset
+    cache_at(tiny_run / "cache")  # the generated dataset
     monkeypatch.setattr(latency, "cache_folder", lambda: tmp_path / "latency")
     monkeypatch.setattr(latency_table, "time_op", lambda sig, c_in, c_out, setting: 1e-4 * c_in * c_out + 0.01)
     monkeypatch.setattr(latency, "measure_latency", lambda model, size, *, batch_sizes, **k: {

@@ -18,9 +18,8 @@ TINY = TINY_RUN + ["train.warmup_epochs=0", "train.eval_every=1", "eval.latency=
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+# One generated dataset per test session, outside the user's cache.
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _all_finite(path: Path) -> bool:

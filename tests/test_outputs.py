@@ -75,8 +75,8 @@ def test_train_into_a_file_exits_2_before_reading_data(blocked, monkeypatch, cap
     assert f"'{blocked}' is a file, so nothing can be created under it" in capsys.readouterr().err
 
 
-def test_eval_json_into_a_folder_exits_2_before_evaluating(checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(checkpoint.parents[1] / "cache"))
+def test_eval_json_into_a_folder_exits_2_before_evaluating(checkpoint, tmp_path, monkeypatch, cache_at, capsys):
+    cache_at(checkpoint.parents[1] / "cache")
     import reid_prune.jobs.evaluate as evaluate_job
 
     _forbid(monkeypatch, (evaluate_job, "evaluate_checkpoint"))
@@ -84,9 +84,9 @@ def test_eval_json_into_a_folder_exits_2_before_evaluating(checkpoint, tmp_path,
     assert f"--json '{tmp_path}': is a folder" in capsys.readouterr().err
 
 
-def test_prune_into_a_file_exits_2_before_pruning(checkpoint, blocked, monkeypatch, capsys):
+def test_prune_into_a_file_exits_2_before_pruning(checkpoint, blocked, monkeypatch, cache_at, capsys):
     """Issue 11: prune found out only after pruning, fine-tuning and evaluating."""
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(checkpoint.parents[1] / "cache"))
+    cache_at(checkpoint.parents[1] / "cache")
     _forbid(monkeypatch, (prune_run, "prepare_dataset"), (prune_run, "read_checkpoint"))
     assert main(["prune", *_config_args(), "--checkpoint", str(checkpoint), "--method", "haoli", "--rate", "0.3",
                  "--output", str(blocked)]) == 2

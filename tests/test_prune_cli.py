@@ -9,8 +9,6 @@ import torch
 from conftest import TINY_RUN
 from reid_prune import load_model
 from reid_prune.cli import main
-from reid_prune.config import load_config
-from reid_prune.jobs.train import train
 from reid_prune.pruners import available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,14 +25,11 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prune_cli")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REID_PRUNE_CACHE", str(root / "cache"))
-    train(load_config(None, TINY + ["train.epochs=1"]), output=root / "run", progress=False)
-    yield root
-    mp.undo()
+@pytest.fixture
+def trained(tiny_run, cache_at):
+    """The session's tiny run (ROOT/run/best.pt, a ResNet-18 of 12 identities), with the cache on its dataset."""
+    cache_at(tiny_run / "cache")
+    return tiny_run
 
 
 def _args(root: Path, *extra: str) -> list[str]:
@@ -43,11 +38,14 @@ def _args(root: Path, *extra: str) -> list[str]:
 
 
 CASES = [(m, []) for m in available()] + [("fpgm", ["--option", "mode=soft"])]
+# All methods end to end take minutes together: the fast lane (-m "not slow") keeps one of the quickest, hard FPGM.
+FAST_CASES = [("fpgm", [])]
 
 
-@pytest.mark.parametrize("method, extra", CASES, ids=[f"{m}{'-' + e[1] if e else ''}" for m, e in CASES])
-def test_every_method_prunes_end_to_end(trained, tmp_path, method, extra, capsys, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+@pytest.mark.parametrize("method, extra", [
+    pytest.param(m, e, id=f"{m}{'-' + e[1] if e else ''}", marks=() if (m, e) in FAST_CASES else pytest.mark.slow)
+    for m, e in CASES])
+def test_every_method_prunes_end_to_end(trained, tmp_path, method, extra, capsys):
     options = [x for o in OPTIONS.get(method, []) for x in ("--option", o)]
     out = tmp_path / method
     code = main(_args(trained, "--method", method, "--rate", "0.3", "--finetune-epochs", "1", "--output", str(out),
@@ -69,8 +67,7 @@ def test_every_method_prunes_end_to_end(trained, tmp_path, method, extra, capsys
     assert model(torch.randn(2, 3, 64, 32)).shape[0] == 2
 
 
-def test_pruned_checkpoint_is_smaller_on_disk_and_resumes_in_train(trained, tmp_path, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+def test_pruned_checkpoint_is_smaller_on_disk_and_resumes_in_train(trained, tmp_path):
     out = tmp_path / "haoli"
     assert main(_args(trained, "--method", "haoli", "--target-macs", "0.5", "--scope", "all", "--output", str(out))) == 0
     report = json.loads((out / "report.json").read_text())
@@ -96,8 +93,7 @@ def test_pruned_checkpoint_is_smaller_on_disk_and_resumes_in_train(trained, tmp_
          "config key prune.allocation: expected one of uniform, global, layer_rates"),
     ],
 )
-def test_errors_are_clear_and_write_nothing(trained, tmp_path, monkeypatch, capsys, extra, message):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
+def test_errors_are_clear_and_write_nothing(trained, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
     assert main(_args(trained, *extra, "--output", str(out))) == 2
     err = capsys.readouterr().err
@@ -105,9 +101,9 @@ def test_errors_are_clear_and_write_nothing(trained, tmp_path, monkeypatch, caps
     assert not out.exists()
 
 
-def test_fine_tuning_on_more_identities_than_the_checkpoint_knew(trained, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_fine_tuning_on_more_identities_than_the_checkpoint_knew(trained, tmp_path, capsys):
     """A review found a traceback, after the pruning work, when the fine-tuning data had other identities."""
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(trained / "cache"))
     out = tmp_path / "other-ids"
     assert main(_args(trained, "--method", "haoli", "--rate", "0.3", "--finetune-epochs", "1", "--output", str(out),
                       "--set=data.synthetic.ids=16")) == 0

@@ -18,9 +18,8 @@ TINY = TINY_RUN + ["train.warmup_epochs=1", "train.milestones=[2]", "train.eval_
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+# One generated dataset per test session, outside the user's cache.
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _weights(path: Path) -> dict:
@@ -48,6 +47,7 @@ def test_augmentation_depends_on_the_epoch_only_not_on_workers(tmp_path):
     assert not torch.equal(epoch_batches(0, [0])[0], reference[0])  # other epochs do differ
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumed_with_workers_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     """Issue 11: with data.workers=2 a resumed run differed from the uninterrupted one (max |diff| 7.9)."""
     cfg = load_config(None, TINY + ["train.epochs=2", "data.workers=2"])
@@ -84,6 +84,7 @@ def _cli_train(out: Path, *overrides: str, resume: bool = False) -> int:
     return main(args + (["--resume"] if resume else []))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_and_keeps_the_run(tmp_path, capsys):
     """Issue 11: --resume --set model.arch=resnet34 exited 0 and saved ResNet-18 weights labelled resnet34."""
     out = tmp_path / "run"

@@ -102,6 +102,7 @@ def _sgd_steps(model, steps, hooks=()):
         optimizer.step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero_bn", [False, True])
 def test_a_zeroed_filter_regrows_only_when_its_bn_is_left_alone(zero_bn):
     model = _model()

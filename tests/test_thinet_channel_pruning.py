@@ -285,7 +285,8 @@ def test_ridge_solutions_match_the_closed_form(rows):
     x = torch.randn(rows, 12, generator=gen, dtype=torch.float64)
     r = torch.randn(rows, 3, generator=gen, dtype=torch.float64)
     at = torch.randn(4, 12, generator=gen, dtype=torch.float64)
-    for alpha, solution, applied in zip((0.1, 2.0), _ridge(x, r, [0.1, 2.0]), _ridge(x, r, [0.1, 2.0], at=at)):
+    for alpha, solution, applied in zip((0.1, 2.0), _ridge(x, r, [0.1, 2.0]), _ridge(x, r, [0.1, 2.0], at=at),
+                                        strict=True):
         expected = torch.linalg.solve(x.T @ x + alpha * torch.eye(12, dtype=torch.float64), x.T @ r)
         torch.testing.assert_close(solution, expected)
         torch.testing.assert_close(applied, at @ expected)
@@ -323,7 +324,7 @@ def test_bottleneck_second_group_samples_equal_a_fresh_pass():
                                atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["thinet", "channel_pruning"])
+@pytest.mark.parametrize("method", ["thinet", pytest.param("channel_pruning", marks=pytest.mark.slow)])
 def test_prunes_resnet18_end_to_end_and_round_trips(method, tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet18").eval()

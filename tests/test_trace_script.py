@@ -30,8 +30,9 @@ def _args(tmp_path, tiny_run, method: str) -> list[str]:
             "--output", str(tmp_path / "out"), *[a for o in overrides for a in ("--set", o)]]
 
 
-def test_trace_prints_each_epoch_and_the_removal(tmp_path, tiny_run, monkeypatch, capsys):
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tiny_run / "cache"))
+@pytest.mark.slow
+def test_trace_prints_each_epoch_and_the_removal(tmp_path, tiny_run, cache_at, capsys):
+    cache_at(tiny_run / "cache")
     assert _script().main(_args(tmp_path, tiny_run, "psfp")) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     epochs = [re.fullmatch(r"epoch (\d): mAP ([\d.]+) before its pruning step, ([\d.]+) after", line) for line in lines]

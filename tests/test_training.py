@@ -22,10 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_RUN + ["train.warmup_epochs=1", "train.milestones=[2]", "train.eval_every=1", "eval.latency=false"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # One generated dataset per test session, outside the user's cache.
-    monkeypatch.setenv("REID_PRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+# One generated dataset per test session, outside the user's cache.
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _weights(path: Path) -> dict:
@@ -47,6 +45,7 @@ def test_run_folder_and_refusal_to_overwrite(tmp_path):
         train(cfg, output=tmp_path / "nothing", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_short_training_beats_untrained_model(tmp_path):
     """The synthetic data is learnable: a short run lifts mAP clearly above an untrained net's.
 

@@ -54,6 +54,7 @@ def test_borders_follow_the_true_identities_in_rank_order(case):
     query, gallery, distmat, expected, out = case
     drawn = visualize_ranked(distmat, query, gallery, out, topk=5, tile_size=TILE)
     height, width = TILE
+    assert [result.query_index for result in drawn] == list(expected)  # every query drawn, in order, once
     for result in drawn:
         q = query[result.query_index]
         order = expected[result.query_index]
