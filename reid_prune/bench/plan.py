@@ -12,13 +12,16 @@ import json
 from dataclasses import dataclass
 
 from ..backbone import build_model
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, validate
+from ..config_fields import merge
+from ..evaluation import complexity
 from ..jobs.prune import pruner_from_config
 from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset
-from ..evaluation import complexity
 from .configs import finetune_seeds_of, run_config
 from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
 from .schema import AnchorSpec, Bench, BudgetSpec, MethodSpec
+
+DENSE = "Dense (fine-tuned)"  # the row of the dense reference (bench key dense)
 
 
 @dataclass
@@ -26,8 +29,9 @@ class Cell:
     """One model of the bench.
 
     ``kind``: ``train`` (a baseline), ``prune`` (a baseline pruned by a method and fine-tuned),
-    ``scratch`` (a pruned cell's architecture trained from scratch) or ``anchor`` (a baseline
-    pruned by Torch-Pruning and fine-tuned). ``seed`` is the seed of the baseline it starts
+    ``scratch`` (a pruned cell's architecture trained from scratch), ``anchor`` (a baseline
+    pruned by Torch-Pruning and fine-tuned) or ``dense`` (a baseline fine-tuned like the
+    pruned cells, with nothing cut). ``seed`` is the seed of the baseline it starts
     from; ``finetune_seed`` the seed of its own training when the bench gives fine-tuning seeds.
     """
 
@@ -59,6 +63,9 @@ class Cell:
                                        else "")
         if self.kind == "train":
             return f"train {self.arch} on {self.dataset} ({seeds})"
+        if self.kind == "dense":
+            return (f"fine-tune {self.arch} unpruned on {self.dataset}, {self.cfg.prune.finetune_epochs} epochs "
+                    f"({seeds})")
         if self.kind == "scratch":
             return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
                     f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs ({seeds})")
@@ -162,6 +169,16 @@ def plan_bench(bench: Bench) -> Plan:
         return add(Cell(key, "prune", cfg, dataset, pretrain, seed, arch, method.label, method=method,
                         budget=budget.label, finetune_seed=ft, parent=parent, **targets))
 
+    def dense(dataset: str, seed: int, ft: int | None) -> Cell:
+        parent = trained(dataset, arch, seed)
+        # The prune job with nothing cut (rate 0 keeps every channel): the same fine-tuning, on the unpruned model.
+        cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft, target_macs=1.0)
+        merge(cfg, {"prune": {"target_macs": None, "rate": 0.0, "method": "haoli", "scope": "internal"}})
+        key = cell_key(f"dense-{dataset}{suffix(seed, ft)}", {"kind": "dense", "config": hashed(validate(cfg)),
+                                                               "parent": parent.key})
+        return add(Cell(key, "dense", cfg, dataset, dataset, seed, arch, DENSE, finetune_seed=ft, parent=parent,
+                        target_macs=1.0))
+
     def from_scratch(dataset: str, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
         parent = pruned(dataset, dataset, bench.method(bench.scratch.widths), budget, seed, ft)
         cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft,
@@ -196,6 +213,9 @@ def plan_bench(bench: Bench) -> Plan:
         for dataset in bench.compare:
             for baseline in bench.baselines:
                 cell = trained(dataset, baseline.arch, seed)
+                rows.append(RowSpec("in_domain", cell.label, cell, dataset))
+            for ft in dict.fromkeys(ft for _, ft in rounds) if bench.dense else ():  # each fine-tuning seed once
+                cell = dense(dataset, seed, ft)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
             for budget, ft in rounds:
                 for method in bench.methods:

@@ -77,7 +77,8 @@ def pareto_plot(bench: Bench, groups: list[dict[str, Any]], path: Path) -> bool 
                 for g in points:
                     ax.errorbar([g[key] * scale], [g["mAP"]], yerr=[g["mAP_std"] or 0],
                                 xerr=[(g.get(f"{key}_std") or 0) * scale], color=colour, capsize=3,
-                                fmt=MARKERS[budgets.index(g["budget"]) % len(MARKERS)],
+                                # A row without a budget (the dense reference) is a star.
+                                fmt=MARKERS[budgets.index(g["budget"]) % len(MARKERS)] if g["budget"] else "*",
                                 label=label if g is points[0] else None)
             marks = ", ".join(f"{MARKERS[i % len(MARKERS)]} = {b}" for i, b in enumerate(budgets))
             ax.set(title=f"{title}; budgets: {marks}" if len(budgets) > 1 else title, xlabel=xlabel,

@@ -166,6 +166,9 @@ class Bench:
     finetune_seeds: list[int] | None = number_range(None, 0)  # default: a pruned cell uses its baseline's seed
     cross_domain: list[CrossDomainSpec] = field(default_factory=list)
     scratch: ScratchSpec | None = None
+    # The dense reference: the unpruned prune_arch baseline fine-tuned with the same schedule and seeds as the
+    # pruned cells. Fine-tuning improves an unpruned model too; a pruned row's loss is measured against this row.
+    dense: bool = False
     anchors: list[AnchorSpec] = field(default_factory=list)
     latency_threads: int = number_range(1, 0)  # CPU threads while timing; 0 = torch's default
 

@@ -19,15 +19,15 @@ import torch
 from ..distributed import env_world_size
 from ..outputs import atomic_path
 from .cells import write_json
-from .latency import compute_text, latency_compute, threads_text
 from .configs import finetune_seeds_of, latency_batch_sizes
+from .latency import compute_text, latency_compute, threads_text
 from .keys import eval_settings
 from .plan import Cell, Plan, describe_budget
 from .plots import PLOT_NOTE, pareto_plot, widths_plot
 from .schema import Bench
 
 SCORES = ("mAP", "rank1", "mINP")
-KINDS = {"train": "baseline", "prune": "pruned", "scratch": "scratch", "anchor": "anchor"}
+KINDS = {"train": "baseline", "prune": "pruned", "scratch": "scratch", "anchor": "anchor", "dense": "dense"}
 CONTROL = "random"  # the registered method every other method is compared with
 # The pruners meet a MACs budget within 0.02 (pruners/budget.py): a row further from the control's
 # MACs (AFP+PRC stops where its tolerance says) is not at the same budget.
@@ -120,6 +120,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         and all(g[k] == group[k] for k in ("scenario", "dataset", "pretrain", "finetune", "budget"))),
                        None)
         group["vs_random"] = versus(group, control)
+        dense = next((g for g in groups if g["kind"] == "dense"
+                      and all(g[k] == group[k] for k in ("scenario", "dataset", "pretrain", "finetune"))), None)
+        # The loss of pruning: against the unpruned model given the same fine-tuning, not the source itself.
+        group["vs_dense"] = (f"{group['mAP'] - dense['mAP']:+.1f}" if dense is not None
+                             and group["kind"] in ("pruned", "scratch", "anchor") else "")
     return groups
 
 
@@ -185,6 +190,9 @@ def _intro(bench: Bench, plan: Plan, latency_key: str | None) -> list[str]:
     if any(m.name == CONTROL for m in bench.methods):
         lines.append("vs Random: the mAP mean minus that of Random at the same budget; `above` / `below` when the "
                      "difference is larger than twice the larger of the two standard deviations.")
+    if bench.dense:
+        lines.append("Dense (fine-tuned): the unpruned source fine-tuned with the same schedule and seeds as the "
+                     "pruned models; vs Dense: a row's mAP mean minus that of Dense, the loss that pruning costs.")
     lines.append("Budgets: " + ", ".join(describe_budget(label, value, bench.prune_arch.replace("resnet", "ResNet"))
                                           for label, value in plan.budgets.items()) + ".")
     return lines
@@ -205,13 +213,16 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups
     if pending:
         lines += [f"**Partial results: {pending} of {len(plan.cells)} cells are not finished yet.**", ""]
     control = any(g["vs_random"] for g in groups)
+    dense = any(g["vs_dense"] for g in groups)
     budget_order = {label: i for i, label in enumerate(plan.budgets)}
     for dataset in bench.compare:
         members = [g for g in groups if g["scenario"] == "in_domain" and g["dataset"] == dataset]
         members.sort(key=lambda g: budget_order.get(g["budget"], -1))  # baselines, then one budget after the other
-        table = [[g["name"], *_cells(g, latency_key)] + ([g["vs_random"]] if control else []) for g in members]
+        table = [[g["name"], *_cells(g, latency_key)] + ([g["vs_random"]] if control else [])
+                 + ([g["vs_dense"]] if dense else []) for g in members]
         if table:
-            headers = ["Networks", *costs] + (["vs Random (mAP)"] if control else [])
+            headers = ["Networks", *costs] + (["vs Random (mAP)"] if control else []) + (
+                ["vs Dense (mAP)"] if dense else [])
             lines += [f"## In-domain: {dataset}", "", _table(headers, table), ""]
     for scenario in bench.cross_domain:
         a, b = scenario.source, scenario.target

@@ -1,0 +1,74 @@
+"""The bench's dense reference (bench key ``dense``): the unpruned source, fine-tuned like the pruned cells."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reid_prune.bench import load_bench, plan_bench, run_bench
+from reid_prune.bench.plan import DENSE
+from reid_prune.bench.tables import summarize
+from reid_prune.checkpoint import module_widths
+from reid_prune.config import load_config
+
+from conftest import REPO
+
+TINY_FILE = REPO / "configs" / "bench" / "synthetic_tiny.yaml"
+# One dataset, ResNet-18 alone, one method: a bench of seconds.
+SMALL = ["base.data.p=4", "base.data.k=2", "base.train.max_batches=2", "base.train.device=cpu",
+         "base.eval.latency_batch_sizes=[1]", "epochs=1", "finetune_epochs=1", "baselines=[resnet18]",
+         "prune_arch=resnet18", "methods=[haoli]", "budgets=[0.5]", "cross_domain=[]",
+         "datasets={synthetic_a: {synthetic: {ids: 8, test_ids: 4, images_per_camera: 2, seed: 0}}}"]
+
+
+def test_one_dense_cell_per_source_and_fine_tuning_seed_whatever_the_budgets():
+    bench = load_bench(TINY_FILE, SMALL + ["dense=true", "seeds=[0, 1]", "finetune_seeds=[5, 6]",
+                                           "budgets=[0.5, {value: 0.3, finetune_seeds: [6, 7]}]"])
+    plan = plan_bench(bench)
+    dense = [c for c in plan.cells if c.kind == "dense"]
+    # 2 sources x the fine-tuning seeds any budget uses (5, 6, 7), each once.
+    assert sorted((c.seed, c.finetune_seed) for c in dense) == [(s, f) for s in (0, 1) for f in (5, 6, 7)]
+    for cell in dense:
+        p = cell.cfg.prune
+        assert (p.rate, p.target_macs, p.finetune_epochs, p.scope) == (0.0, None, 1, "internal")
+        assert cell.parent.kind == "train" and cell.parent.seed == cell.seed and cell.cfg.train.seed == cell.finetune_seed
+    rows = [r for r in plan.rows if r.cell.kind == "dense"]
+    assert len(rows) == len(dense) and {r.name for r in rows} == {DENSE}
+    # Without the key, no dense cell, and every other cell keeps its key.
+    plain = plan_bench(load_bench(TINY_FILE, SMALL + ["seeds=[0, 1]", "finetune_seeds=[5, 6]",
+                                                      "budgets=[0.5, {value: 0.3, finetune_seeds: [6, 7]}]"]))
+    assert [c.key for c in plain.cells] == [c.key for c in plan.cells if c.kind != "dense"]
+
+
+def test_rows_are_compared_with_dense_of_the_same_table():
+    def row(name, kind, mAP, seed):
+        return {"scenario": "in_domain", "dataset": "a", "pretrain": "a", "finetune": "a", "name": name, "label": name,
+                "kind": kind, "method": "", "budget": "" if kind == "dense" else "0.5", "seed": seed,
+                "finetune_seed": None, "mAP": mAP, "rank1": mAP, "mINP": mAP, "params": 1, "macs": 1,
+                "macs_kept": 1.0, "prune_seconds": None}
+
+    groups = {g["name"]: g for g in summarize([row(DENSE, "dense", 30.0, 0), row(DENSE, "dense", 34.0, 1),
+                                               row("HaoLi", "pruned", 25.0, 0), row("HaoLi", "pruned", 26.0, 1)])}
+    assert groups["HaoLi"]["vs_dense"] == "-6.5"  # (25 + 26) / 2 - (30 + 34) / 2
+    assert groups[DENSE]["vs_dense"] == ""
+
+
+@pytest.mark.slow
+def test_dense_cell_fine_tunes_the_source_without_cutting(tmp_path, session_cache):
+    out = tmp_path / "bench"
+    bench = load_bench(TINY_FILE, SMALL + ["dense=true"])
+    run_bench(bench, out, progress=False)
+    plan = plan_bench(bench)
+    dense = next(c for c in plan.cells if c.kind == "dense")
+    source = torch.load(out / "cells" / dense.parent.key / "run" / "last.pt", weights_only=True)
+    tuned = torch.load(out / "cells" / dense.key / "pruned.pt", weights_only=True)
+    assert tuned["widths"] == source["widths"]  # nothing cut
+    assert any(not torch.equal(tuned["state_dict"][k], v) for k, v in source["state_dict"].items()
+               if v.is_floating_point())  # but fine-tuned
+    report = json.loads((out / "cells" / dense.key / "report.json").read_text())
+    assert report["finetune_epochs"] == 1 and report["achieved"]["macs_ratio"] == 1.0
+    results = (out / "results.md").read_text()
+    assert DENSE in results and "vs Dense (mAP)" in results
+    assert load_config(None, []).prune.rate is None  # the dense cell's rate 0 is its own, not a default
