@@ -8,6 +8,7 @@ writes the cell's files and sends what it read to the other ranks.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -16,9 +17,11 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..analysis.allocation import rate_for_keep
 from ..backbone import build_model, reinitialise
 from ..checkpoint import apply_widths, load_model, model_with_new_classifier, read_checkpoint, save_checkpoint
-from ..config import read_yaml
+from ..config import Config, read_yaml, validate
+from ..config_fields import merge
 from ..distributed import barrier, broadcast_object, is_main_process
 from ..evaluation import complexity
 from ..jobs.prune import prune_checkpoint
@@ -108,6 +111,32 @@ def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Pa
     return path
 
 
+def _widths(folder: Path) -> dict[str, tuple[int, int]]:
+    """{group: (channels, kept)} of the groups a finished pruned cell cut (its report.json)."""
+    rows = json.loads((folder / "report.json").read_text())["widths"]
+    return {r["group"]: (r["channels"], r["kept"]) for r in rows if r["kept"] < r["channels"]}
+
+
+def at_same_widths(cell: Cell, cells_dir: Path) -> Config:
+    """The cell's config with its budget replaced by the per-group rates that keep exactly the widths its
+    ``same_widths`` cell kept, at that cell's scope."""
+    cfg = copy.deepcopy(cell.cfg)
+    rates = {group: rate_for_keep(channels, kept)
+             for group, (channels, kept) in _widths(cells_dir / cell.same_widths.key).items()}
+    merge(cfg, {"prune": {"rate": None, "target_macs": None, "target_params": None, "target_latency": None,
+                          "layer_rates": None}})
+    merge(cfg, {"prune": {"layer_rates": rates, "allocation": "layer_rates",
+                          "scope": cell.same_widths.cfg.prune.scope}})
+    return validate(cfg)
+
+
+def _check_same_widths(report: dict[str, Any], reference: Path, cell: Cell) -> None:
+    kept = {r["group"]: (r["channels"], r["kept"]) for r in report["widths"] if r["kept"] < r["channels"]}
+    if kept != _widths(reference):
+        raise RuntimeError(f"bench cell {cell.key} was to keep {cell.same_widths.label}'s widths but kept others; "
+                           "report this as a bug")
+
+
 def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dict[str, Any] | None:
     """Prune the parent's model with the cell's method (or Torch-Pruning anchor), fine-tune and evaluate it."""
     if is_main_process():
@@ -125,7 +154,10 @@ def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dic
         anchor = TorchPruningAnchor(cell.anchor.importance, target_macs=cell.target_macs,
                                     input_size=(cell.cfg.data.height, cell.cfg.data.width),
                                     round_to=cell.cfg.prune.round_to, last_stage=cell.anchor.last_stage)
-    report = prune_checkpoint(cell.cfg, start, output=folder, progress=progress, pruner=anchor)
+    cfg = at_same_widths(cell, cells_dir) if cell.same_widths is not None else cell.cfg
+    report = prune_checkpoint(cfg, start, output=folder, progress=progress, pruner=anchor)
+    if cell.same_widths is not None and is_main_process():
+        _check_same_widths(report, cells_dir / cell.same_widths.key, cell)
     if not is_main_process():
         return None
     final = report["finetuned"] or report["pruned"]

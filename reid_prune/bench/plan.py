@@ -50,6 +50,7 @@ class Cell:
     finetune_seed: int | None = None
     parent: Cell | None = None
     target_latency: float | None = None
+    same_widths: Cell | None = None  # a pruned cell whose per-group widths this one keeps (MethodSpec.widths)
 
     @property
     def target(self) -> str:
@@ -70,6 +71,9 @@ class Cell:
             return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
                     f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs ({seeds})")
         source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
+        if self.same_widths is not None:
+            return (f"prune {source}{self.arch} with {self.method.name} at {self.same_widths.label}'s widths "
+                    f"({self.target}), fine-tune on {self.dataset} ({seeds})")
         return (f"prune {source}{self.arch} with {self.label} to {self.target}, "
                 f"fine-tune on {self.dataset} ({seeds})")
 
@@ -159,15 +163,18 @@ def plan_bench(bench: Bench) -> Plan:
     def pruned(pretrain: str, dataset: str, method: MethodSpec, budget: BudgetSpec, seed: int,
                ft: int | None) -> Cell:
         parent = trained(pretrain, arch, seed)
+        # A method at another's widths: its cell runs after that one and reads the widths it kept.
+        same_widths = pruned(pretrain, dataset, bench.method(method.widths), budget, seed, ft) if method.widths else None
         targets = budget_targets(budget.label, budgets[budget.label])
         cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft, method,
                          targets["target_macs"], target_latency=targets["target_latency"])
         reads = reads_evaluation(cfg, f"bench method {method.label}")
         source = f"{pretrain}-to-" if pretrain != dataset else ""
         key = cell_key(f"prune-{source}{dataset}-{method.label}-{budget.label}{suffix(seed, ft)}",
-                       {"kind": "prune", "config": hashed(cfg, reads), "parent": parent.key, "rules": PRUNING_RULES})
+                       {"kind": "prune", "config": hashed(cfg, reads), "parent": parent.key, "rules": PRUNING_RULES,
+                        **({"widths": same_widths.key} if same_widths else {})})
         return add(Cell(key, "prune", cfg, dataset, pretrain, seed, arch, method.label, method=method,
-                        budget=budget.label, finetune_seed=ft, parent=parent, **targets))
+                        budget=budget.label, finetune_seed=ft, parent=parent, same_widths=same_widths, **targets))
 
     def dense(dataset: str, seed: int, ft: int | None) -> Cell:
         parent = trained(dataset, arch, seed)

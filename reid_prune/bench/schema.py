@@ -73,13 +73,20 @@ class BaselineSpec:
 
 @dataclass
 class MethodSpec:
-    """A registered pruning method with its display label, options and dotted config keys (``set``)."""
+    """A registered pruning method with its display label, options and dotted config keys (``set``).
+
+    ``widths``: the label of another method; this one then keeps exactly that method's per-group
+    widths (same dataset, budget and seeds) instead of planning its own, so that criteria are
+    compared at identical widths (e.g. ``{name: random, widths: HaoLi}``: random channels at
+    HaoLi's widths, the control that separates HaoLi's criterion from its allocation).
+    """
 
     SHORTHAND: ClassVar[str] = "name"
     name: str = ""
-    label: str = ""  # default: the method's own label
+    label: str = ""  # default: the method's own label, or "LABEL (WIDTHS widths)"
     options: dict[str, Any] = field(default_factory=dict)
     set: dict[str, Any] = field(default_factory=dict)
+    widths: str = ""
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -255,8 +262,10 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
     for i, method in enumerate(bench.methods):
         if method.name not in available():
             fail(f"methods[{i}].name", f"unknown pruning method {method.name!r}" + _closest(method.name, available()))
-        method.label = method.label or get_method(method.name).label
+        own = get_method(method.name).label
+        method.label = method.label or (f"{own} ({method.widths} widths)" if method.widths else own)
         merge(copy.deepcopy(defaults), method.overrides, f"methods[{i}].set.")
+    _resolve_widths(bench.methods)
     _resolve_budgets(bench)
     if not bench.seeds:
         fail("seeds", "give at least one seed of the trained baselines, e.g. [0]")
@@ -298,6 +307,15 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
     bench.name = bench.name or name
     bench.output = bench.output or f"runs/bench/{bench.name}"
     return bench
+
+
+def _resolve_widths(methods: Sequence[MethodSpec]) -> None:
+    """A method's ``widths`` names another method of the list that plans its own widths."""
+    planners = [m.label for m in methods if not m.widths]
+    for i, method in enumerate(methods):
+        if method.widths and method.widths not in planners:
+            fail(f"methods[{i}].widths", f"{method.widths!r} is not the label of a method that plans its own widths "
+                                         "(one without widths)" + _closest(method.widths, planners))
 
 
 def _resolve_budgets(bench: Bench) -> None:

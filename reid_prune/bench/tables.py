@@ -65,6 +65,7 @@ def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
         row = {
             "scenario": spec.scenario, "name": spec.name, "label": cell.label, "kind": KINDS[cell.kind],
             "arch": cell.arch, "method": _method(cell), "budget": cell.budget, "target_macs": cell.target_macs,
+            "same_widths_as": cell.same_widths.label if cell.same_widths is not None else "",
             "target_latency": cell.target_latency,
             "pretrain": cell.pretrain, "finetune": "" if cell.kind == "train" else cell.dataset,
             "dataset": spec.dataset, "seed": cell.seed, "finetune_seed": cell.finetune_seed,
@@ -106,6 +107,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = runs[0]
         group = {"scenario": scenario, "dataset": dataset, "pretrain": pretrain, "finetune": finetune, "name": name,
                  "label": first["label"], "kind": first["kind"], "method": first["method"], "budget": first["budget"],
+                 "same_widths_as": first.get("same_widths_as", ""),
                  "n": len(runs), "seeds": [[r["seed"], r["finetune_seed"]] for r in runs]}
         for key in SCORES:
             group[key], group[f"{key}_std"] = mean_std([r[key] for r in runs])
@@ -116,8 +118,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             group[key], group[f"{key}_std"] = mean_std([r[key] for r in runs])
         groups.append(group)
     for group in groups:
+        # The control plans its own widths; Random at another method's widths is a row of its own.
         control = next((g for g in groups if g["method"] == CONTROL and g["kind"] == "pruned"
-                        and all(g[k] == group[k] for k in ("scenario", "dataset", "pretrain", "finetune", "budget"))),
+                        and not g["same_widths_as"] and all(g[k] == group[k] for k in ("scenario", "dataset", "pretrain", "finetune", "budget"))),
                        None)
         group["vs_random"] = versus(group, control)
         dense = next((g for g in groups if g["kind"] == "dense"

@@ -1,4 +1,5 @@
-"""The bench's dense reference (bench key ``dense``): the unpruned source, fine-tuned like the pruned cells."""
+"""The bench's references: ``dense`` (the unpruned source, fine-tuned like the pruned cells) and a method at
+another method's widths (``{name: random, widths: LABEL}``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from reid_prune.bench import load_bench, plan_bench, run_bench
 from reid_prune.bench.plan import DENSE
 from reid_prune.bench.tables import summarize
 from reid_prune.checkpoint import module_widths
-from reid_prune.config import load_config
+from reid_prune.config import ConfigError, load_config
 
 from conftest import REPO
 
@@ -55,12 +56,47 @@ def test_rows_are_compared_with_dense_of_the_same_table():
     assert groups[DENSE]["vs_dense"] == ""
 
 
+SAME_WIDTHS = ["methods=[haoli, {name: random, widths: HaoLi}]"]
+
+
+def test_a_method_at_another_methods_widths_runs_after_it_and_is_keyed_by_it():
+    plan = plan_bench(load_bench(TINY_FILE, SMALL + SAME_WIDTHS))
+    pruned = [c for c in plan.cells if c.kind == "prune"]
+    assert [c.label for c in pruned] == ["HaoLi", "Random (HaoLi widths)"]
+    haoli, matched = pruned
+    assert matched.same_widths is haoli and haoli.same_widths is None
+    assert "at HaoLi's widths" in matched.describe()
+    # Its key follows the cell whose widths it keeps: another HaoLi gives another key.
+    other = plan_bench(load_bench(TINY_FILE, SMALL + SAME_WIDTHS + ["methods[0].options.greedy=true"]))
+    assert other.cells[-1].key != matched.key and other.cells[-1].label == matched.label
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("[haoli, {name: random, widths: FPGM}]", "methods\[1\].widths: 'FPGM' is not the label"),
+    ("[{name: random, widths: HaoLi}, {name: haoli, widths: Random}]", "methods\[0\].widths: 'HaoLi' is not"),
+])
+def test_widths_must_name_a_method_that_plans_its_own(methods, message):
+    with pytest.raises(ConfigError, match=message):
+        load_bench(TINY_FILE, SMALL + [f"methods={methods}"])
+
+
 @pytest.mark.slow
-def test_dense_cell_fine_tunes_the_source_without_cutting(tmp_path, session_cache):
+def test_dense_and_same_width_cells_end_to_end(tmp_path, session_cache):
     out = tmp_path / "bench"
-    bench = load_bench(TINY_FILE, SMALL + ["dense=true"])
+    # HaoLi ranks channels globally: uneven widths, which Random's own uniform plan would not reach.
+    bench = load_bench(TINY_FILE, SMALL + ["methods=[{name: haoli, set: {prune.allocation: global}}, "
+                                           "{name: random, widths: HaoLi}]", "dense=true"])
     run_bench(bench, out, progress=False)
     plan = plan_bench(bench)
+    haoli, matched = (c for c in plan.cells if c.kind == "prune")
+
+    def kept(cell):
+        rows = json.loads((out / "cells" / cell.key / "report.json").read_text())["widths"]
+        return {r["group"]: (r["channels"], r["kept"]) for r in rows}
+
+    assert kept(matched) == kept(haoli)
+    assert len({round(k / c, 2) for c, k in kept(haoli).values()}) > 2  # uneven: not a uniform plan
+    assert json.loads((out / "cells" / matched.key / "report.json").read_text())["allocation"] == "layer_rates"
     dense = next(c for c in plan.cells if c.kind == "dense")
     source = torch.load(out / "cells" / dense.parent.key / "run" / "last.pt", weights_only=True)
     tuned = torch.load(out / "cells" / dense.key / "pruned.pt", weights_only=True)
