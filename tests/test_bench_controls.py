@@ -11,7 +11,6 @@ import torch
 from reid_prune.bench import load_bench, plan_bench, run_bench
 from reid_prune.bench.plan import DENSE
 from reid_prune.bench.tables import summarize
-from reid_prune.checkpoint import module_widths
 from reid_prune.config import ConfigError, load_config
 
 from conftest import REPO
