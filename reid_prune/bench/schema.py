@@ -73,13 +73,9 @@ class BaselineSpec:
 
 @dataclass
 class MethodSpec:
-    """A registered pruning method with its display label, options and dotted config keys (``set``).
-
-    ``widths``: the label of another method; this one then keeps exactly that method's per-group
-    widths (same dataset, budget and seeds) instead of planning its own, so that criteria are
-    compared at identical widths (e.g. ``{name: random, widths: HaoLi}``: random channels at
-    HaoLi's widths, the control that separates HaoLi's criterion from its allocation).
-    """
+    """A registered pruning method with its display label, options and dotted config keys (``set``); ``widths``:
+    another method's label, whose per-group widths (same dataset, budget and seeds) this one keeps instead of
+    planning its own (``{name: random, widths: HaoLi}`` separates HaoLi's criterion from its allocation)."""
 
     SHORTHAND: ClassVar[str] = "name"
     name: str = ""
@@ -173,9 +169,7 @@ class Bench:
     finetune_seeds: list[int] | None = number_range(None, 0)  # default: a pruned cell uses its baseline's seed
     cross_domain: list[CrossDomainSpec] = field(default_factory=list)
     scratch: ScratchSpec | None = None
-    # The dense reference: the unpruned prune_arch baseline fine-tuned with the same schedule and seeds as the
-    # pruned cells. Fine-tuning improves an unpruned model too; a pruned row's loss is measured against this row.
-    dense: bool = False
+    dense: bool = False  # the unpruned prune_arch baseline fine-tuned as the pruned cells are: their reference
     anchors: list[AnchorSpec] = field(default_factory=list)
     latency_threads: int = number_range(1, 0)  # CPU threads while timing; 0 = torch's default
 
