@@ -58,8 +58,8 @@ def method_flags(args: argparse.Namespace) -> dict[str, Any]:
     for text in args.option:
         if "=" not in text or not text.partition("=")[0].strip():
             raise ConfigError(f"--option {text!r}: expected KEY=VALUE, for example --option greedy=true")
-        keys, value = parse_override(text)
-        flags[".".join(["prune", "options", *keys])] = value
+        keys, value = parse_override(f"prune.options.{text}")  # errors name the config key it sets
+        flags[".".join(keys)] = value
     return flags
 
 

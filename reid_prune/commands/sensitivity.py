@@ -19,8 +19,8 @@ The sensitivity analysis of Li et al. (Pruning Filters for Efficient ConvNets,
 Figure 2): for every channel group the method may cut (--scope) and every rate,
 a copy of the model is pruned in that group only, without fine-tuning, and its
 mAP measured on the test split (the validation split with data.val_ids; or on
---subset-ids identities drawn with --seed, for speed). DIR gets sensitivity.csv (one row per group and rate),
-sensitivity.png (mAP against rate, one curve per group; needs the plot extra)
+--subset-ids identities drawn with --seed, for speed). DIR gets sensitivity.csv
+(one row per group and rate), sensitivity.png (mAP against rate, one curve per group; needs the plot extra)
 and layer_rates.yaml: the per-group rates that keep --target-macs of the MACs
 with the least predicted mAP loss, for prune --layer-rates (same --method,
 --scope and --option). Methods that prune during training are refused.

@@ -339,7 +339,7 @@ class Trainer:
 
 
 class _Loop:
-    """The :class:`~.hooks.TrainingLoop` view of a Trainer: all that hooks may use of it."""
+    """The :class:`~reid_prune.hooks.TrainingLoop` view of a Trainer: all that hooks may use of it."""
 
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
