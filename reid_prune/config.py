@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from .backbone import ARCHS, NECKS, POOLINGS, RETRIEVAL_FEATURES
-from .config_fields import ConfigError, check_fields, choice, merge, number_range, tagged, tagged_keys
+from .config_fields import ConfigError, check_fields, choice, merge, number_range, require, tagged, tagged_keys
 from .data.datasets import CUHK03_VARIANTS, DATASET_KINDS
 from .evaluation.features import METRICS as DISTANCES
 from .evaluation.metrics import AP_MODES
@@ -172,11 +172,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _require(ok: bool, path: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key {path}: {message}")
-
-
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -188,30 +183,30 @@ def validate(cfg: Config) -> Config:
     """
     check_fields(cfg)
     d, m, loss, t = cfg.data, cfg.model, cfg.loss, cfg.train
-    _require(bool(cfg.output), "output", "give the run folder, e.g. runs/demo")
-    _require(d.dataset == "synthetic" or bool(d.root), "data.root",
-             f"dataset {d.dataset} needs the path of its folder")
-    _require(d.synthetic.ids + d.synthetic.test_ids <= 9999, "data.synthetic.ids",
-             "synthetic pids have 4 digits: ids + test_ids must be <= 9999")
+    require(bool(cfg.output), "output", "give the run folder, e.g. runs/demo")
+    require(d.dataset == "synthetic" or bool(d.root), "data.root",
+            f"dataset {d.dataset} needs the path of its folder")
+    require(d.synthetic.ids + d.synthetic.test_ids <= 9999, "data.synthetic.ids",
+            "synthetic pids have 4 digits: ids + test_ids must be <= 9999")
     for key in ("mean", "std"):
         values = getattr(d.transforms, key)
-        _require(len(values) == 3, f"data.transforms.{key}", f"expected one value per colour channel (3), got {values}")
-    _require(m.last_stride in (1, 2), "model.last_stride", f"expected 1 or 2, got {m.last_stride}")
+        require(len(values) == 3, f"data.transforms.{key}", f"expected one value per colour channel (3), got {values}")
+    require(m.last_stride in (1, 2), "model.last_stride", f"expected 1 or 2, got {m.last_stride}")
     triplet_on = loss.triplet != "none" and loss.triplet_weight > 0
-    _require(triplet_on or loss.id_weight > 0, "loss.id_weight",
-             "nothing to train: the triplet loss is off (loss.triplet none or loss.triplet_weight 0); "
-             "set loss.id_weight above 0 or turn the triplet loss on")
+    require(triplet_on or loss.id_weight > 0, "loss.id_weight",
+            "nothing to train: the triplet loss is off (loss.triplet none or loss.triplet_weight 0); "
+            "set loss.id_weight above 0 or turn the triplet loss on")
     if triplet_on and d.k < 2:
         # A triplet needs two images of one identity; with k=1 the triplet part is exactly 0.
-        _require(loss.id_weight > 0, "data.k", "with only the triplet loss, data.k must be at least 2 (a positive "
-                                               "pair needs two images of one identity), got 1")
+        require(loss.id_weight > 0, "data.k", "with only the triplet loss, data.k must be at least 2 (a positive "
+                "pair needs two images of one identity), got 1")
         warnings.warn("data.k=1: no batch holds a positive pair, so the triplet loss is 0 and only the identity "
                       "loss trains; set data.k to 2 or more to use the triplet loss", UserWarning, stacklevel=3)
-    _require(list(t.milestones) == sorted(t.milestones), "train.milestones", "must be increasing")
-    _require(bool(DEVICE_PATTERN.fullmatch(t.device)), "train.device",
-             f"expected auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
-    _require(not cfg.eval.latency or bool(cfg.eval.latency_batch_sizes), "eval.latency_batch_sizes",
-             "give at least one batch size, or set eval.latency=false")
+    require(list(t.milestones) == sorted(t.milestones), "train.milestones", "must be increasing")
+    require(bool(DEVICE_PATTERN.fullmatch(t.device)), "train.device",
+            f"expected auto, cpu, cuda, cuda:N or mps, got {t.device!r}")
+    require(not cfg.eval.latency or bool(cfg.eval.latency_batch_sizes), "eval.latency_batch_sizes",
+            "give at least one batch size, or set eval.latency=false")
     check_prune(cfg.prune)
     return cfg
 

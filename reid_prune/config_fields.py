@@ -30,6 +30,12 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
 
 
+def require(ok: bool, path: str, message: str) -> None:
+    """Raise ``ConfigError("config key PATH: MESSAGE")`` unless ``ok``: a rule between keys."""
+    if not ok:
+        raise ConfigError(f"{NOUN} {path}: {message}")
+
+
 def choice(default: Any, *choices: Any, aliases: dict[Any, Any] | None = None) -> Any:
     """A field that must be one of ``choices`` (strings, booleans, or numbers such as a paper's year).
 

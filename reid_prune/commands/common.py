@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from ..config import Config, ConfigError, load_config, nest, parse_override
+from .argtypes import int_at_least
 from .report import format_table, metric_rows
 
 # Mistakes a user can fix: reported in one line with exit code 2, without a traceback.
@@ -36,6 +37,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                              "(the prune section: reid_prune/pruners/config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.epochs=5 (repeatable)")
+
+
+def add_checkpoint_job_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --output DIR and --seed, shared by sensitivity and visrank."""
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and tables")
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="seed of the queries or identities drawn (default: 0)")
 
 
 def load_run_config(args: argparse.Namespace, *flags: dict[str, Any]) -> Config:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..analysis.plotting import missing_note
 from ..pruners import SCOPES
 from .argtypes import PRECISION_HELP, fraction_list, int_at_least
-from .common import given, load_run_config, method_flags
+from .common import add_checkpoint_job_args, given, load_run_config, method_flags
 from .report import format_table
 
 NAME = "sensitivity"
@@ -35,10 +35,7 @@ CONFIG, QUIET, DISTRIBUTED, INTERRUPTED = True, True, False, None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and tables")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="seed of the queries or identities drawn (default: 0)")
+    add_checkpoint_job_args(parser)
     parser.add_argument("--method", help="pruning method (default: the config's prune.method), e.g. haoli")
     parser.add_argument("--rates", type=fraction_list, default=[0.1, 0.3, 0.5, 0.7, 0.9], metavar="R,R,...",
                         help="fractions pruned in each group (default: 0.1,0.3,0.5,0.7,0.9)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import PRECISION_HELP, int_at_least
-from .common import load_run_config
+from .common import add_checkpoint_job_args, load_run_config
 
 NAME = "visrank"
 SUMMARY = "draw queries with their top-k gallery matches (green: right identity)"
@@ -28,10 +28,7 @@ CONFIG, QUIET, DISTRIBUTED, INTERRUPTED = True, True, False, None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .pt file written by reid-prune")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and tables")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="seed of the queries or identities drawn (default: 0)")
+    add_checkpoint_job_args(parser)
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--queries", type=int_at_least(1), default=8, metavar="N",
                         help="draw N random queries (default: 8)")

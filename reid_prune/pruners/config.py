@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config_fields import ConfigError, choice, number_range, tagged
+from ..config_fields import ConfigError, choice, number_range, require, tagged
 from .allocation import ALLOCATIONS
 from .groups import SCOPES
 from .options import build_options
@@ -55,11 +55,6 @@ class PruneConfig:
         return any(v is not None for v in (self.target_macs, self.target_params, self.target_latency))
 
 
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key prune.{key}: {message}")
-
-
 def check_prune(p: PruneConfig) -> None:
     """The rules between the prune keys: per-group rates, latency settings, the method, its options and the allocation.
 
@@ -70,17 +65,17 @@ def check_prune(p: PruneConfig) -> None:
         ConfigError: naming the first key that is wrong and what it accepts.
     """
     for group, rate in (p.layer_rates or {}).items():
-        _require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1,
-                 f"layer_rates.{group}", f"a prune fraction must lie in [0, 1), got {rate!r}")
+        require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1,
+                f"prune.layer_rates.{group}", f"a prune fraction must lie in [0, 1), got {rate!r}")
     try:
         method = get_method(p.method)
     except ValueError as exc:
         raise ConfigError(f"config key prune.method: {exc}") from None
     build_options(method.options, p.options, "prune.options.")
-    _require(p.latency_batch_sizes is None or bool(p.latency_batch_sizes), "latency_batch_sizes",
-             "give at least one batch size, or null for eval.latency_batch_sizes")
+    require(p.latency_batch_sizes is None or bool(p.latency_batch_sizes), "prune.latency_batch_sizes",
+            "give at least one batch size, or null for eval.latency_batch_sizes")
     for key in ("latency_batch_sizes", "latency_threads"):
-        _require(getattr(p, key) is None or p.target_latency is not None, key,
-                 "applies to a latency target only: set prune.target_latency (--target-latency), or leave it unset")
-    _require(p.allocation is None or p.allocation in ALLOCATIONS, "allocation",
-             f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
+        require(getattr(p, key) is None or p.target_latency is not None, f"prune.{key}",
+                "applies to a latency target only: set prune.target_latency (--target-latency), or leave it unset")
+    require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
+            f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")
