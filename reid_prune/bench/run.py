@@ -66,10 +66,10 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
         latencies: dict[str, dict[str, float]] = {}
         batches = latency_batch_sizes(bench)
         if batches:
-            log(f"measuring the CPU latency of {len(plan.cells)} models (batch {', '.join(map(str, batches))}, "
-                f"{threads_text(bench)}, {compute_text(plan)})")
+            log(f"measuring the CPU latency of {len(plan.cells)} models, each right after its source model "
+                f"(batch {', '.join(map(str, batches))}, {threads_text(bench)}, {compute_text(plan)})")
             latencies = cell_latencies(plan.cells, cells_dir, batches, bench.latency_threads,
-                                       compute=latency_compute(plan))
+                                       prune_arch=bench.prune_arch, compute=latency_compute(plan))
         summary = write_results(bench, plan, out, cells_dir, results, scores, latencies, command=command)
         drawn = [f"{name}.png" for name, ok in summary["plots"].items() if ok]
         log(f"wrote {out / 'results.md'}, results.csv, results.json" + "".join(f", {name}" for name in drawn)

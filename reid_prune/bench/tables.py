@@ -23,7 +23,7 @@ from .configs import finetune_seeds_of, latency_batch_sizes
 from .latency import compute_text, latency_compute, threads_text
 from .keys import eval_settings
 from .plan import Cell, Plan, describe_budget
-from .plots import PLOT_NOTE, pareto_plot, widths_plot
+from .plots import PLOT_NOTE, curve_plot, pareto_plot, widths_plot
 from .schema import Bench
 
 SCORES = ("mAP", "rank1", "mINP")
@@ -72,7 +72,7 @@ def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
             "params": result["params"], "macs": result["macs"],
             "macs_kept": round(result["macs"] / reference["macs"], 4) if reference else None,
         }
-        row.update({f"latency_ms_{batch}": ms for batch, ms in latencies.get(cell.key, {}).items()})
+        row.update(latencies.get(cell.key, {}))  # latency_ms_batchB, latency_ratio_batchB (_min, _max)
         row.update({k: round(metrics[k], 2) for k in ("mAP", "rank1", "rank5", "mINP")})
         row.update({f"pruned_{k}": round(pruned[k], 2) if pruned else None for k in ("mAP", "rank1")})
         row.update(prune_seconds=result.get("prune_seconds"), wall_seconds=result["wall_seconds"],
@@ -114,8 +114,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("params", "macs", "macs_kept", "prune_seconds"):
             values = [r[key] for r in runs if r.get(key) is not None]
             group[key] = statistics.fmean(values) if values else None
-        for key in (k for k in first if k.startswith("latency_ms_")):
-            group[key], group[f"{key}_std"] = mean_std([r[key] for r in runs])
+        for key in (k for k in first if k.startswith("latency_")):
+            group[key], std = mean_std([r[key] for r in runs])
+            if not key.endswith(("_min", "_max")):  # a ratio's min and max: their means only
+                group[f"{key}_std"] = std
         groups.append(group)
     for group in groups:
         # The control plans its own widths; Random at another method's widths is a row of its own.
@@ -255,6 +257,7 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
     groups = summarize(rows)
     pending = sum(1 for cell in plan.cells if cell.key not in results)
     plots = {"pareto": pareto_plot(bench, groups, out / "pareto.png"),
+             "curve": curve_plot(bench, rows, out / "curve.png"),
              "widths": widths_plot(plan, cells_dir, out / "widths.png")} if final and rows else {}
     compute = latency_compute(plan)
     summary = {
