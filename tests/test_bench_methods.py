@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from reid_prune.bench import cells as bench_cells, check_plan, load_bench, plan_bench
 from reid_prune.bench.cells import scratch_model
 from reid_prune.bench.keys import EVAL_ONLY, reads_evaluation
-from reid_prune.bench.tables import versus
+from reid_prune.bench.tables import ASSUMED, contrasts
 from reid_prune.checkpoint import module_widths, read_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import changed_keys, load_config
@@ -151,18 +152,33 @@ def test_declared_reads_give_the_evaluation_settings_of_the_old_rule():
 
 
 def test_comparison_with_random_hand_cases():
-    def group(mean, std, kept=0.5, kind="pruned"):
-        return {"mAP": mean, "mAP_std": std, "macs_kept": kept, "kind": kind}
+    # The protocol's shape: one source model (seed 0), fine-tuning seeds 0 and 1, so n = 2 pairs and df = 1.
+    def row(name, method, mAP, ft, kept=0.5, kind="pruned"):
+        return {"scenario": "in_domain", "dataset": "d", "pretrain": "d", "finetune": "d", "name": name,
+                "label": name, "kind": kind, "method": method, "budget": "0.5", "seed": 0, "finetune_seed": ft,
+                "mAP": mAP, "macs_kept": kept, "same_widths_as": ""}
 
-    control = group(25.0, 2.0)
-    assert versus(group(30.0, 1.0), control) == "above (+5.0; 2 x std = 4.0)"
-    assert versus(group(20.5, 1.0), control) == "below (-4.5; 2 x std = 4.0)"
-    assert versus(group(28.0, 1.0), control) == "within (+3.0; 2 x std = 4.0)"
-    assert versus(group(28.0, 2.5), control) == "within (+3.0; 2 x std = 5.0)"  # the larger std decides
-    assert versus(group(40.0, 1.0, kept=0.61), control) == "other budget (0.610 kept)"
-    assert versus(group(40.0, None), control) == "– (one seed)"
-    assert versus(control, control) == "control"
-    assert versus(group(40.0, 1.0, kind="baseline"), control) == ""
+    rows = [row("ResNet18", "", 40.0, None, 1.0, "baseline")]
+    rows += [row("Random", "random", (20.0, 22.0)[ft], ft) for ft in (0, 1)]
+    rows += [row("HaoLi", "haoli", (25.0, 29.0)[ft], ft) for ft in (0, 1)]
+    rows += [row("AFP+PRC", "afp_prc", 40.0, ft, kept=0.61) for ft in (0, 1)]
+    records, (family,) = contrasts(rows)
+    # The baseline and Random itself have no contrast; AFP+PRC kept 0.61: another budget, listed, not tested.
+    assert [(c["contrast"], c["note"]) for c in records] == [
+        ("HaoLi − Random", ASSUMED),
+        ("AFP+PRC − Random", "not compared: other budget (0.610 of the MACs kept, Random 0.500)")]
+    haoli = records[0]
+    # Differences 25 - 20 = 5 and 29 - 22 = 7: mean 6, sd sqrt(2), se sqrt(2) / sqrt(2) = 1, t = 6 on 1 df.
+    # df = 1 is the Cauchy distribution: two-sided p = 1 - (2 / pi) atan(6) = 0.10513691342250675, and
+    # t_{0.975, 1} = tan(0.475 pi) = 12.706204736174696 (tables: 12.706): interval 6 -+ 12.706.
+    assert (haoli["n"], haoli["mean"], haoli["t"]) == pytest.approx((2, 6.0, 6.0))
+    assert haoli["p"] == pytest.approx(0.10513691342250675, rel=1e-9)
+    assert (haoli["low"], haoli["high"]) == pytest.approx((6 - 12.706204736174696, 6 + 12.706204736174696), rel=1e-9)
+    # Alone in its family (m = 1): Holm changes nothing, its step is the 95% interval; it contains 0.
+    assert (haoli["holm_p"], haoli["holm_level"], haoli["holm_low"]) == pytest.approx((haoli["p"], 0.95, haoli["low"]))
+    assert not haoli["resolved"] and records[1]["p"] is None and not records[1]["resolved"]
+    assert (family["m"], family["pairs"]) == (1, 2)
+    assert family["smallest_resolvable"] == pytest.approx(12.706204736174696, rel=1e-9)  # t_{0.975, 1} x se 1
 
 
 def test_scratch_model_is_drawn_anew_at_the_pruned_widths():
@@ -259,7 +275,6 @@ def test_protocol_mean_std_and_random_columns(protocol):
         rows = list(csv.DictReader(fh))
     table = _table((out / "results.md").read_text(), "In-domain: cuhk03_market")
     assert f"CPU ms/image (batch 1, 1 thread, {resolve_precision('auto', 'cpu')}, channels_last)" in table["HaoLi"]
-    stats = {}
     for name in table:
         runs = [r for r in rows if r["name"] == name]
         assert table[name]["n"] == str(len(runs))
@@ -269,23 +284,54 @@ def test_protocol_mean_std_and_random_columns(protocol):
             if len(values) > 1:
                 text += f" ± {statistics.stdev(values):.1f}"
             assert table[name][column] == text, (name, column)
-        values = [float(r["mAP"]) for r in runs]
-        stats[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
-                       statistics.fmean(float(r["macs_kept"]) for r in runs))
-    r_mean, r_std, r_kept = stats["Random"]
-    assert table["Random"]["vs Random (mAP)"] == "control" and table["ResNet18"]["vs Random (mAP)"] == ""
-    for name, (mean, std, kept) in stats.items():
-        if name in ("Random", "ResNet18"):
+    assert "vs Random (mAP)" not in table["HaoLi"] and "2 x std" not in (out / "results.md").read_text()
+    _check_contrasts((out / "results.md").read_text(), rows)
+
+
+def _check_contrasts(md: str, rows: list[dict[str, str]]) -> None:
+    """The criterion contrasts of the tiny protocol (every method minus Random, paired by fine-tuning seed),
+    recomputed from results.csv: two pairs, so t has 1 degree of freedom (Cauchy: quantile tan(pi (q - 1/2)),
+    two-sided p 1 - (2 / pi) atan|t|), independently of scipy."""
+    contrast = _table(md, "cuhk03_market, budget 0.5: paired contrasts (mAP)")
+    by = {}
+    for r in rows:
+        by.setdefault(r["name"], {})[r["finetune_seed"]] = r
+    methods = [n for n, runs in by.items() if all(r["kind"] == "pruned" and r["method"] != "random"
+                                                  for r in runs.values())]
+    expected, tested = {}, []
+    for name in methods:
+        kept = [abs(float(by[name][s]["macs_kept"]) - float(by["Random"][s]["macs_kept"])) for s in ("0", "1")]
+        if max(kept) > 0.02:
+            expected[f"{name} − Random"] = None
             continue
-        mark = table[name]["vs Random (mAP)"]
-        if abs(kept - r_kept) > 0.02:
-            assert mark.startswith("other budget"), name
+        d = [float(by[name][s]["mAP"]) - float(by["Random"][s]["mAP"]) for s in ("0", "1")]
+        mean, se = (d[0] + d[1]) / 2, abs(d[0] - d[1]) / 2  # sd |d0 - d1| / sqrt(2), over sqrt(2)
+        expected[f"{name} − Random †"] = (mean, se)
+        if se > 0:
+            tested.append((1 - 2 / math.pi * math.atan(abs(mean) / se), f"{name} − Random †"))
+    assert set(expected) == set(contrast)
+    m = len(tested)
+    holm, running = {}, 0.0
+    for rank, (p, name) in enumerate(sorted(tested, key=lambda x: x[0]), start=1):  # Holm: alpha / (m - i + 1)
+        running = max(running, min(1.0, (m - rank + 1) * p))
+        holm[name] = (running, 1 - 0.05 / (m - rank + 1))
+    for name, value in expected.items():
+        line = contrast[name]
+        if value is None:
+            assert line["95% t interval"].startswith("not compared: other budget"), name
             continue
-        bound = 2 * max(std, r_std)
-        word = "above" if mean - r_mean > bound else "below" if r_mean - mean > bound else "within"
-        assert mark.split(" (")[0] == word, (name, mark)
-        # Rounded rows: the printed difference is within 0.1 of the one recomputed from them.
-        assert float(mark.split("(")[1].split(";")[0]) == pytest.approx(mean - r_mean, abs=0.1)
+        mean, se = value
+        assert line["n pairs"] == "2" and line["mean difference"] == f"{mean:+.2f}", name
+        if se == 0:
+            assert line["95% t interval"] == "no spread in the differences", name
+            continue
+        half = math.tan(math.pi * 0.475) * se
+        assert line["95% t interval"] == f"[{mean - half:+.2f}, {mean + half:+.2f}]", name
+        p, level = holm[name]
+        half = math.tan(math.pi * (level / 2)) * se  # q = (1 + level) / 2: tan(pi (q - 1/2)) = tan(pi level / 2)
+        assert line["Holm-adjusted interval"] == f"[{mean - half:+.2f}, {mean + half:+.2f}] at {100 * level:.4g}%"
+        assert line["Holm p"] == ("< 0.001" if p < 0.001 else f"{p:.3f}"), name
+        assert line["resolved"] == ("yes" if p < 0.05 and abs(mean) > half else "no"), name
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The results: one row per model and evaluation, their mean ± std per row name, results.md / .csv / .json.
 
-Every group of rows (one name, over its seeds) is compared with the ``random`` method at
-the same budget: it is marked ``above`` or ``below`` when the means of mAP differ by more
-than twice the larger of the two sample standard deviations.
+The pre-declared comparisons are paired contrasts on mAP (:func:`contrasts`): runs are paired by
+their (source seed, fine-tuning seed), and each table's budget is one family, Holm-adjusted
+(:mod:`.stats`); docs/bench.md, "Paired contrasts", states the rule.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import csv
 import os
 import platform
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,10 +26,17 @@ from .keys import eval_settings
 from .plan import Cell, Plan, describe_budget
 from .plots import PLOT_NOTE, curve_plot, pareto_plot, widths_plot
 from .schema import Bench
+from .stats import Paired, holm_family, paired_difference
 
 SCORES = ("mAP", "rank1", "mINP")
 KINDS = {"train": "baseline", "prune": "pruned", "scratch": "scratch", "anchor": "anchor", "dense": "dense"}
 CONTROL = "random"  # the registered method every other method is compared with
+COMPARED = ("pruned", "anchor", "scratch")  # the kinds that enter the contrasts
+ALPHA = 0.05  # family-wise error rate of each family of contrasts (one table at one budget)
+LEVEL = 0.95  # the level of each contrast's own (unadjusted) t interval
+# A criterion contrast with the Random row that plans its own widths isolates the criterion only where the
+# method allocates its widths as Random does, which the run does not check: results.md marks it.
+ASSUMED = "assumes Random's allocation"
 # The pruners meet a MACs budget within 0.02 (pruners/budget.py): a row further from the control's
 # MACs (AFP+PRC stops where its tolerance says) is not at the same budget.
 SAME_BUDGET = 0.02
@@ -100,7 +108,7 @@ def _by(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dic
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per row name and table (scenario, data): n, means, sample stds, and the comparison with random."""
+    """One record per row name and table (scenario, data): n, means, sample stds, and the mAP difference with Dense."""
     groups = []
     for (scenario, dataset, pretrain, finetune, name), runs in _by(
             rows, lambda r: (r["scenario"], r["dataset"], r["pretrain"], r["finetune"], r["name"])).items():
@@ -120,35 +128,131 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 group[f"{key}_std"] = std
         groups.append(group)
     for group in groups:
-        # The control plans its own widths; Random at another method's widths is a row of its own.
-        control = next((g for g in groups if g["method"] == CONTROL and g["kind"] == "pruned"
-                        and not g["same_widths_as"] and all(g[k] == group[k] for k in ("scenario", "dataset", "pretrain", "finetune", "budget"))),
-                       None)
-        group["vs_random"] = versus(group, control)
         dense = next((g for g in groups if g["kind"] == "dense"
                       and all(g[k] == group[k] for k in ("scenario", "dataset", "pretrain", "finetune"))), None)
         # The loss of pruning: against the unpruned model given the same fine-tuning, not the source itself.
+        # A difference of means, to read the table by; its paired test is the "dense" contrast (contrasts()).
         group["vs_dense"] = (f"{group['mAP'] - dense['mAP']:+.1f}" if dense is not None
-                             and group["kind"] in ("pruned", "scratch", "anchor") else "")
+                             and group["kind"] in COMPARED else "")
     return groups
 
 
-def versus(group: dict[str, Any], control: dict[str, Any] | None) -> str:
-    """``above (+d; 2 x s)`` / ``below`` when the mAP means differ by more than twice the larger std, else why not."""
-    if control is None or group["kind"] == "baseline":
-        return ""
-    if group is control:
-        return "control"
-    if group["macs_kept"] is None or control["macs_kept"] is None:
-        return "–"
-    if abs(group["macs_kept"] - control["macs_kept"]) > SAME_BUDGET:
-        return f"other budget ({group['macs_kept']:.3f} kept)"
-    if group["mAP_std"] is None or control["mAP_std"] is None:
-        return "– (one seed)"
-    diff, bound = group["mAP"] - control["mAP"], 2 * max(group["mAP_std"], control["mAP_std"])
-    if abs(diff) <= bound:
-        return f"within ({diff:+.1f}; 2 x std = {bound:.1f})"
-    return f"{'above' if diff > 0 else 'below'} ({diff:+.1f}; 2 x std = {bound:.1f})"
+def _paired(runs: list[dict[str, Any]], key: str) -> dict[tuple[Any, Any], Any]:
+    return {(r["seed"], r["finetune_seed"]): r[key] for r in runs}
+
+
+def _same_budget(runs: list[dict[str, Any]], control: list[dict[str, Any]]) -> str:
+    """Why ``runs`` are not at the control's budget ("" when every paired run keeps MACs within SAME_BUDGET)."""
+    kept, own = _paired(control, "macs_kept"), _paired(runs, "macs_kept")
+    pairs = [(own[k], kept[k]) for k in own if k in kept]
+    if any(a is None or b is None for a, b in pairs):
+        return "not compared: MACs kept unknown"
+    if any(abs(a - b) > SAME_BUDGET for a, b in pairs):
+        return (f"not compared: other budget ({statistics.fmean(a for a, _ in pairs):.3f} of the MACs kept, "
+                f"Random {statistics.fmean(b for _, b in pairs):.3f})")
+    return ""
+
+
+def _contrast(kind: str, a: str, b: str, names: dict[str, list[dict[str, Any]]], note: str = "") -> dict[str, Any]:
+    """Row ``a`` minus row ``b`` on mAP, paired by (seed, finetune_seed); not tested when ``note`` says why not."""
+    test = paired_difference(_paired(names[a], "mAP"), _paired(names[b], "mAP"), LEVEL)
+    if note.startswith("not compared"):
+        test = Paired(test.n, test.unpaired, None, None, None, None, LEVEL, None, None)
+    return {"contrast": f"{a} − {b}", "kind": kind, "a": a, "b": b, "note": note, "test": test}
+
+
+def _family(names: dict[str, list[dict[str, Any]]], here: list[str], dense: str | None) -> list[dict[str, Any]]:
+    """The pre-declared contrasts of one table at one budget (``here``: its compared rows, in table order)."""
+    first = {name: names[name][0] for name in here}
+    randoms = [n for n in here if first[n]["method"] == CONTROL and first[n]["kind"] == "pruned"]
+    control = next((n for n in randoms if not first[n]["same_widths_as"]), None)
+    out = []
+    for name in here:  # (a) criterion: the method against Random at the same widths
+        row = first[name]
+        if row["kind"] not in ("pruned", "anchor") or name in randoms:
+            continue
+        own = {row["label"], row["same_widths_as"]} - {""}
+        matched = next((n for n in randoms if first[n]["same_widths_as"] in own), None)
+        if matched is not None:
+            out.append(_contrast("criterion", name, matched, names))
+        elif control is not None and row["kind"] == "pruned":
+            out.append(_contrast("criterion", name, control, names,
+                                 _same_budget(names[name], names[control]) or ASSUMED))
+    if control is not None:  # (c) allocation: Random at a method's widths against Random at its own
+        out += [_contrast("allocation", n, control, names) for n in randoms if first[n]["same_widths_as"]]
+    if dense is not None:  # (b) the loss of pruning, against the unpruned model fine-tuned alike
+        out += [_contrast("dense", n, dense, names) for n in here]
+    return out
+
+
+def contrasts(rows: list[dict[str, Any]], alpha: float = ALPHA) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pre-declared paired contrasts on mAP, Holm-adjusted per family (one table at one budget).
+
+    Returns (contrasts, families): one flat record per contrast (``a`` minus ``b``, ``kind`` criterion,
+    allocation or dense; n pairs, mean difference, its t interval at LEVEL, Holm's p, level and interval,
+    ``resolved``, ``resolvable``), and one per family (``m`` tested contrasts, ``smallest_resolvable``).
+    """
+    records, families = [], []
+    for table, members in _by(rows, lambda r: (r["scenario"], r["dataset"], r["pretrain"], r["finetune"])).items():
+        names = _by(members, lambda r: r["name"])
+        dense = next((n for n, runs in names.items() if runs[0]["kind"] == "dense"), None)
+        compared = [n for n, runs in names.items() if runs[0]["kind"] in COMPARED]
+        for budget in dict.fromkeys(names[n][0]["budget"] for n in compared):
+            family = _family(names, [n for n in compared if names[n][0]["budget"] == budget], dense)
+            if not family:
+                continue
+            adjusted, smallest = holm_family([c["test"] for c in family], alpha)
+            keys = dict(zip(("scenario", "dataset", "pretrain", "finetune"), table), budget=budget)
+            for c, adj in zip(family, adjusted):
+                t = c.pop("test")
+                records.append({**keys, **c, **asdict(t), "df": t.df, **{  # holm_p, ..., resolved, resolvable
+                    ("" if k.startswith("resol") else "holm_") + k: v for k, v in asdict(adj).items()}})
+            families.append({**keys, "alpha": alpha, "m": sum(a.p is not None for a in adjusted),
+                             "pairs": max(r["n"] for r in records[-len(family):]),
+                             "smallest_resolvable": smallest})
+    return records, families
+
+
+def _contrast_lines(heading: str, family: dict[str, Any], members: list[dict[str, Any]]) -> list[str]:
+    """One family's contrasts in results.md: a table and the smallest difference it could resolve."""
+    title = f"### {heading}, budget {family['budget']}: paired contrasts (mAP)"
+    if all(c["n"] < 2 for c in members if not c["note"].startswith("not compared")):
+        return [title, "", f"Needs ≥ 2 paired runs: this run has {family['pairs']} per contrast.", ""]
+    table = []
+    for c in members:
+        n = str(c["n"]) + (f" ({c['unpaired']} unpaired)" if c["unpaired"] else "")
+        interval = (c["note"] if c["note"].startswith("not compared") else "needs ≥ 2 paired runs" if c["n"] < 2
+                    else "no spread in the differences" if c["p"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]")
+        holm = ("–" if c["holm_p"] is None
+                else f"[{c['holm_low']:+.2f}, {c['holm_high']:+.2f}] at {100 * c['holm_level']:.4g}%")
+        p = "–" if c["holm_p"] is None else "< 0.001" if c["holm_p"] < 0.001 else f"{c['holm_p']:.3f}"
+        table.append([c["contrast"] + (" †" if c["note"] == ASSUMED else ""), n,
+                      "–" if c["mean"] is None else f"{c['mean']:+.2f}", interval, holm, p,
+                      "–" if c["holm_p"] is None else "yes" if c["resolved"] else "no"])
+    lines = [title, "", _table(["Contrast", "n pairs", "mean difference", f"{100 * LEVEL:.0f}% t interval",
+                                "Holm-adjusted interval", "Holm p", "resolved"], table), ""]
+    if any(c["note"] == ASSUMED for c in members):
+        lines += ["† against Random at its own widths (same budget): the criterion's effect only if the method "
+                  "allocates its widths as Random does; otherwise criterion and allocation together.", ""]
+    if family["smallest_resolvable"] is not None:
+        lines += [f"Smallest difference this run could resolve at budget {family['budget']}: "
+                  f"{family['smallest_resolvable']:.2f} mAP (half-width of the "
+                  f"{100 * (1 - family['alpha'] / family['m']):.4g}% t interval, Holm's strictest step over "
+                  f"{family['m']} contrasts, at the observed spread of the tightest contrast).", ""]
+    return lines
+
+
+def _families_of(contrast: tuple[list[dict[str, Any]], list[dict[str, Any]]], heading: str,
+                 **table: str) -> list[str]:
+    """The contrast sections of one results table (families whose keys match ``table``)."""
+    records, families = contrast
+    lines = []
+    for family in families:
+        if all(family[k] == v for k, v in table.items()):
+            keys = ("scenario", "dataset", "pretrain", "finetune", "budget")
+            members = [c for c in records if all(c[k] == family[k] for k in keys)]
+            lines += _contrast_lines(heading.format(**family), family, members)
+    return lines
 
 
 def _table(headers: Sequence[str], lines: Sequence[Sequence[str]], text_columns: int = 1) -> str:
@@ -192,20 +296,27 @@ def _intro(bench: Bench, plan: Plan, latency_key: str | None) -> list[str]:
     if latency_key:
         lines.append(f"CPU latency: milliseconds per image with {threads_text(bench)}, {compute_text(plan)}, median "
                      "of the turns in which the models are timed one after the other, after training.")
-    if any(m.name == CONTROL for m in bench.methods):
-        lines.append("vs Random: the mAP mean minus that of Random at the same budget; `above` / `below` when the "
-                     "difference is larger than twice the larger of the two standard deviations.")
+    if any(m.name == CONTROL for m in bench.methods) or bench.dense:  # the references of every contrast
+        lines.append(f"Paired contrasts, on mAP over the runs that share source and fine-tuning seeds: each pruned "
+                     "row minus Random at its widths (criterion), Random at a method's widths minus Random at its own "
+                     "(allocation), each pruned, anchor and scratch row minus Dense: mean difference, "
+                     f"{100 * LEVEL:.0f}% t interval, and Holm's adjustment within each table's budget (family-wise "
+                     f"{100 * ALPHA:.0f}%). Resolved: Holm p < {ALPHA} and the Holm-adjusted interval excludes 0.")
     if bench.dense:
         lines.append("Dense (fine-tuned): the unpruned source fine-tuned with the same schedule and seeds as the "
-                     "pruned models; vs Dense: a row's mAP mean minus that of Dense, the loss that pruning costs.")
+                     "pruned models; vs Dense: a row's mAP mean minus that of Dense, the loss that pruning costs "
+                     "(its paired test is in the contrasts).")
     lines.append("Budgets: " + ", ".join(describe_budget(label, value, bench.prune_arch.replace("resnet", "ResNet"))
                                           for label, value in plan.budgets.items()) + ".")
     return lines
 
 
 def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups: list[dict[str, Any]], *,
-                    command: str, plots: dict[str, bool], final: bool, pending: int) -> str:
-    """results.md: one in-domain table per compared dataset, then one table per cross-domain pair."""
+                    command: str, plots: dict[str, bool], final: bool, pending: int,
+                    contrast: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None) -> str:
+    """results.md: one in-domain table per compared dataset, then one table per cross-domain pair, each followed
+    by its paired contrasts (``contrast``: :func:`contrasts` of ``rows`` unless given)."""
+    contrast = contrasts(rows) if contrast is None else contrast
     batches = latency_batch_sizes(bench)
     batch = batches[0] if batches else None
     latency_key = f"latency_ms_batch{batch}" if batch and any(f"latency_ms_batch{batch}" in r for r in rows) else None
@@ -217,18 +328,16 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups
     lines += [f"- {line}" for line in _intro(bench, plan, latency_key)] + [""]
     if pending:
         lines += [f"**Partial results: {pending} of {len(plan.cells)} cells are not finished yet.**", ""]
-    control = any(g["vs_random"] for g in groups)
     dense = any(g["vs_dense"] for g in groups)
     budget_order = {label: i for i, label in enumerate(plan.budgets)}
     for dataset in bench.compare:
         members = [g for g in groups if g["scenario"] == "in_domain" and g["dataset"] == dataset]
         members.sort(key=lambda g: budget_order.get(g["budget"], -1))  # baselines, then one budget after the other
-        table = [[g["name"], *_cells(g, latency_key)] + ([g["vs_random"]] if control else [])
-                 + ([g["vs_dense"]] if dense else []) for g in members]
+        table = [[g["name"], *_cells(g, latency_key)] + ([g["vs_dense"]] if dense else []) for g in members]
         if table:
-            headers = ["Networks", *costs] + (["vs Random (mAP)"] if control else []) + (
-                ["vs Dense (mAP)"] if dense else [])
+            headers = ["Networks", *costs] + (["vs Dense (mAP)"] if dense else [])
             lines += [f"## In-domain: {dataset}", "", _table(headers, table), ""]
+            lines += _families_of(contrast, "{dataset}", scenario="in_domain", dataset=dataset)
     for scenario in bench.cross_domain:
         a, b = scenario.source, scenario.target
         table = [[g["name"], f"pruned and fine-tuned on {g['finetune']}" if g["finetune"]
@@ -237,6 +346,8 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups
         if table:
             lines += [f"## Cross-domain: trained on {a}, evaluated on {b}", "",
                       _table(["Networks", "adaptation", *costs], table, 2), ""]
+            lines += _families_of(contrast, "Fine-tuned on {finetune}", scenario="cross_domain", pretrain=a,
+                                  dataset=b)
     hours = sum({r["cell"]: r["wall_seconds"] for r in rows}.values()) / 3600
     lines += [f"Compute: {hours:.2f} h of training, pruning and fine-tuning over {len({r['cell'] for r in rows})} "
               "cells (per-model wall times in results.csv).", ""]
@@ -255,6 +366,7 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
     """Write results.csv, results.json, results.md and, when ``final``, the plots; returns the JSON content."""
     rows = result_rows(plan, bench.prune_arch, results, scores, latencies)
     groups = summarize(rows)
+    contrast = contrasts(rows)
     pending = sum(1 for cell in plan.cells if cell.key not in results)
     plots = {"pareto": pareto_plot(bench, groups, out / "pareto.png"),
              "curve": curve_plot(bench, rows, out / "curve.png"),
@@ -271,6 +383,7 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
                         "latency_precision": compute.precision, "latency_memory_format": compute.memory_format_name,
                         "machine": platform.machine(), "python": platform.python_version()},
         "plots": plots, "notes": plan.notes, "rows": rows, "groups": groups,
+        "contrasts": contrast[0], "contrast_families": contrast[1],
     }
     write_json(out / "results.json", summary)
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -279,5 +392,5 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.md").write_text(markdown_report(bench, plan, rows, groups, command=command, plots=plots,
-                                                    final=final, pending=pending))
+                                                    final=final, pending=pending, contrast=contrast))
     return summary
