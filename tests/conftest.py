@@ -21,6 +21,13 @@ TINY_RUN = [
     "model.arch=resnet18", "loss.id_weight=1.0", "train.device=cpu",
 ]
 
+# The tiny bench file, and --set overrides that make it a bench of seconds: one dataset, ResNet-18 alone, HaoLi.
+TINY_BENCH = REPO / "configs" / "bench" / "synthetic_tiny.yaml"
+SMALL_BENCH = ["base.data.p=4", "base.data.k=2", "base.train.max_batches=2", "base.train.device=cpu",
+               "base.eval.latency_batch_sizes=[1]", "epochs=1", "finetune_epochs=1", "baselines=[resnet18]",
+               "prune_arch=resnet18", "methods=[haoli]", "budgets=[0.5]", "cross_domain=[]",
+               "datasets={synthetic_a: {synthetic: {ids: 8, test_ids: 4, images_per_camera: 2, seed: 0}}}"]
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads():

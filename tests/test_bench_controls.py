@@ -13,14 +13,8 @@ from reid_prune.bench.plan import DENSE
 from reid_prune.bench.tables import summarize
 from reid_prune.config import ConfigError, load_config
 
-from conftest import REPO
-
-TINY_FILE = REPO / "configs" / "bench" / "synthetic_tiny.yaml"
-# One dataset, ResNet-18 alone, one method: a bench of seconds.
-SMALL = ["base.data.p=4", "base.data.k=2", "base.train.max_batches=2", "base.train.device=cpu",
-         "base.eval.latency_batch_sizes=[1]", "epochs=1", "finetune_epochs=1", "baselines=[resnet18]",
-         "prune_arch=resnet18", "methods=[haoli]", "budgets=[0.5]", "cross_domain=[]",
-         "datasets={synthetic_a: {synthetic: {ids: 8, test_ids: 4, images_per_camera: 2, seed: 0}}}"]
+from conftest import SMALL_BENCH as SMALL
+from conftest import TINY_BENCH as TINY_FILE
 
 
 def test_one_dense_cell_per_source_and_fine_tuning_seed_whatever_the_budgets():
@@ -71,8 +65,8 @@ def test_a_method_at_another_methods_widths_runs_after_it_and_is_keyed_by_it():
 
 
 @pytest.mark.parametrize("methods, message", [
-    ("[haoli, {name: random, widths: FPGM}]", "methods\[1\].widths: 'FPGM' is not the label"),
-    ("[{name: random, widths: HaoLi}, {name: haoli, widths: Random}]", "methods\[0\].widths: 'HaoLi' is not"),
+    ("[haoli, {name: random, widths: FPGM}]", r"methods\[1\].widths: 'FPGM' is not the label"),
+    ("[{name: random, widths: HaoLi}, {name: haoli, widths: Random}]", r"methods\[0\].widths: 'HaoLi' is not"),
 ])
 def test_widths_must_name_a_method_that_plans_its_own(methods, message):
     with pytest.raises(ConfigError, match=message):
@@ -107,3 +101,27 @@ def test_dense_and_same_width_cells_end_to_end(tmp_path, session_cache):
     results = (out / "results.md").read_text()
     assert DENSE in results and "vs Dense (mAP)" in results
     assert load_config(None, []).prune.rate is None  # the dense cell's rate 0 is its own, not a default
+
+
+@pytest.mark.slow
+def test_random_at_an_anchors_widths_keeps_exactly_them(tmp_path, session_cache):
+    pytest.importorskip("torch_pruning")
+    out = tmp_path / "bench"
+    bench = load_bench(TINY_FILE, SMALL + ["methods=[{name: random, widths: Torch-Pruning L1}]", "anchors=[l1]"])
+    run_bench(bench, out, progress=False)  # the bench itself checks the widths after the cut
+    anchor, matched = (c for c in plan_bench(bench).cells if c.kind in ("anchor", "prune"))
+    assert matched.same_widths is anchor
+
+    def kept(cell):
+        rows = json.loads((out / "cells" / cell.key / "report.json").read_text())["widths"]
+        return {r["group"]: (r["channels"], r["kept"]) for r in rows}
+
+    assert kept(matched) == kept(anchor)
+    assert any(k < c for c, k in kept(anchor).values())
+
+
+def test_scratch_runs_only_at_its_budgets():
+    plan = plan_bench(load_bench(TINY_FILE, SMALL + ["budgets=[0.5, 0.3]", "scratch={widths: HaoLi, budgets: [0.3]}"]))
+    assert [c.budget for c in plan.cells if c.kind == "scratch"] == ["0.3"]
+    with pytest.raises(ConfigError, match=r"scratch.budgets\[0\]: 0.7 is not a budget"):
+        load_bench(TINY_FILE, SMALL + ["budgets=[0.5, 0.3]", "scratch={widths: HaoLi, budgets: [0.7]}"])

@@ -26,10 +26,12 @@ from ..distributed import barrier, broadcast_object, is_main_process
 from ..evaluation import complexity
 from ..jobs.prune import prune_checkpoint
 from ..jobs.train import train
-from ..jobs.wiring import prepare_dataset
+from ..data.validation import carve_validation
+from ..jobs.wiring import parse_dataset, prepare_dataset
 from ..outputs import atomic_path
 from ..runtime import seed_everything
 from .anchors import TorchPruningAnchor
+from .configs import steps_per_epoch, stretched
 from .keys import eval_settings, with_eval_settings
 from .plan import Cell
 
@@ -67,13 +69,14 @@ def scratch_model(model_config: dict[str, Any], widths: dict[str, list[int]]) ->
     return reinitialise(model, zero_init_residual=model_config["zero_init_residual"])
 
 
-def _run_training(cell: Cell, folder: Path, progress: bool,
-                  build: Callable[[dict[str, Any]], nn.Module] | None = None) -> dict[str, Any] | None:
-    """Train (or continue training) a baseline or scratch cell; only rank 0 returns the result."""
+def _run_training(cell: Cell, folder: Path, progress: bool, build: Callable[[dict[str, Any]], nn.Module] | None = None,
+                  cfg: Config | None = None) -> dict[str, Any] | None:
+    """Train (or continue training) a baseline or scratch cell (with ``cfg``, default its own); only rank 0
+    returns the result."""
     run = folder / "run"
     # Under torchrun rank 0 looks at the files and decides for all ranks.
     resume = broadcast_object(is_main_process() and (run / "last.pt").is_file())
-    cfg = cell.cfg
+    cfg = cfg or cell.cfg
     if resume:
         # A resumed run keeps the evaluation settings it started with (check_resume refuses others);
         # scoring.py scores the finished model with the bench's.
@@ -95,7 +98,16 @@ def _run_training(cell: Cell, folder: Path, progress: bool,
 def _run_scratch(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dict[str, Any] | None:
     """Train the parent cell's pruned architecture from scratch (Liu et al., ICLR 2019)."""
     widths = read_checkpoint(cell_checkpoint(cell.parent, cells_dir / cell.parent.key))["widths"]
-    return _run_training(cell, folder, progress, build=lambda config: scratch_model(config, widths))
+    cfg = cell.cfg
+    if cell.extra_steps:  # the bench's train_steps on top of the source's epochs, in whole epochs of this data
+        data = cfg.data
+        dataset = parse_dataset(data)
+        dataset = carve_validation(dataset, data.val_ids, data.val_seed) if data.val_ids else dataset
+        cfg = stretched(cfg, cell.extra_steps, dataset, f"scratch on {cell.dataset}")
+    result = _run_training(cell, folder, progress, build=lambda config: scratch_model(config, widths), cfg=cfg)
+    if result is not None and cell.extra_steps:
+        result["train_steps"] = cfg.train.epochs * steps_per_epoch(cfg, dataset)  # all from scratch
+    return result
 
 
 def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Path) -> Path:
@@ -125,8 +137,11 @@ def at_same_widths(cell: Cell, cells_dir: Path) -> Config:
              for group, (channels, kept) in _widths(cells_dir / cell.same_widths.key).items()}
     merge(cfg, {"prune": {"rate": None, "target_macs": None, "target_params": None, "target_latency": None,
                           "layer_rates": None}})
-    merge(cfg, {"prune": {"layer_rates": rates, "allocation": "layer_rates",
-                          "scope": cell.same_widths.cfg.prune.scope}})
+    reference = cell.same_widths
+    # A Torch-Pruning anchor cuts the residual streams, and the last stage unless told not to.
+    where = ({"scope": "all", "include_last_stage": reference.anchor.last_stage} if reference.kind == "anchor"
+             else {"scope": reference.cfg.prune.scope})
+    merge(cfg, {"prune": {"layer_rates": rates, "allocation": "layer_rates", **where}})
     return validate(cfg)
 
 
@@ -165,6 +180,7 @@ def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dic
     return {"metrics": {k: final[k] for k in METRICS}, "config": cell.cfg.to_dict(),
             "pruned_metrics": {k: after_cut[k] for k in METRICS} if after_cut else None,
             "prune_seconds": report["prune_seconds"],
+            **{key: report[key] for key in ("train_steps", "mac_weighted_steps")},
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 

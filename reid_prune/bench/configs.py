@@ -6,12 +6,17 @@ keys, the baseline's and the method's ``set``, then the cell's own seed, budget 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from ..config import Config, ConfigError, DataConfig, PruneConfig, validate
 from ..config_fields import merge
+from ..data.datasets import ReIDDataset
+from ..data.sampler import PKSampler
+from ..distributed import env_world_size
 from ..pruners import get_method, resolve_scope
-from .schema import BaselineSpec, Bench, BudgetSpec, MethodSpec, base_defaults
+from .schema import Bench, base_defaults
+from .specs import BaselineSpec, BudgetSpec, MethodSpec
 
 
 def data_config(bench: Bench, dataset: str) -> DataConfig:
@@ -63,7 +68,8 @@ def run_config(bench: Bench, dataset: str, baseline: BaselineSpec, seed: int, me
             cfg.prune = PruneConfig()
         else:
             merge(cfg, {"prune": {"rate": None, "target_params": None, "target_macs": target_macs,
-                                  "target_latency": target_latency, "finetune_epochs": bench.finetune_epochs}})
+                                  "target_latency": target_latency, "finetune_epochs": bench.finetune_epochs,
+                                  "train_steps": bench.train_steps}})
         if method is not None:
             merge(cfg, {"prune": {"method": method.name}})
             merge(cfg, method.overrides)
@@ -79,6 +85,31 @@ def run_config(bench: Bench, dataset: str, baseline: BaselineSpec, seed: int, me
         return cfg
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def steps_per_epoch(cfg: Config, dataset: ReIDDataset) -> int:
+    """Optimiser steps in one epoch of ``cfg``'s P x K batches on ``dataset``'s training split (per rank)."""
+    return len(PKSampler([s.pid for s in dataset.train], cfg.data.p, cfg.data.k, num_replicas=env_world_size()))
+
+
+def stretched(cfg: Config, steps: int, dataset: ReIDDataset, where: str) -> Config:
+    """A copy of ``cfg`` whose schedule is ``steps`` optimiser steps longer, in whole epochs, the learning-rate
+    steps at the same fractions: how the scratch control gets the bench's ``train_steps`` on top of the
+    source's epochs.
+
+    Raises:
+        ConfigError: ``steps`` is not a whole number of epochs of this dataset (naming the nearest that are).
+    """
+    per_epoch = steps_per_epoch(cfg, dataset)
+    if steps % per_epoch:
+        near = sorted({max(1, steps // per_epoch) * per_epoch, (steps // per_epoch + 1) * per_epoch})
+        raise ConfigError(f"bench key train_steps: {where} trains whole epochs of {per_epoch} steps "
+                          f"(P={cfg.data.p} of {dataset.num_train_pids} training identities); {steps} is not a "
+                          f"multiple of {per_epoch}: use {' or '.join(map(str, near))}")
+    cfg = copy.deepcopy(cfg)
+    before, cfg.train.epochs = cfg.train.epochs, cfg.train.epochs + steps // per_epoch
+    cfg.train.milestones = [round(m * cfg.train.epochs / before) for m in cfg.train.milestones]
+    return validate(cfg)
 
 
 def latency_batch_sizes(bench: Bench) -> list[int]:

@@ -17,9 +17,11 @@ from ..config_fields import merge
 from ..evaluation import complexity
 from ..jobs.prune import pruner_from_config
 from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset
-from .configs import finetune_seeds_of, run_config
+from ..data.validation import carve_validation
+from .configs import finetune_seeds_of, run_config, stretched
 from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
-from .schema import AnchorSpec, Bench, BudgetSpec, MethodSpec
+from .schema import Bench
+from .specs import AnchorSpec, BudgetSpec, MethodSpec
 
 DENSE = "Dense (fine-tuned)"  # the row of the dense reference (bench key dense)
 
@@ -51,6 +53,7 @@ class Cell:
     parent: Cell | None = None
     target_latency: float | None = None
     same_widths: Cell | None = None  # a pruned cell whose per-group widths this one keeps (MethodSpec.widths)
+    extra_steps: int = 0  # scratch: optimiser steps trained on top of cfg.train.epochs (the bench's train_steps)
 
     @property
     def target(self) -> str:
@@ -64,12 +67,14 @@ class Cell:
                                        else "")
         if self.kind == "train":
             return f"train {self.arch} on {self.dataset} ({seeds})"
+        steps = self.cfg.prune.train_steps
         if self.kind == "dense":
-            return (f"fine-tune {self.arch} unpruned on {self.dataset}, {self.cfg.prune.finetune_epochs} epochs "
-                    f"({seeds})")
+            length = f"{steps} steps" if steps else f"{self.cfg.prune.finetune_epochs} epochs"
+            return f"fine-tune {self.arch} unpruned on {self.dataset}, {length} ({seeds})"
         if self.kind == "scratch":
+            more = f" + {self.extra_steps} steps" if self.extra_steps else ""
             return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
-                    f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs ({seeds})")
+                    f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs{more} ({seeds})")
         source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
         if self.same_widths is not None:
             return (f"prune {source}{self.arch} with {self.method.name} at {self.same_widths.label}'s widths "
@@ -147,7 +152,8 @@ def plan_bench(bench: Bench) -> Plan:
     rows: list[RowSpec] = []
     arch, tp_version = bench.prune_arch, torch_pruning_version()
     notes = [] if tp_version or not bench.anchors else [
-        "Torch-Pruning anchors not run: torch-pruning is not installed (pip install 'reid-prune[bench]')"]
+        "Torch-Pruning anchors (and methods at their widths) not run: torch-pruning is not installed "
+        "(pip install 'reid-prune[bench]')"]
 
     def add(cell: Cell) -> Cell:
         return cells.setdefault(cell.key, cell)
@@ -163,8 +169,8 @@ def plan_bench(bench: Bench) -> Plan:
     def pruned(pretrain: str, dataset: str, method: MethodSpec, budget: BudgetSpec, seed: int,
                ft: int | None) -> Cell:
         parent = trained(pretrain, arch, seed)
-        # A method at another's widths: its cell runs after that one and reads the widths it kept.
-        same_widths = pruned(pretrain, dataset, bench.method(method.widths), budget, seed, ft) if method.widths else None
+        # A method at another's (or an anchor's) widths: its cell runs after that one and reads the widths it kept.
+        same_widths = widths_of(method.widths, pretrain, dataset, budget, seed, ft) if method.widths else None
         targets = budget_targets(budget.label, budgets[budget.label])
         cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft, method,
                          targets["target_macs"], target_latency=targets["target_latency"])
@@ -190,10 +196,13 @@ def plan_bench(bench: Bench) -> Plan:
         parent = pruned(dataset, dataset, bench.method(bench.scratch.widths), budget, seed, ft)
         cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft,
                          extra_epochs=bench.finetune_epochs)
+        # With train_steps the source's epochs plus that many steps: whole epochs, counted when the data is read.
+        extra = {"extra_steps": bench.train_steps} if bench.train_steps else {}
         key = cell_key(f"scratch-{dataset}-{bench.scratch.widths}-{budget.label}{suffix(seed, ft)}",
-                       {"kind": "scratch", "config": hashed(cfg), "widths": parent.key})
+                       {"kind": "scratch", "config": hashed(cfg), "widths": parent.key, **extra})
         return add(Cell(key, "scratch", cfg, dataset, dataset, seed, arch, bench.scratch.label, budget=budget.label,
-                        finetune_seed=ft, parent=parent, **budget_targets(budget.label, budgets[budget.label])))
+                        finetune_seed=ft, parent=parent, **extra,
+                        **budget_targets(budget.label, budgets[budget.label])))
 
     def anchored(dataset: str, anchor: AnchorSpec, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
         parent = trained(dataset, arch, seed)
@@ -206,6 +215,19 @@ def plan_bench(bench: Bench) -> Plan:
                         "config": hashed(cfg, reads), "parent": parent.key})
         return add(Cell(key, "anchor", cfg, dataset, dataset, seed, arch, anchor.label, anchor=anchor,
                         budget=budget.label, target_macs=budgets[budget.label], finetune_seed=ft, parent=parent))
+
+    def widths_of(label: str, pretrain: str, dataset: str, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
+        anchor = next((a for a in bench.anchors if a.label == label), None)
+        if anchor is None:
+            return pruned(pretrain, dataset, bench.method(label), budget, seed, ft)
+        if pretrain != dataset:
+            raise ConfigError(f"bench key methods: widths: {label} (an anchor) is for in-domain rows; anchors do not "
+                              "run in cross_domain scenarios")
+        return anchored(dataset, anchor, budget, seed, ft)
+
+    def runs(method: MethodSpec, budget: BudgetSpec) -> bool:
+        """Whether this machine can run the method at the budget: at an anchor's widths, only where it runs."""
+        return method.widths not in {a.label for a in bench.anchors} or bool(tp_version and budget.latency is None)
 
     def name(label: str, budget: BudgetSpec) -> str:
         return label if len(budgets) == 1 else f"{label} @ {budget.label}"
@@ -225,13 +247,14 @@ def plan_bench(bench: Bench) -> Plan:
                 cell = dense(dataset, seed, ft)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
             for budget, ft in rounds:
-                for method in bench.methods:
+                for method in (m for m in bench.methods if runs(m, budget)):
                     rows.append(RowSpec("in_domain", name(method.label, budget),
                                         pruned(dataset, dataset, method, budget, seed, ft), dataset))
                 for anchor in bench.anchors if tp_version and budget.latency is None else []:  # MACs budgets only
                     rows.append(RowSpec("in_domain", name(anchor.label, budget),
                                         anchored(dataset, anchor, budget, seed, ft), dataset))
-                if bench.scratch is not None:
+                if bench.scratch is not None and budget.label in [BudgetSpec(b).label for b in
+                                                                  bench.scratch.budgets or [budget.label]]:
                     rows.append(RowSpec("in_domain", name(bench.scratch.label, budget),
                                         from_scratch(dataset, budget, seed, ft), dataset))
         for scenario in bench.cross_domain:
@@ -255,25 +278,30 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
     ``dry_run`` checks the dataset roots and file names only: it neither generates synthetic
     data nor decodes images.
     """
-    seen_data, seen_budgets = set(), set()
+    datasets, seen_budgets = {}, set()
     for cell in plan.cells:
         data = json.dumps(dataclasses.asdict(cell.cfg.data), sort_keys=True)
-        if data not in seen_data:
-            seen_data.add(data)
+        if data not in datasets:
             try:
                 if not dry_run:
-                    prepare_dataset(cell.cfg.data, verbose=verbose)
+                    datasets[data] = prepare_dataset(cell.cfg.data, verbose=verbose)
                 elif cell.cfg.data.dataset != "synthetic":  # generated data is written when the bench runs
-                    parse_dataset(cell.cfg.data)
+                    parsed = parse_dataset(cell.cfg.data)
+                    v = cell.cfg.data
+                    datasets[data] = carve_validation(parsed, v.val_ids, v.val_seed) if v.val_ids else parsed
+                else:
+                    datasets[data] = None
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"bench dataset {cell.dataset}: {exc}") from exc
+        if cell.extra_steps and datasets[data] is not None:
+            stretched(cell.cfg, cell.extra_steps, datasets[data], f"scratch on {cell.dataset}")
         if cell.kind == "prune":
             where = f"bench method {cell.label}"
             try:
                 pruner = pruner_from_config(cell.cfg)
             except (ValueError, NotImplementedError) as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
-            if pruner.requires == "training" and cell.cfg.prune.finetune_epochs < 1:
+            if pruner.requires == "training" and cell.cfg.prune.finetune_epochs < 1 and not cell.cfg.prune.train_steps:
                 raise ConfigError(f"{where}: {cell.method.name} prunes during fine-tuning; "
                                   "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
             model_config = {**model_config_for(cell.cfg, 0), "pretrained": "none"}  # MACs do not count the classifier
@@ -284,3 +312,9 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                     pruner.check(build_model(**model_config))
                 except ValueError as exc:
                     raise ConfigError(f"{where} at budget {cell.budget}: {exc}") from exc
+            budget = cell.cfg.prune.train_steps
+            own = pruner.planned_training_steps(build_model(**model_config)) if budget else None
+            if own is not None and own > budget:
+                raise ConfigError(f"bench key train_steps: {where} trains {own} optimiser steps by itself (between its "
+                                  f"rounds or layers, as planned at budget {cell.budget}), more than train_steps="
+                                  f"{budget}: raise train_steps, or lower the method's finetune_steps option")

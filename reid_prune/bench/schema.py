@@ -23,128 +23,22 @@ import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 from ..backbone import ARCHS
-from ..config import Config, ConfigError, DataConfig, nest, parse_override, read_yaml
+from ..config import Config, ConfigError, DataConfig, parse_override, read_yaml
 from ..config_fields import check_fields, choice, merge, number_range
 from ..pruners import available, get_method
+from .specs import (ANCHORS, AnchorSpec, BaselineSpec, BudgetSpec, CrossDomainSpec, MethodSpec, ScratchSpec,
+                    deep_update)
 
 NOUN = "bench key"
-ANCHORS = {"l1": "Torch-Pruning L1", "taylor": "Torch-Pruning Taylor"}
 
 
 def fail(key: str, message: str) -> None:
     """Raise the bench's error for ``key``."""
     raise ConfigError(f"{NOUN} {key}: {message}")
 
-
-def dotted(values: dict[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}`` (nested mappings are kept as they are)."""
-    nested: dict[str, Any] = {}
-    for path, item in values.items():
-        deep_update(nested, nest(str(path).split("."), item))
-    return nested
-
-
-def deep_update(target: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Merge nested ``values`` into ``target`` in place (mappings key by key); returns ``target``."""
-    for name, value in values.items():
-        if isinstance(value, dict) and isinstance(target.get(name), dict):
-            deep_update(target[name], value)
-        else:
-            target[name] = copy.deepcopy(value)
-    return target
-
-
-@dataclass
-class BaselineSpec:
-    """An architecture trained from the base config; ``set``: dotted config keys for it alone."""
-
-    SHORTHAND: ClassVar[str] = "arch"
-    arch: str = choice("resnet50", *ARCHS)
-    epochs: int | None = number_range(None, 1)  # default: the bench's epochs
-    set: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def overrides(self) -> dict[str, Any]:
-        return dotted(self.set)
-
-
-@dataclass
-class MethodSpec:
-    """A registered pruning method with its display label, options and dotted config keys (``set``); ``widths``:
-    another method's label, whose per-group widths (same dataset, budget and seeds) this one keeps instead of
-    planning its own (``{name: random, widths: HaoLi}`` separates HaoLi's criterion from its allocation)."""
-
-    SHORTHAND: ClassVar[str] = "name"
-    name: str = ""
-    label: str = ""  # default: the method's own label, or "LABEL (WIDTHS widths)"
-    options: dict[str, Any] = field(default_factory=dict)
-    set: dict[str, Any] = field(default_factory=dict)
-    widths: str = ""
-
-    @property
-    def overrides(self) -> dict[str, Any]:
-        return deep_update(dotted(self.set), {"prune": {"options": self.options}})
-
-
-@dataclass
-class BudgetSpec:
-    """A fraction of ``prune_arch``'s MACs kept (or ``match:ARCH``, or ``latency:F``: a fraction of its latency
-    measured on this machine kept), with its own fine-tuning seeds if given."""
-
-    SHORTHAND: ClassVar[str] = "value"
-    value: float | str = "match:resnet18"
-    finetune_seeds: list[int] | None = number_range(None, 0)  # default: the bench's finetune_seeds
-
-    @property
-    def label(self) -> str:
-        return self.value if isinstance(self.value, str) else f"{self.value:g}"
-
-    @property
-    def latency(self) -> float | None:
-        """The F of a ``latency:F`` budget when it is a fraction in (0, 1], else None."""
-        if not isinstance(self.value, str) or not self.value.startswith("latency:"):
-            return None
-        try:
-            value = float(self.value.removeprefix("latency:"))
-        except ValueError:
-            return None
-        return value if 0 < value <= 1 else None
-
-
-@dataclass
-class CrossDomainSpec:
-    """Train on ``source``; prune and fine-tune with source or target data; evaluate on ``target``."""
-
-    source: str = ""
-    target: str = ""
-    methods: list[str] | None = None  # labels of the methods run here (default: all)
-
-
-@dataclass
-class ScratchSpec:
-    """The control of Liu et al. (ICLR 2019): a pruned architecture trained from scratch.
-
-    The widths are those one method's cell reached (same dataset, budget and seeds); the
-    schedule is the baseline's stretched by ``finetune_epochs``, so it trains as many
-    epochs as the source model and its fine-tuning together.
-    """
-
-    SHORTHAND: ClassVar[str] = "widths"
-    widths: str = ""  # label of the method whose widths are trained
-    label: str = ""  # default: "Scratch (LABEL widths)"
-
-
-@dataclass
-class AnchorSpec:
-    """A Torch-Pruning pruner (the ``bench`` extra) at the same budgets, through the same fine-tuning."""
-
-    SHORTHAND: ClassVar[str] = "importance"
-    importance: str = choice("l1", *ANCHORS)
-    last_stage: bool = True  # cut the last stage too (Torch-Pruning's default); false leaves all of it whole
-    label: str = ""  # default: "Torch-Pruning L1" / "Torch-Pruning Taylor"
 
 
 @dataclass
@@ -165,6 +59,9 @@ class Bench:
     methods: list[MethodSpec] = field(default_factory=list)
     budgets: list[BudgetSpec] = field(default_factory=lambda: [BudgetSpec()])
     finetune_epochs: int = number_range(0, 0)
+    # Optimiser steps after the source for every pruned, anchor and dense cell, the method's own training counted
+    # (prune.train_steps); the scratch control trains them on top of the source's epochs. Instead of finetune_epochs.
+    train_steps: int | None = number_range(None, 1)
     seeds: list[int] = number_range([0], 0)  # seeds of the trained baselines
     finetune_seeds: list[int] | None = number_range(None, 0)  # default: a pruned cell uses its baseline's seed
     cross_domain: list[CrossDomainSpec] = field(default_factory=list)
@@ -259,7 +156,9 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
         own = get_method(method.name).label
         method.label = method.label or (f"{own} ({method.widths} widths)" if method.widths else own)
         merge(copy.deepcopy(defaults), method.overrides, f"methods[{i}].set.")
-    _resolve_widths(bench.methods)
+    if bench.train_steps is not None and bench.finetune_epochs:
+        fail("train_steps", f"counts the fine-tuning too: give train_steps or finetune_epochs "
+                            f"({bench.finetune_epochs}), not both")
     _resolve_budgets(bench)
     if not bench.seeds:
         fail("seeds", "give at least one seed of the trained baselines, e.g. [0]")
@@ -277,6 +176,11 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
         bench.scratch.label = bench.scratch.label or f"Scratch ({bench.scratch.widths} widths)"
     for anchor in bench.anchors:
         anchor.label = anchor.label or ANCHORS[anchor.importance]
+    _resolve_widths(bench.methods, [a.label for a in bench.anchors])
+    budget_labels = [b.label for b in bench.budgets]
+    for i, label in enumerate(bench.scratch.budgets or [] if bench.scratch else []):
+        if BudgetSpec(label).label not in budget_labels:
+            fail(f"scratch.budgets[{i}]", f"{label!r} is not a budget of budgets ({', '.join(budget_labels)})")
     every = labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else [])
     _unique(every, "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
     _check_labels(every)
@@ -303,13 +207,13 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
     return bench
 
 
-def _resolve_widths(methods: Sequence[MethodSpec]) -> None:
-    """A method's ``widths`` names another method of the list that plans its own widths."""
-    planners = [m.label for m in methods if not m.widths]
+def _resolve_widths(methods: Sequence[MethodSpec], anchors: Sequence[str]) -> None:
+    """A method's ``widths`` names another method of the list that plans its own widths, or an anchor."""
+    planners = [m.label for m in methods if not m.widths] + list(anchors)
     for i, method in enumerate(methods):
         if method.widths and method.widths not in planners:
             fail(f"methods[{i}].widths", f"{method.widths!r} is not the label of a method that plans its own widths "
-                                         "(one without widths)" + _closest(method.widths, planners))
+                                         "(one without widths) or of an anchor" + _closest(method.widths, planners))
 
 
 def _resolve_budgets(bench: Bench) -> None:

@@ -84,6 +84,8 @@ def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
         row.update({k: round(metrics[k], 2) for k in ("mAP", "rank1", "rank5", "mINP")})
         row.update({f"pruned_{k}": round(pruned[k], 2) if pruned else None for k in ("mAP", "rank1")})
         row.update(prune_seconds=result.get("prune_seconds"), wall_seconds=result["wall_seconds"],
+                   # Steps after the source (the method's own counted; scratch: all of its training), and x MACs kept.
+                   train_steps=result.get("train_steps"), mac_weighted_steps=result.get("mac_weighted_steps"),
                    scored_by=scored["scored_by"], cell=cell.key)
         rows.append(row)
     return rows

@@ -60,6 +60,8 @@ examples:
       --finetune-epochs 6
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
       --target-macs 0.5 --allocation global --finetune-epochs 4
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method molchanov \\
+      --target-macs 0.5 --train-steps 400     # its steps between rounds count: the rest fine-tunes
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm \\
       --target-latency 0.5 --latency-batch-sizes 1 32 --finetune-epochs 4 --output runs/demo/fpgm-lat50
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
@@ -83,8 +85,13 @@ def prune_flags(args: argparse.Namespace) -> list[dict[str, Any]]:
                "prune.target_params": args.target_params, "prune.target_latency": args.target_latency,
                "prune.layer_rates": read_layer_rates(args.layer_rates) if args.layer_rates else None}
     others = {"prune.allocation": args.allocation, "prune.finetune_epochs": args.finetune_epochs,
-              "prune.latency_batch_sizes": args.latency_batch_sizes}
+              "prune.train_steps": args.train_steps, "prune.latency_batch_sizes": args.latency_batch_sizes}
     groups = [method_flags(args), given(others)]
+    # The two lengths exclude each other: the one on the command line replaces the file's other one.
+    if args.train_steps is not None and args.finetune_epochs is None:
+        groups.append({"prune.finetune_epochs": 0})
+    if args.finetune_epochs is not None and args.train_steps is None:
+        groups.append({"prune.train_steps": None})
     if any(v is not None for v in targets.values()):
         # One target on the command line replaces any target the config file set (nulled first, so a
         # mapping from the file is replaced rather than merged).
@@ -156,6 +163,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "eval.latency_batch_sizes, 1 32); with --target-latency only")
     parser.add_argument("--finetune-epochs", type=int_at_least(0), metavar="N",
                          help="epochs of fine-tuning after pruning (default: prune.finetune_epochs, 0)")
+    parser.add_argument("--train-steps", type=int_at_least(1), metavar="N",
+                         help="instead of --finetune-epochs: N optimiser steps after the checkpoint in all, the "
+                              "method's own training (between rounds or layers, or while it prunes) counted and "
+                              "the fine-tuning taking the rest; an equal budget for comparing methods "
+                              "(default: prune.train_steps, none)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="method setting, e.g. --option mode=soft (repeatable)")
     parser.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig
 from ..runtime import Runtime, seed_everything
+from .ledger import TrainingLedger
 from .trainer import Trainer
 
 
@@ -59,19 +60,22 @@ class StepFinetuner:
         model_config: build_model arguments of the model being pruned (stored in checkpoints).
         schedule: the fine-tuning schedule; its ``lr`` is used as a constant for these short runs.
         runtime: the job's device, precision and ranks (default: resolved from ``schedule``).
+        ledger: counts the steps (and stops them past its limit: the job's ``prune.train_steps``).
 
     A new optimiser is made at every call, since surgery replaced the parameters.
     """
 
     def __init__(self, cfg: Config, loader: DataLoader, model_config: dict[str, Any], schedule: TrainConfig, *,
-                 runtime: Runtime | None = None) -> None:
-        self.cfg, self.model_config, self.schedule = cfg, model_config, schedule
+                 runtime: Runtime | None = None, ledger: TrainingLedger | None = None) -> None:
+        self.cfg, self.model_config, self.schedule, self.ledger = cfg, model_config, schedule, ledger
         self.runtime = runtime or Runtime.from_config(schedule)
         self.stream = BatchStream(loader, schedule.seed)
         self.loader = loader
         self.steps_done = 0
 
     def __call__(self, model: nn.Module, steps: int) -> nn.Module:
+        if self.ledger is not None:
+            self.ledger.spend(model, steps, who=f"pruning method {self.cfg.prune.method!r}")
         trainer = Trainer(self.cfg, model, self.model_config, self.loader, train=self.schedule, progress=False,
                           runtime=self.runtime)
         trainer.model.train()

@@ -12,7 +12,7 @@ import math
 from ..config import TrainConfig
 
 
-def lr_at(train: TrainConfig, progress: float, *, base_lr: float | None = None, epochs: int | None = None) -> float:
+def lr_at(train: TrainConfig, progress: float, *, base_lr: float | None = None, epochs: float | None = None) -> float:
     """Learning rate at ``progress`` epochs into training (0-based, fractional within an epoch).
 
     Linear warm-up from ``warmup_factor * lr`` to ``lr`` over ``warmup_epochs``, then

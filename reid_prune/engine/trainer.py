@@ -19,6 +19,7 @@ counted from 1 in ``metrics.jsonl`` and checkpoints (``epoch``: epochs completed
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -75,6 +76,11 @@ def evaluate_with_config(model: nn.Module, cfg: Config, query_loader: DataLoader
                     ap=e.ap, precision=compute.precision, channels_last=compute.channels_last, progress=progress)
 
 
+def batches_per_epoch(loader: DataLoader, train: TrainConfig) -> int:
+    """Optimiser steps in one full epoch: the loader's batches, at most ``train.max_batches`` (when above 0)."""
+    return min(len(loader), train.max_batches) if train.max_batches > 0 else len(loader)
+
+
 class Trainer:
     """Train a re-ID model for ``train.epochs`` epochs.
 
@@ -88,6 +94,9 @@ class Trainer:
         output_dir: run folder (config.yaml, last.pt, best.pt, metrics.jsonl); None writes nothing.
         hooks: pruners or other :class:`TrainerHook` objects.
         train: the schedule to follow; defaults to ``cfg.train`` (fine-tuning passes its own).
+        steps: train exactly this many optimiser steps, not ``train.epochs`` epochs: as many epochs as they
+            need, the last one cut short; the schedule (cosine, milestones) runs over ``steps`` / batches
+            per epoch epochs. An equal training budget counts steps (reid-prune prune, ``prune.train_steps``).
         runtime: device, precision, ranks (:class:`~reid_prune.runtime.Runtime`); default: resolved from ``train``.
     """
 
@@ -105,9 +114,16 @@ class Trainer:
         train: TrainConfig | None = None,
         progress: bool = True,
         runtime: Runtime | None = None,
+        steps: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.train_cfg = train or cfg.train
+        self.steps = steps
+        if steps is not None:
+            if steps < 1:
+                raise ValueError(f"steps: expected 1 or more optimiser steps, got {steps}")
+            epochs = math.ceil(steps / batches_per_epoch(train_loader, self.train_cfg))
+            self.train_cfg = dataclasses.replace(self.train_cfg, epochs=epochs)
         self.model_config = model_config
         self.runtime = runtime or Runtime.from_config(self.train_cfg)
         self.device, self.compute = self.runtime.device, self.runtime.compute
@@ -265,9 +281,11 @@ class Trainer:
         self.train_loader.batch_sampler.set_epoch(epoch)
         self.model.train()
         self.train_model.train()  # its own module tree under SyncBatchNorm (see shared_copy)
-        num_batches = len(self.train_loader)
-        if self.train_cfg.max_batches > 0:
-            num_batches = min(num_batches, self.train_cfg.max_batches)
+        per_epoch = num_batches = batches_per_epoch(self.train_loader, self.train_cfg)
+        # With a step budget the schedule spans steps / per_epoch epochs and the last epoch stops early.
+        length = None if self.steps is None else self.steps / per_epoch
+        if self.steps is not None:
+            num_batches = min(num_batches, self.steps - self.global_step)
         totals: dict[str, float] = {}
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{self.train_cfg.epochs}", disable=not self.progress,
                    leave=False, dynamic_ncols=True)
@@ -276,7 +294,7 @@ class Trainer:
             if step >= num_batches:
                 break
             self.batch = step
-            lr = lr_at(self.train_cfg, epoch + step / num_batches)
+            lr = lr_at(self.train_cfg, epoch + step / per_epoch, epochs=length)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             parts = self.train_step(images, pids)

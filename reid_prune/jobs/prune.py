@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +28,8 @@ from ..config import Config, TrainConfig
 from ..distributed import barrier, is_main_process
 from ..engine import Trainer, evaluate_with_config
 from ..engine.finetune import StepFinetuner
+from ..engine.ledger import TrainingLedger
+from ..engine.trainer import batches_per_epoch
 from ..evaluation.complexity import latency_ratios
 from ..outputs import check_output_dir
 from ..precision import ComputeSettings
@@ -98,8 +101,15 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     :class:`~reid_prune.pruners.Pruner`: ``name``, ``requires`` (``weights`` or ``data``),
     ``prune(model, context)`` and ``summary()``; fine-tuning and the rest follow ``cfg``.
 
+    With ``prune.train_steps`` every optimiser step after the source counts against that budget,
+    the method's own (between rounds or layers, or the training it prunes in) included, and the
+    fine-tuning takes exactly the rest; a method whose own training goes past it stops with an
+    error (:class:`~reid_prune.engine.ledger.BudgetExceededError`).
+
     Returns the report: for each stage (before, pruned, finetuned) mAP, rank-k, mINP,
     params, MACs, FLOPs and latency, plus the method, its target, the seconds spent,
+    ``train_steps`` (optimiser steps after the source, all counted), ``mac_weighted_steps``
+    (each step x the MACs fraction of the model that took it), ``finetune_steps`` (those after the cut),
     ``widths`` (per channel group: channels before, kept, fraction; see
     :func:`~reid_prune.analysis.widths.kept_widths`) and ``widths_plot`` (whether
     ``widths.png`` was drawn: False without matplotlib).
@@ -109,9 +119,10 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         raise FileExistsError(f"{out / 'pruned.pt'} exists; choose another --output")
     runtime = Runtime.from_config(cfg.train)
     pruner = pruner or pruner_from_config(cfg, runtime)  # validates method, rates and options before any work
-    epochs = cfg.prune.finetune_epochs
-    if pruner.requires == "training" and epochs < 1:
-        raise ValueError(f"pruning method {pruner.name!r} prunes during training: give --finetune-epochs N (N >= 1)")
+    epochs, budget = cfg.prune.finetune_epochs, cfg.prune.train_steps
+    if pruner.requires == "training" and epochs < 1 and budget is None:
+        raise ValueError(f"pruning method {pruner.name!r} prunes during training: give --finetune-epochs N (N >= 1) "
+                         "or --train-steps N")
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -122,7 +133,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     pruner.check(compute.place(model).eval())  # an unmeetable target stops here, before the data is read
     dataset = prepare_dataset(cfg.data, verbose=progress)
     classes = ckpt["model_config"].get("num_classes", 0)
-    if cfg.loss.id_weight > 0 and (epochs > 0 or pruner.requires != "weights") and classes != dataset.num_train_pids:
+    trains = epochs > 0 or budget or pruner.requires != "weights"
+    if cfg.loss.id_weight > 0 and trains and classes != dataset.num_train_pids:
         # Fine-tuning on other identities than the model was trained on (another dataset): their classifier.
         warnings.warn(f"the checkpoint's identity classifier has {classes} classes but the training split has "
                       f"{dataset.num_train_pids} identities: fine-tuning starts a new classifier for them",
@@ -138,6 +150,13 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report["scope"] = pruner.scope  # auto resolved
     report.update(method=pruner.name, finetune_epochs=epochs, checkpoint=str(checkpoint))
     report["before"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
+    ledger = TrainingLedger(report["before"]["macs"], (cfg.data.height, cfg.data.width), limit=budget)
+
+    def schedule(steps: int | None) -> TrainConfig:
+        """The fine-tuning schedule of ``steps`` optimiser steps (None: of prune.finetune_epochs epochs)."""
+        if steps is None:
+            return finetune_schedule(cfg, epochs)
+        return finetune_schedule(cfg, math.ceil(steps / batches_per_epoch(train_loader, cfg.train)))
 
     def validate(net: nn.Module) -> dict[str, Any]:
         return evaluate_with_config(net, cfg, val_query, val_gallery, compute=compute, progress=False)
@@ -145,17 +164,19 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     # Between rounds the fine-tuning continues one stream of batches instead of restarting epoch 0.
     context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=compute.device,
                            finetune=StepFinetuner(cfg, train_loader, model_config, finetune_schedule(cfg, 1),
-                                                  runtime=runtime),
+                                                  runtime=runtime, ledger=ledger),
                            evaluate=validate, precision=compute.precision)
     started = time.perf_counter()
     if pruner.requires == "training":
         pruner.context = context  # criteria that read data score on the training split
         # Soft and regularised methods run their schedule inside the fine-tuning epochs.
-        trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[pruner],
-                          train=finetune_schedule(cfg, epochs), progress=progress, runtime=runtime)
+        # The ledger after the pruner: it measures the width after the pruner's cuts of each epoch.
+        trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[pruner, ledger],
+                          train=schedule(budget), progress=progress, runtime=runtime, steps=budget)
         trainer.fit()
         # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
         model = compute.place(pruner.finalize(trainer.model))
+        method_steps = ledger.steps  # it prunes while it trains: all of its training is its own
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
         report["pruned"] = None  # pruned during fine-tuning: only the final state exists
         report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
@@ -163,16 +184,19 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         # Criteria score the model as it runs (placed); place it again after, whatever surgery built.
         model = compute.place(pruner.prune(compute.place(model).eval(), context))
         report["prune_seconds"] = round(time.perf_counter() - started, 3)
+        method_steps = ledger.steps  # between its rounds or layers
         report["pruned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
-        if epochs > 0:
-            trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery,
-                              train=finetune_schedule(cfg, epochs), progress=progress, runtime=runtime)
+        rest = None if budget is None else ledger.left  # the budget's steps the method did not take itself
+        if epochs > 0 or rest:
+            trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[ledger],
+                              train=schedule(rest), progress=progress, runtime=runtime, steps=rest)
             trainer.fit()
             model = trainer.model
             report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
         else:
             report["finetuned"] = None
     report.update(pruner.summary())
+    report.update(ledger.summary(), method_train_steps=method_steps, finetune_steps=ledger.steps - method_steps)
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     if is_main_process():
         unpruned = model_from_checkpoint(ckpt)

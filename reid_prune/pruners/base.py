@@ -212,6 +212,18 @@ class Pruner(TrainerHook):
             self.allocation.keep_counts(groups, self.target, full_cost, min_channels=self.min_channels,
                                         round_to=self.round_to)
 
+    def planned_training_steps(self, model: nn.Module) -> int | None:
+        """Optimiser steps the method trains by itself while it prunes ``model`` outside training (between its
+        rounds or layers; :meth:`Schedule.planned_steps <.schedules.base.Schedule.planned_steps>`), planned on its
+        architecture; None for a method that prunes during training, whose training is the fine-tuning.
+        Leaves the pruner as it was."""
+        if self.requires == "training":
+            return None
+        try:
+            return self.schedule.planned_steps(self, model)
+        finally:
+            self.session, self.keep_counts = None, {}
+
     def final_counts(self, model: nn.Module) -> dict[str, int]:
         """The keep counts at the end of the schedule, fixed now: from the scores when the allocation ranks them.
 

@@ -45,6 +45,10 @@ class PruneConfig:
     min_channels: int = number_range(1, 1)
     round_to: int = number_range(1, 1)
     finetune_epochs: int = number_range(0, 0)
+    # Optimiser steps after the source in all, the method's own training counted (its steps between rounds or
+    # layers; for methods that prune while training, that training); fine-tuning takes the rest. Instead of
+    # finetune_epochs: an equal training budget for every method (docs/bench.md, "Protocol v2").
+    train_steps: int | None = tagged(number_range(None, 1), "later")
     finetune_lr: float | None = number_range(None, 0, low_open=True)  # while fine-tuning (default: train.lr / 10)
     data_batches: int = number_range(8, 1)  # training batches used by data-driven criteria
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
@@ -77,5 +81,8 @@ def check_prune(p: PruneConfig) -> None:
     for key in ("latency_batch_sizes", "latency_threads"):
         require(getattr(p, key) is None or p.target_latency is not None, f"prune.{key}",
                 "applies to a latency target only: set prune.target_latency (--target-latency), or leave it unset")
+    require(p.train_steps is None or p.finetune_epochs == 0, "prune.train_steps",
+            f"counts all the training after the source, fine-tuning included: leave prune.finetune_epochs at 0 "
+            f"(it is {p.finetune_epochs}), or give prune.finetune_epochs alone")
     require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
             f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")

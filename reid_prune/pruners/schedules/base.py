@@ -45,6 +45,12 @@ class Schedule:
     def run(self, pruner: Pruner, model: nn.Module, context: PruneContext) -> nn.Module:
         raise NotImplementedError
 
+    def planned_steps(self, pruner: Pruner, model: nn.Module) -> int:
+        """Optimiser steps this schedule trains by itself (through ``context.finetune``) when it prunes
+        ``model``, as planned before any score: the part of an equal training budget it spends. None here;
+        a schedule that prunes during training spends the fine-tuning itself."""
+        return 0
+
     def on_train_start(self, pruner: Pruner, loop: TrainingLoop) -> None:
         pass
 

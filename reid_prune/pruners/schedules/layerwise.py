@@ -76,5 +76,14 @@ class LayerWise(Schedule):
                 self.steps_trained += steps
         return model.train(was_training)
 
+    def planned_steps(self, pruner: Pruner, model: nn.Module) -> int:
+        """``finetune_steps`` after each unit with a cut but the last: exact for widths fixed before any score;
+        with an allocation that reads scores, every group of the scope counts as cut (an upper bound)."""
+        pruner.setup(model)
+        counts = pruner.keep_counts
+        cut = [g for g in pruner.session.groups if not counts or counts[g.name] < g.channels]
+        key = block_of if self.unit == "block" else (lambda g: g.name)
+        return self.finetune_steps * max(len([k for k, _ in itertools.groupby(cut, key=key)]) - 1, 0)
+
     def summary(self, pruner: Pruner) -> dict[str, Any]:
         return {"units_pruned": self.units_pruned, "finetune_steps_between_units": self.steps_trained}
