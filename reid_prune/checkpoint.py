@@ -154,6 +154,25 @@ def model_with_new_classifier(ckpt: dict[str, Any], num_classes: int, seed: int)
     return model
 
 
+def replace_classifier(model: nn.Module, num_classes: int, seed: int) -> nn.Module:
+    """``model`` (pruned or not) with a new identity classifier of ``num_classes``, for another dataset's identities.
+
+    The classifier takes the model's current feature width and is initialised as a new model's
+    (normal, std 0.001, no bias) from ``seed`` alone; every other weight is kept. In place, on the
+    classifier's device and dtype; ``model.build_config`` is a new dict with the new ``num_classes``.
+    Returns ``model``.
+    """
+    old = model.classifier
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.empty(num_classes, old.in_features).normal_(0.0, 0.001, generator=generator)
+    new = nn.Linear(old.in_features, num_classes, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+    model.classifier = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    model.build_config = {**model.build_config, "num_classes": num_classes}
+    return model
+
+
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Load a model saved by reid-prune, pruned or not, in eval mode on the CPU."""
     return model_from_checkpoint(read_checkpoint(path)).eval()

@@ -160,9 +160,11 @@ def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dic
     barrier()
     start = cell_checkpoint(cell.parent, cells_dir / cell.parent.key)
     started = time.perf_counter()
-    if cell.dataset != cell.pretrain and cell.cfg.loss.id_weight > 0:
-        # Fine-tuning on other people: the identity loss needs a classifier over the new identities.
-        num_classes = prepare_dataset(cell.cfg.data, verbose=False).num_train_pids
+    if (cell.prune_on or cell.dataset) != cell.pretrain and cell.cfg.loss.id_weight > 0:
+        # Pruning (or, with its fine-tuning data, fine-tuning) on other people: the identity loss needs a classifier
+        # over the new identities. Pruned with other data, the prune job gives the fine-tuning its own classifier.
+        data = cell.prune_data if cell.prune_data is not None else cell.cfg.data
+        num_classes = prepare_dataset(data, verbose=False).num_train_pids
         start = _with_new_classifier(start, num_classes, cell.seed, folder / "start.pt")
     anchor = None
     if cell.kind == "anchor":
@@ -170,7 +172,7 @@ def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dic
                                     input_size=(cell.cfg.data.height, cell.cfg.data.width),
                                     round_to=cell.cfg.prune.round_to, last_stage=cell.anchor.last_stage)
     cfg = at_same_widths(cell, cells_dir) if cell.same_widths is not None else cell.cfg
-    report = prune_checkpoint(cfg, start, output=folder, progress=progress, pruner=anchor)
+    report = prune_checkpoint(cfg, start, output=folder, progress=progress, pruner=anchor, prune_data=cell.prune_data)
     if cell.same_widths is not None and is_main_process():
         _check_same_widths(report, cells_dir / cell.same_widths.key, cell)
     if not is_main_process():

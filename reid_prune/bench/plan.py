@@ -10,15 +10,16 @@ import dataclasses
 import importlib.util
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from ..backbone import build_model
-from ..config import Config, ConfigError, validate
+from ..config import Config, ConfigError, DataConfig, validate
 from ..config_fields import merge
 from ..evaluation import complexity
 from ..jobs.prune import pruner_from_config
 from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset
 from ..data.validation import carve_validation
-from .configs import finetune_seeds_of, run_config, stretched
+from .configs import data_config, finetune_seeds_of, run_config, stretched
 from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
 from .schema import Bench
 from .specs import AnchorSpec, BudgetSpec, MethodSpec
@@ -54,6 +55,13 @@ class Cell:
     target_latency: float | None = None
     same_widths: Cell | None = None  # a pruned cell whose per-group widths this one keeps (MethodSpec.widths)
     extra_steps: int = 0  # scratch: optimiser steps trained on top of cfg.train.epochs (the bench's train_steps)
+    prune_on: str = ""  # a pruned cell's pruning data when it is not its fine-tuning data (cross_domain prune_data)
+    prune_data: DataConfig | None = None  # that data's section, passed to the prune job
+
+    @property
+    def pruned_on(self) -> str:
+        """The data a pruned or anchor cell's pruning read ("" for the other kinds): results.csv's prune_data."""
+        return self.prune_on or (self.dataset if self.kind in ("prune", "anchor") else "")
 
     @property
     def target(self) -> str:
@@ -68,18 +76,19 @@ class Cell:
         if self.kind == "train":
             return f"train {self.arch} on {self.dataset} ({seeds})"
         steps = self.cfg.prune.train_steps
+        source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
         if self.kind == "dense":
             length = f"{steps} steps" if steps else f"{self.cfg.prune.finetune_epochs} epochs"
-            return f"fine-tune {self.arch} unpruned on {self.dataset}, {length} ({seeds})"
+            return f"fine-tune {source}{self.arch} unpruned on {self.dataset}, {length} ({seeds})"
         if self.kind == "scratch":
             more = f" + {self.extra_steps} steps" if self.extra_steps else ""
             return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
                     f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs{more} ({seeds})")
-        source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
+        on = f" on {self.prune_on}'s data" if self.prune_on else ""
         if self.same_widths is not None:
-            return (f"prune {source}{self.arch} with {self.method.name} at {self.same_widths.label}'s widths "
+            return (f"prune {source}{self.arch} with {self.method.name}{on} at {self.same_widths.label}'s widths "
                     f"({self.target}), fine-tune on {self.dataset} ({seeds})")
-        return (f"prune {source}{self.arch} with {self.label} to {self.target}, "
+        return (f"prune {source}{self.arch} with {self.label}{on} to {self.target}, "
                 f"fine-tune on {self.dataset} ({seeds})")
 
 
@@ -109,6 +118,17 @@ def budget_targets(label: str, value: float) -> dict[str, float | None]:
 
 def describe_budget(label: str, value: float, arch: str) -> str:
     return f"{label} = {value:.3f} of {arch}'s {'measured latency' if label.startswith('latency:') else 'MACs'} kept"
+
+
+def adaptation(group: dict[str, Any], source: str) -> str:
+    """What a cross-domain row's model went through after training on ``source``, in words (results.md)."""
+    if not group["finetune"]:
+        return f"no pruning, no fine-tuning (trained on {source})"
+    if group["kind"] == "dense":
+        return f"not pruned, fine-tuned on {group['finetune']}"
+    if group.get("prune_data") not in ("", None, group["finetune"]):
+        return f"pruned on {group['prune_data']}, fine-tuned on {group['finetune']}"
+    return f"pruned and fine-tuned on {group['finetune']}"
 
 
 def resolve_budgets(bench: Bench) -> dict[str, float]:
@@ -166,30 +186,49 @@ def plan_bench(bench: Bench) -> Plan:
         key = cell_key(f"train-{dataset}-{arch_}-s{seed}", {"kind": "train", "config": hashed(cfg)})
         return add(Cell(key, "train", cfg, dataset, dataset, seed, arch_, arch_.replace("resnet", "ResNet")))
 
+    def reads_data(method: MethodSpec, budget: BudgetSpec) -> bool:
+        """Whether the method's pruning reads data (scores batches): it can prune with other data than it
+        fine-tunes with. Weight criteria and methods that prune while they fine-tune cannot."""
+        targets = budget_targets(budget.label, budgets[budget.label])
+        cfg = run_config(bench, bench.cross_domain[0].source, bench.baseline(arch), bench.seeds[0], method,
+                         targets["target_macs"], target_latency=targets["target_latency"])
+        try:
+            return pruner_from_config(cfg).requires == "data"
+        except (ValueError, NotImplementedError) as exc:
+            raise ConfigError(f"bench method {method.label}: {exc}") from exc
+
     def pruned(pretrain: str, dataset: str, method: MethodSpec, budget: BudgetSpec, seed: int,
-               ft: int | None) -> Cell:
+               ft: int | None, prune_on: str = "") -> Cell:
         parent = trained(pretrain, arch, seed)
+        prune_on = "" if prune_on == dataset else prune_on  # "": pruned with its fine-tuning data
         # A method at another's (or an anchor's) widths: its cell runs after that one and reads the widths it kept.
-        same_widths = widths_of(method.widths, pretrain, dataset, budget, seed, ft) if method.widths else None
+        same_widths = (widths_of(method.widths, pretrain, dataset, budget, seed, ft, prune_on) if method.widths
+                       else None)
         targets = budget_targets(budget.label, budgets[budget.label])
         cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft, method,
                          targets["target_macs"], target_latency=targets["target_latency"])
         reads = reads_evaluation(cfg, f"bench method {method.label}")
         source = f"{pretrain}-to-" if pretrain != dataset else ""
-        key = cell_key(f"prune-{source}{dataset}-{method.label}-{budget.label}{suffix(seed, ft)}",
+        # Pruned with other data than its fine-tuning data (a cross_domain prune_data): that data is in its key.
+        prune_data = data_config(bench, prune_on) if prune_on else None
+        other = {"prune_data": hashed(dataclasses.replace(cfg, data=prune_data))["data"]} if prune_on else {}
+        on = f"pruned-on-{prune_on}-" if prune_on else ""
+        key = cell_key(f"prune-{source}{dataset}-{on}{method.label}-{budget.label}{suffix(seed, ft)}",
                        {"kind": "prune", "config": hashed(cfg, reads), "parent": parent.key, "rules": PRUNING_RULES,
-                        **({"widths": same_widths.key} if same_widths else {})})
+                        **({"widths": same_widths.key} if same_widths else {}), **other})
         return add(Cell(key, "prune", cfg, dataset, pretrain, seed, arch, method.label, method=method,
-                        budget=budget.label, finetune_seed=ft, parent=parent, same_widths=same_widths, **targets))
+                        budget=budget.label, finetune_seed=ft, parent=parent, same_widths=same_widths,
+                        prune_on=prune_on, prune_data=prune_data, **targets))
 
-    def dense(dataset: str, seed: int, ft: int | None) -> Cell:
-        parent = trained(dataset, arch, seed)
+    def dense(pretrain: str, dataset: str, seed: int, ft: int | None) -> Cell:
+        parent = trained(pretrain, arch, seed)
         # The prune job with nothing cut (rate 0 keeps every channel): the same fine-tuning, on the unpruned model.
         cfg = run_config(bench, dataset, bench.baseline(arch), seed if ft is None else ft, target_macs=1.0)
         merge(cfg, {"prune": {"target_macs": None, "rate": 0.0, "method": "haoli", "scope": "internal"}})
-        key = cell_key(f"dense-{dataset}{suffix(seed, ft)}", {"kind": "dense", "config": hashed(validate(cfg)),
-                                                               "parent": parent.key})
-        return add(Cell(key, "dense", cfg, dataset, dataset, seed, arch, DENSE, finetune_seed=ft, parent=parent,
+        source = f"{pretrain}-to-" if pretrain != dataset else ""
+        key = cell_key(f"dense-{source}{dataset}{suffix(seed, ft)}", {"kind": "dense", "config": hashed(validate(cfg)),
+                                                                       "parent": parent.key})
+        return add(Cell(key, "dense", cfg, dataset, pretrain, seed, arch, DENSE, finetune_seed=ft, parent=parent,
                         target_macs=1.0))
 
     def from_scratch(dataset: str, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
@@ -216,10 +255,13 @@ def plan_bench(bench: Bench) -> Plan:
         return add(Cell(key, "anchor", cfg, dataset, dataset, seed, arch, anchor.label, anchor=anchor,
                         budget=budget.label, target_macs=budgets[budget.label], finetune_seed=ft, parent=parent))
 
-    def widths_of(label: str, pretrain: str, dataset: str, budget: BudgetSpec, seed: int, ft: int | None) -> Cell:
+    def widths_of(label: str, pretrain: str, dataset: str, budget: BudgetSpec, seed: int, ft: int | None,
+                  prune_on: str = "") -> Cell:
         anchor = next((a for a in bench.anchors if a.label == label), None)
-        if anchor is None:
-            return pruned(pretrain, dataset, bench.method(label), budget, seed, ft)
+        if anchor is None:  # the widths of that method pruned with the same data, where its pruning reads data
+            reference = bench.method(label)
+            on = prune_on if prune_on and reads_data(reference, budget) else ""
+            return pruned(pretrain, dataset, reference, budget, seed, ft, on)
         if pretrain != dataset:
             raise ConfigError(f"bench key methods: widths: {label} (an anchor) is for in-domain rows; anchors do not "
                               "run in cross_domain scenarios")
@@ -244,7 +286,7 @@ def plan_bench(bench: Bench) -> Plan:
                 cell = trained(dataset, baseline.arch, seed)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
             for ft in dict.fromkeys(ft for _, ft in rounds) if bench.dense else ():  # each fine-tuning seed once
-                cell = dense(dataset, seed, ft)
+                cell = dense(dataset, dataset, seed, ft)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
             for budget, ft in rounds:
                 for method in (m for m in bench.methods if runs(m, budget)):
@@ -257,15 +299,30 @@ def plan_bench(bench: Bench) -> Plan:
                                                                   bench.scratch.budgets or [budget.label]]:
                     rows.append(RowSpec("in_domain", name(bench.scratch.label, budget),
                                         from_scratch(dataset, budget, seed, ft), dataset))
-        for scenario in bench.cross_domain:
+        for i, scenario in enumerate(bench.cross_domain):
             a, b = scenario.source, scenario.target
+            sides = [{"source": a, "target": b}[side] for side in scenario.prune_data or []]
+            sizes = {(d.height, d.width) for d in (data_config(bench, a), data_config(bench, b))}
+            if sides and len(sizes) > 1:
+                raise ConfigError(f"bench key cross_domain[{i}].prune_data: {a} and {b} have other input sizes "
+                                  "(data.height, data.width); a model pruned with one and fine-tuned with the "
+                                  "other needs one size (set input_size)")
             cell = trained(a, arch, seed)
             rows.append(RowSpec("cross_domain", cell.label, cell, b))
+            # The dense reference: the source fine-tuned unpruned on the target, with each fine-tuning seed once.
+            for ft in dict.fromkeys(ft for _, ft in rounds) if bench.dense or sides else ():
+                cell = dense(a, b, seed, ft)
+                rows.append(RowSpec("cross_domain", cell.label, cell, b))
             for budget, ft in rounds:
                 for method in (m for m in bench.methods if m.label in scenario.methods):
+                    # prune_data: each pruning data with each fine-tuning data, for a method whose pruning reads data.
+                    on = sides if sides and reads_data(method, budget) else None
                     for finetune in (a, b):
-                        rows.append(RowSpec("cross_domain", name(method.label, budget),
-                                            pruned(a, finetune, method, budget, seed, ft), b))
+                        for prune_on in on or [finetune]:
+                            cell = pruned(a, finetune, method, budget, seed, ft, prune_on)
+                            label = (f"{method.label} (pruned on {prune_on}, fine-tuned on {finetune})"
+                                     if cell.prune_on else method.label)
+                            rows.append(RowSpec("cross_domain", name(label, budget), cell, b))
     return Plan(list(cells.values()), rows, budgets, notes)
 
 

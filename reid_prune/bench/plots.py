@@ -33,9 +33,12 @@ def _colours(labels: list[str]) -> dict[str, Any]:
 
 
 def _display(record: dict[str, Any]) -> str:
-    """A row's or group's label, with the fine-tuning data in cross-domain tables."""
-    return record["label"] if record["scenario"] == "in_domain" else (
-        f"{record['label']}, fine-tuned on {record['finetune']}")
+    """A row's or group's label, with the fine-tuning data in cross-domain tables (and the pruning data, when other)."""
+    if record["scenario"] == "in_domain":
+        return record["label"]
+    pruned_on = record.get("prune_data") not in ("", None, record["finetune"])
+    return f"{record['label']}, " + (f"pruned on {record['prune_data']}, " if pruned_on else "") + (
+        f"fine-tuned on {record['finetune']}")
 
 
 def _by_label(groups: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

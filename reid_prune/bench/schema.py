@@ -199,6 +199,15 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
             if label not in labels:
                 fail(f"cross_domain[{i}].methods[{j}]",
                      f"{label!r} is not the label of a method in methods ({', '.join(labels)})")
+        if scenario.prune_data == []:
+            fail(f"cross_domain[{i}].prune_data", "give source, target or both ([source, target]: the 2 x 2), or "
+                                                  "leave the key out to prune each cell with its fine-tuning data")
+        for j, side in enumerate(scenario.prune_data or []):
+            if side not in ("source", "target"):
+                fail(f"cross_domain[{i}].prune_data[{j}]", f"expected source or target (the scenario's sides, "
+                                                           f"here {scenario.source} and {scenario.target}), got "
+                                                           f"{side!r}" + _closest(side, ("source", "target")))
+        _unique(scenario.prune_data or [], f"cross_domain[{i}].prune_data", "sides")
     if not bench.compare and not bench.cross_domain:
         fail("compare", "nothing to run: compare lists no dataset and there is no cross_domain scenario")
 

@@ -94,11 +94,17 @@ class BudgetSpec:
 
 @dataclass
 class CrossDomainSpec:
-    """Train on ``source``; prune and fine-tune with source or target data; evaluate on ``target``."""
+    """Train on ``source``; prune and fine-tune with source or target data; evaluate on ``target``.
+
+    ``prune_data`` (``source``, ``target`` or both): the data the methods whose pruning reads data prune
+    with, each with either fine-tuning data (``[source, target]``: the 2 x 2), beside the dense source
+    fine-tuned on the target. Default: each cell prunes with its fine-tuning data (two cells per method).
+    """
 
     source: str = ""
     target: str = ""
     methods: list[str] | None = None  # labels of the methods run here (default: all)
+    prune_data: list[str] | None = None  # source and/or target (default: the fine-tuning data)
 
 
 @dataclass

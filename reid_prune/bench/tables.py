@@ -23,7 +23,7 @@ from .cells import write_json
 from .configs import finetune_seeds_of, latency_batch_sizes
 from .latency import compute_text, latency_compute, threads_text
 from .keys import eval_settings
-from .plan import Cell, Plan, describe_budget
+from .plan import Cell, Plan, adaptation, describe_budget
 from .plots import PLOT_NOTE, curve_plot, pareto_plot, widths_plot
 from .schema import Bench
 from .stats import Paired, holm_family, paired_difference
@@ -76,6 +76,7 @@ def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
             "same_widths_as": cell.same_widths.label if cell.same_widths is not None else "",
             "target_latency": cell.target_latency,
             "pretrain": cell.pretrain, "finetune": "" if cell.kind == "train" else cell.dataset,
+            "prune_data": cell.pruned_on,  # the data a pruned or anchor model's pruning read
             "dataset": spec.dataset, "seed": cell.seed, "finetune_seed": cell.finetune_seed,
             "params": result["params"], "macs": result["macs"],
             "macs_kept": round(result["macs"] / reference["macs"], 4) if reference else None,
@@ -117,7 +118,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = runs[0]
         group = {"scenario": scenario, "dataset": dataset, "pretrain": pretrain, "finetune": finetune, "name": name,
                  "label": first["label"], "kind": first["kind"], "method": first["method"], "budget": first["budget"],
-                 "same_widths_as": first.get("same_widths_as", ""),
+                 "same_widths_as": first.get("same_widths_as", ""), "prune_data": first.get("prune_data", ""),
                  "n": len(runs), "seeds": [[r["seed"], r["finetune_seed"]] for r in runs]}
         for key in SCORES:
             group[key], group[f"{key}_std"] = mean_std([r[key] for r in runs])
@@ -342,12 +343,12 @@ def markdown_report(bench: Bench, plan: Plan, rows: list[dict[str, Any]], groups
             lines += _families_of(contrast, "{dataset}", scenario="in_domain", dataset=dataset)
     for scenario in bench.cross_domain:
         a, b = scenario.source, scenario.target
-        table = [[g["name"], f"pruned and fine-tuned on {g['finetune']}" if g["finetune"]
-                  else f"no pruning, no fine-tuning (trained on {a})", *_cells(g, latency_key)]
-                 for g in groups if g["scenario"] == "cross_domain" and g["pretrain"] == a and g["dataset"] == b]
+        members = [g for g in groups if g["scenario"] == "cross_domain" and g["pretrain"] == a and g["dataset"] == b]
+        near = ["vs Dense (mAP)"] if any(g["kind"] == "dense" for g in members) else []  # the scenario's own Dense
+        table = [[g["name"], adaptation(g, a), *_cells(g, latency_key)] + [g["vs_dense"]] * len(near) for g in members]
         if table:
             lines += [f"## Cross-domain: trained on {a}, evaluated on {b}", "",
-                      _table(["Networks", "adaptation", *costs], table, 2), ""]
+                      _table(["Networks", "adaptation", *costs, *near], table, 2), ""]
             lines += _families_of(contrast, "Fine-tuned on {finetune}", scenario="cross_domain", pretrain=a,
                                   dataset=b)
     hours = sum({r["cell"]: r["wall_seconds"] for r in rows}.values()) / 3600

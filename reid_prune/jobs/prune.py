@@ -23,8 +23,8 @@ from torch import nn
 
 from ..analysis.widths import kept_widths, plot_widths
 from ..checkpoint import (model_from_checkpoint, model_with_new_classifier, module_widths, read_checkpoint,
-                          remove_stale_temporaries, save_checkpoint)
-from ..config import Config, TrainConfig
+                          remove_stale_temporaries, replace_classifier, save_checkpoint)
+from ..config import Config, DataConfig, TrainConfig
 from ..distributed import barrier, is_main_process
 from ..engine import Trainer, evaluate_with_config
 from ..engine.finetune import StepFinetuner
@@ -92,8 +92,26 @@ def finetune_schedule(cfg: Config, epochs: int) -> TrainConfig:
                                eval_every=max(epochs, 1))
 
 
+def check_prune_data(cfg: Config, prune_data: DataConfig, pruner: Any, model: nn.Module) -> None:
+    """Raise when pruning data other than ``cfg.data`` cannot serve ``pruner`` on ``model`` (see prune_checkpoint)."""
+    where = f"prune_data ({prune_data.dataset} data)"
+    if pruner.requires == "training":
+        raise ValueError(f"{where}: pruning method {pruner.name!r} prunes during training, and that training is the "
+                         "fine-tuning on the fine-tuning data: it has no pruning of its own to give other data to; "
+                         "leave prune_data out")
+    own_steps = getattr(pruner, "planned_training_steps", None)  # another library's pruner trains nothing itself
+    if pruner.requires == "weights" and not (own_steps and own_steps(model)):
+        raise ValueError(f"{where}: pruning method {pruner.name!r} reads no data while it prunes (its criterion "
+                         "scores weights and it trains nothing between rounds or layers): prune_data would change "
+                         "nothing; leave it out")
+    if (prune_data.height, prune_data.width) != (cfg.data.height, cfg.data.width):
+        raise ValueError(f"{where}: images of {prune_data.height}x{prune_data.width}, but the model is pruned and "
+                         f"fine-tuned at {cfg.data.height}x{cfg.data.width} (data.height, data.width): give both "
+                         "the same input size")
+
+
 def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path, progress: bool = True,
-                     pruner: Any = None) -> dict[str, Any]:
+                     pruner: Any = None, prune_data: DataConfig | None = None) -> dict[str, Any]:
     """Prune ``checkpoint`` as ``cfg.prune`` says; write ``pruned.pt``, ``widths.png`` and ``report.json`` in ``output``.
 
     ``pruner``: cut with this object instead of the configured method, e.g. another library's
@@ -106,13 +124,24 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     fine-tuning takes exactly the rest; a method whose own training goes past it stops with an
     error (:class:`~reid_prune.engine.ledger.BudgetExceededError`).
 
+    ``prune_data``: the data the method's pruning reads, when other than ``cfg.data`` (which stays the
+    fine-tuning and evaluation data): its training split feeds the criterion's batches and the
+    method's own training between its rounds or layers. With the identity loss the model gets a
+    classifier over those identities first when the checkpoint's has another size, and, before the
+    fine-tuning, a new one over ``cfg.data``'s when the pruning data's training images are others
+    (seeded by ``train.seed``; the pruned network kept). Refused (ValueError) for a method that prunes
+    during training (its pruning is the fine-tuning), for a weight criterion that trains nothing of its
+    own (it reads no data: prune_data would change nothing), and for another input size. Equal to
+    ``cfg.data`` (or None), the job is the one without it.
+
     Returns the report: for each stage (before, pruned, finetuned) mAP, rank-k, mINP,
     params, MACs, FLOPs and latency, plus the method, its target, the seconds spent,
     ``train_steps`` (optimiser steps after the source, all counted), ``mac_weighted_steps``
     (each step x the MACs fraction of the model that took it), ``finetune_steps`` (those after the cut),
     ``widths`` (per channel group: channels before, kept, fraction; see
-    :func:`~reid_prune.analysis.widths.kept_widths`) and ``widths_plot`` (whether
-    ``widths.png`` was drawn: False without matplotlib).
+    :func:`~reid_prune.analysis.widths.kept_widths`), ``widths_plot`` (whether
+    ``widths.png`` was drawn: False without matplotlib) and ``prune_data`` (the name of the pruning
+    data's dataset; None without prune_data).
     """
     out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
@@ -131,24 +160,33 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     original_widths = module_widths(model)
     compute = runtime.compute
     pruner.check(compute.place(model).eval())  # an unmeetable target stops here, before the data is read
+    separate = prune_data is not None and prune_data != cfg.data
+    if separate:
+        check_prune_data(cfg, prune_data, pruner, model)
     dataset = prepare_dataset(cfg.data, verbose=progress)
+    # The data the pruning reads: its identities are those of the first classifier.
+    prune_dataset = prepare_dataset(prune_data, verbose=progress) if separate else dataset
     classes = ckpt["model_config"].get("num_classes", 0)
     trains = epochs > 0 or budget or pruner.requires != "weights"
-    if cfg.loss.id_weight > 0 and trains and classes != dataset.num_train_pids:
-        # Fine-tuning on other identities than the model was trained on (another dataset): their classifier.
-        warnings.warn(f"the checkpoint's identity classifier has {classes} classes but the training split has "
-                      f"{dataset.num_train_pids} identities: fine-tuning starts a new classifier for them",
-                      UserWarning, stacklevel=2)
-        model = model_with_new_classifier(ckpt, dataset.num_train_pids, cfg.train.seed)
+    if cfg.loss.id_weight > 0 and trains and classes != prune_dataset.num_train_pids:
+        # Training on other identities than the model was trained on (another dataset): their classifier.
+        split = "the pruning data's training split" if separate else "the training split"
+        warnings.warn(f"the checkpoint's identity classifier has {classes} classes but {split} has "
+                      f"{prune_dataset.num_train_pids} identities: {'pruning' if separate else 'fine-tuning'} "
+                      "starts a new classifier for them", UserWarning, stacklevel=2)
+        model = model_with_new_classifier(ckpt, prune_dataset.num_train_pids, cfg.train.seed)
         model.set_retrieval_feature(cfg.model.retrieval_feature)
         model_config = model.build_config
     query, gallery = make_eval_loaders(cfg, dataset)  # the reports' stages: scored, never read by a decision
     # What every decision reads (AFP+PRC's controller, fine-tuning's evaluation): the validation split if any.
     val_query, val_gallery = decision_loaders(cfg, dataset) if dataset.val_query else (query, gallery)
     train_loader = make_train_loader(cfg, dataset, runtime)
+    prune_cfg = dataclasses.replace(cfg, data=prune_data) if separate else cfg
+    prune_loader = make_train_loader(prune_cfg, prune_dataset, runtime) if separate else train_loader
     report: dict[str, Any] = {key: getattr(cfg.prune, key) for key in TARGET_KEYS}
     report["scope"] = pruner.scope  # auto resolved
-    report.update(method=pruner.name, finetune_epochs=epochs, checkpoint=str(checkpoint))
+    report.update(method=pruner.name, finetune_epochs=epochs, checkpoint=str(checkpoint),
+                  prune_data=prune_dataset.name if prune_data is not None else None)
     report["before"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
     ledger = TrainingLedger(report["before"]["macs"], (cfg.data.height, cfg.data.width), limit=budget)
 
@@ -162,8 +200,9 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         return evaluate_with_config(net, cfg, val_query, val_gallery, compute=compute, progress=False)
 
     # Between rounds the fine-tuning continues one stream of batches instead of restarting epoch 0.
-    context = PruneContext(data=train_loader, num_batches=cfg.prune.data_batches, device=compute.device,
-                           finetune=StepFinetuner(cfg, train_loader, model_config, finetune_schedule(cfg, 1),
+    # The method's decisions and its own training read the pruning data (the fine-tuning data without prune_data).
+    context = PruneContext(data=prune_loader, num_batches=cfg.prune.data_batches, device=compute.device,
+                           finetune=StepFinetuner(prune_cfg, prune_loader, model_config, finetune_schedule(cfg, 1),
                                                   runtime=runtime, ledger=ledger),
                            evaluate=validate, precision=compute.precision)
     started = time.perf_counter()
@@ -188,6 +227,11 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         report["pruned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
         rest = None if budget is None else ledger.left  # the budget's steps the method did not take itself
         if epochs > 0 or rest:
+            if separate and cfg.loss.id_weight > 0 and (prune_dataset.train != dataset.train
+                                                        or model.classifier.out_features != dataset.num_train_pids):
+                # Pruned with other people's images: the fine-tuning's identities get a classifier of their own.
+                model = replace_classifier(model, dataset.num_train_pids, cfg.train.seed)
+                model_config = model.build_config
             trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[ledger],
                               train=schedule(rest), progress=progress, runtime=runtime, steps=rest)
             trainer.fit()
