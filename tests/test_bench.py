@@ -125,7 +125,7 @@ def test_end_to_end_resume_cache_and_cross_domain(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     md = (out / "results.md").read_text()
     # Latency names its setting: the base config's precision on the CPU (auto here) and channels-last.
-    assert ("| Networks | MACs kept | Parameters (M) | GMACs | CPU ms/image (batch 1, 1 thread, "
+    assert ("| Networks | MACs kept | Parameters (M) | GMACs | CPU latency / source (batch 1, 1 thread, "
             f"{resolve_precision('auto', 'cpu')}, channels_last) | prune s | n | mAP | R-1 | mINP |") in md
     assert "## In-domain: synthetic_a" in md
     for line in ("| ResNet50 |", "| ResNet18 |", "| HaoLi |", "| FPGM |",

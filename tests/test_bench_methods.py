@@ -23,7 +23,7 @@ import torch
 from reid_prune.bench import cells as bench_cells, check_plan, load_bench, plan_bench
 from reid_prune.bench.cells import scratch_model
 from reid_prune.bench.keys import EVAL_ONLY, reads_evaluation
-from reid_prune.bench.tables import ASSUMED, contrasts
+from reid_prune.bench.contrasts import ASSUMED, contrasts
 from reid_prune.checkpoint import module_widths, read_checkpoint
 from reid_prune.cli import main
 from reid_prune.config import changed_keys, load_config
@@ -274,7 +274,7 @@ def test_protocol_mean_std_and_random_columns(protocol):
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     table = _table((out / "results.md").read_text(), "In-domain: cuhk03_market")
-    assert f"CPU ms/image (batch 1, 1 thread, {resolve_precision('auto', 'cpu')}, channels_last)" in table["HaoLi"]
+    assert f"CPU latency / source (batch 1, 1 thread, {resolve_precision('auto', 'cpu')}, channels_last)" in table["HaoLi"]
     for name in table:
         runs = [r for r in rows if r["name"] == name]
         assert table[name]["n"] == str(len(runs))

@@ -22,7 +22,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from reid_prune.bench.stats import holm, holm_family, holm_ranks, paired_difference, t_interval
-from reid_prune.bench.tables import ASSUMED, _families_of, contrasts
+from reid_prune.bench.contrasts import ASSUMED, contrasts, families_of
 
 T2 = {0.95: 4.302652729749462, 0.975: 6.205346816570706, 1 - 0.05 / 3: 7.648803937915553,
       0.9875: 8.860200034654316, 0.99: 9.924843200918287}
@@ -192,7 +192,7 @@ def test_contrasts_of_one_family_by_hand():
 
 
 def test_contrasts_in_results_md():
-    lines = _families_of(contrasts(ROWS), "{dataset}", scenario="in_domain", dataset="a")
+    lines = families_of(contrasts(ROWS), "{dataset}", scenario="in_domain", dataset="a")
     assert lines[0] == "### a, budget 0.5: paired contrasts (mAP)"
     text = "\n".join(lines)
     # Random - Dense: -32/3 = -10.67; 95%: -10.667 -+ 4.3027 x 2/3 = [-13.54, -7.80]; 99%: -+ 9.9248 x 2/3 =
@@ -231,7 +231,7 @@ def test_criterion_against_random_at_its_own_widths_needs_the_same_budget():
     # FPGM (-15, -14, -15), AFP+PRC (-10, -11, -12) and Scratch (-18, -17, -16) against Dense: m = 5.
     assert got[f"TP L1 − {DENSE}"]["p"] is None and got[f"TP L1 − {DENSE}"]["mean"] == -20.0
     assert family["m"] == 5
-    text = "\n".join(_families_of((records, [family]), "{dataset}", scenario="in_domain", dataset="a"))
+    text = "\n".join(families_of((records, [family]), "{dataset}", scenario="in_domain", dataset="a"))
     assert "| FPGM − Random † | 3 | +2.00 | [-0.48, +4.48] |" in text
     assert ("| AFP+PRC − Random | 3 | – | not compared: other budget (0.400 of the MACs kept, Random 0.300) "
             "| – | – | – |") in text
@@ -247,7 +247,7 @@ def test_one_pair_per_contrast_says_so_instead_of_numbers():
     records, (family,) = contrasts(rows)
     assert all(c["n"] == 1 and c["p"] is None and not c["resolved"] for c in records)
     assert (family["m"], family["smallest_resolvable"]) == (0, None)
-    lines = _families_of((records, [family]), "{dataset}", scenario="in_domain", dataset="a")
+    lines = families_of((records, [family]), "{dataset}", scenario="in_domain", dataset="a")
     assert lines == ["### a, budget 0.5: paired contrasts (mAP)", "",
                      "Needs ≥ 2 paired runs: this run has 1 per contrast.", ""]
     # A missing run is left out of its pairs and counted.

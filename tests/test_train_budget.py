@@ -16,7 +16,8 @@ from reid_prune.data import Sample
 from reid_prune.data.datasets import ReIDDataset
 from reid_prune.config import ConfigError, load_config
 from reid_prune.engine import Trainer
-from reid_prune.engine.ledger import BudgetExceededError
+from reid_prune.engine.ledger import BudgetExceededError, TrainingLedger
+from reid_prune.evaluation.complexity import complexity
 from reid_prune.jobs.prune import prune_checkpoint
 from reid_prune.jobs.wiring import make_train_loader, prepare_dataset
 from reid_prune.pruners import Pruner
@@ -85,11 +86,26 @@ def test_a_method_that_prunes_while_training_spends_the_budget_at_full_width(tin
     assert report["mac_weighted_steps"] == 4.0
 
 
-def test_own_training_past_the_budget_stops_and_writes_nothing(tiny_run, cache_at, tmp_path):
+def test_a_budget_below_the_planned_own_training_is_refused_before_any_data_is_read(tiny_run, cache_at, tmp_path,
+                                                                                    monkeypatch):
     cache_at(tiny_run / "cache")
-    with pytest.raises(BudgetExceededError, match="prune.train_steps=10"):
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the budget was checked")
+
+    monkeypatch.setattr("reid_prune.jobs.prune.prepare_dataset", no_data)
+    with pytest.raises(ValueError, match="prune.train_steps=10: entropy plans 14 optimiser steps of its own"):
         _prune(tiny_run, tmp_path, "prune.method=entropy", "prune.options.finetune_steps=2", "prune.train_steps=10")
     assert not (tmp_path / "pruned" / "pruned.pt").exists()
+
+
+def test_the_ledger_refuses_steps_past_its_limit_and_records_nothing_then():
+    model = build_model("resnet18")
+    ledger = TrainingLedger(complexity(model, (64, 32))["macs"], (64, 32), limit=10)
+    ledger.spend(model, 6)
+    with pytest.raises(BudgetExceededError, match="prune.train_steps=10: the method trains 12 optimiser steps"):
+        ledger.spend(model, 6)
+    assert (ledger.steps, ledger.mac_weighted_steps, ledger.left) == (6, 6.0, 4)
 
 
 def test_both_lengths_at_once_are_refused():
@@ -102,6 +118,9 @@ def test_both_lengths_at_once_are_refused():
     ("entropy", {"finetune_steps": 30}, 7 * 30),  # 8 internal groups, steps after all but the last
     ("thinet", {"finetune_steps": 10}, 7 * 10),  # ThiNet fine-tunes per residual block: 8 blocks
     ("molchanov", {"rounds": 10, "finetune_steps": 30}, 9 * 30),  # the planned rounds, steps between them
+    # channels_per_step: the channels to cut over it. ResNet-18's internal groups (8 x 64..512 channels) at a
+    # uniform prune rate of 0.5 lose 32+32+64+64+128+128+256+256 = 960 channels: 960 / 100 -> 10 rounds.
+    ("molchanov", {"channels_per_step": 100, "finetune_steps": 1}, 9),
     ("psfp", {}, None),  # its training is the fine-tuning
 ])
 def test_planned_own_steps_by_hand(method, options, expected):

@@ -88,8 +88,10 @@ def run_config(bench: Bench, dataset: str, baseline: BaselineSpec, seed: int, me
 
 
 def steps_per_epoch(cfg: Config, dataset: ReIDDataset) -> int:
-    """Optimiser steps in one epoch of ``cfg``'s P x K batches on ``dataset``'s training split (per rank)."""
-    return len(PKSampler([s.pid for s in dataset.train], cfg.data.p, cfg.data.k, num_replicas=env_world_size()))
+    """Optimiser steps in one epoch of ``cfg``'s P x K batches on ``dataset``'s training split (per rank), at most
+    ``train.max_batches``, as the trainer counts them."""
+    batches = len(PKSampler([s.pid for s in dataset.train], cfg.data.p, cfg.data.k, num_replicas=env_world_size()))
+    return min(batches, cfg.train.max_batches) if cfg.train.max_batches > 0 else batches
 
 
 def stretched(cfg: Config, steps: int, dataset: ReIDDataset, where: str) -> Config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +82,10 @@ class Cell:
             length = f"{steps} steps" if steps else f"{self.cfg.prune.finetune_epochs} epochs"
             return f"fine-tune {source}{self.arch} unpruned on {self.dataset}, {length} ({seeds})"
         if self.kind == "scratch":
+            epochs = self.cfg.train.epochs
             more = f" + {self.extra_steps} steps" if self.extra_steps else ""
             return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
-                    f"scratch on {self.dataset}, {self.cfg.train.epochs} epochs{more} ({seeds})")
+                    f"scratch on {self.dataset}, {epochs} epoch{'s' * (epochs != 1)}{more} ({seeds})")
         on = f" on {self.prune_on}'s data" if self.prune_on else ""
         if self.same_widths is not None:
             return (f"prune {source}{self.arch} with {self.method.name}{on} at {self.same_widths.label}'s widths "
@@ -371,6 +373,12 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                     raise ConfigError(f"{where} at budget {cell.budget}: {exc}") from exc
             budget = cell.cfg.prune.train_steps
             own = pruner.planned_training_steps(build_model(**model_config)) if budget else None
+            if own is not None and pruner.allocation.dynamic and own > 0.75 * budget:
+                # The global plan is made again every round: it can take more rounds than planned.
+                warnings.warn(f"{where}: its planned {own} own optimiser steps (at budget {cell.budget}) are more "
+                              f"than 3/4 of train_steps={budget}, and its global allocation may take more rounds "
+                              "than planned; if its cell stops on the budget, raise train_steps", UserWarning,
+                              stacklevel=2)
             if own is not None and own > budget:
                 raise ConfigError(f"bench key train_steps: {where} trains {own} optimiser steps by itself (between its "
                                   f"rounds or layers, as planned at budget {cell.budget}), more than train_steps="

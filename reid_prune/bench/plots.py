@@ -167,8 +167,9 @@ def curve_plot(bench: Bench, rows: list[dict[str, Any]], path: Path, level: floa
     colours = _colours([_display(r) for r in rows if r["kind"] not in ("baseline", "dense")])
     for ax, (title, data) in zip(figure.subplots(len(panels), 1, squeeze=False)[:, 0], panels):
         for label, d in data.items():
-            lows = [m if low is None else low for m, low in zip(d["means"], d["lows"])]
-            highs = [m if high is None else high for m, high in zip(d["means"], d["highs"])]
+            # mAP lies in [0, 100]: a wide interval (few runs) is drawn only where mAP can be.
+            lows = [m if low is None else max(low, 0.0) for m, low in zip(d["means"], d["lows"])]
+            highs = [m if high is None else min(high, 100.0) for m, high in zip(d["means"], d["highs"])]
             if label in dense:
                 ax.errorbar(d["xs"], d["means"], yerr=[[m - lo for m, lo in zip(d["means"], lows)],
                                                        [h - m for m, h in zip(d["means"], highs)]],

@@ -156,6 +156,11 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
         own = get_method(method.name).label
         method.label = method.label or (f"{own} ({method.widths} widths)" if method.widths else own)
         merge(copy.deepcopy(defaults), method.overrides, f"methods[{i}].set.")
+    for i, method in enumerate(bench.methods):
+        own = {k for k in ("train_steps", "finetune_epochs") if k in method.overrides.get("prune", {})}
+        if bench.train_steps is not None and own:
+            fail(f"methods[{i}].set", f"sets prune.{own.pop()}, but train_steps gives every cell the same "
+                                      "training: remove it from the method's set")
     if bench.train_steps is not None and bench.finetune_epochs:
         fail("train_steps", f"counts the fine-tuning too: give train_steps or finetune_epochs "
                             f"({bench.finetune_epochs}), not both")

@@ -21,14 +21,19 @@ architectures, prunes the prune_arch baseline with every listed method at each
 budget (match:resnet18 = ResNet-18's MACs; latency:0.5 = half its latency
 measured here) and fine-tuning seed, optionally with the controls (random
 channels, the pruned architecture trained from scratch) and Torch-Pruning
-anchors, and the cross-domain scenario (train on A;
-prune and fine-tune with A or with B; evaluate on B); then measures every
-model's CPU latency.
+anchors, a dense reference (dense: true: the source fine-tuned unpruned),
+and the cross-domain scenario (train on A; prune and fine-tune with A or with
+B; evaluate on B); then measures every model's CPU latency against its source's
+in interleaved rounds. With train_steps: N every pruned, anchor and dense cell
+trains exactly N optimiser steps after its source, the method's own training
+counted (docs/bench.md, "Protocol v2").
 
 DIR gets results.csv and results.json (one row per model and seed: params,
-MACs, CPU latency, mAP, rank-1, mINP, pruning and wall time), results.md (mean
-± std per row, the comparison with random) and pareto.png and widths.png (need
-matplotlib: the plot extra). Each model is cached in DIR/cells/: run the same
+MACs, latency and its ratio to the source, mAP, rank-1, mINP, training steps,
+pruning and wall time), results.md (mean ± sd per row, then paired contrasts:
+each method against Random at its widths and against Dense, with 95% t
+intervals and Holm-adjusted p per budget) and pareto.png, curve.png and
+widths.png (need matplotlib: the plot extra). Each model is cached in DIR/cells/: run the same
 command again after a stop and only unfinished models are computed (an
 interrupted training continues from its last epoch). Changing only evaluation
 settings (eval.metric, eval.flip, eval.ap, model.retrieval_feature) re-scores
@@ -43,7 +48,8 @@ parts").
 
 examples:
   reid-prune bench --config configs/bench/synthetic_tiny.yaml --output runs/bench-tiny
-  reid-prune bench --config configs/bench/cuhk03_methods_cpu.yaml --dry-run
+  reid-prune bench --config configs/bench/cuhk03_protocol_cpu.yaml --dry-run
+  reid-prune bench --config configs/bench/cuhk03_protocol_cpu.yaml --set 'seeds=[0]'   # one source's cells
   reid-prune bench --config configs/bench/cuhk03_methods_cpu.yaml --set 'methods=[haoli, random]' --set scratch=null
   reid-prune bench --config configs/bench/cuhk03_cpu.yaml --output runs/bench/cuhk03 --set 'seeds=[0,1,2]'
   reid-prune bench --config configs/bench/market1501_gpu.yaml --set datasets.market1501.root=/data/Market-1501

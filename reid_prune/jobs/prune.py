@@ -160,6 +160,11 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     original_widths = module_widths(model)
     compute = runtime.compute
     pruner.check(compute.place(model).eval())  # an unmeetable target stops here, before the data is read
+    planned = getattr(pruner, "planned_training_steps", lambda _: None)(model) if budget is not None else None
+    if planned is not None and planned > budget:
+        raise ValueError(f"prune.train_steps={budget}: {pruner.name} plans {planned} optimiser steps of its own "
+                         "(between its rounds or layers), more than the budget: raise --train-steps "
+                         "(prune.train_steps), or lower the method's finetune_steps option")
     separate = prune_data is not None and prune_data != cfg.data
     if separate:
         check_prune_data(cfg, prune_data, pruner, model)

@@ -83,6 +83,7 @@ def check_prune(p: PruneConfig) -> None:
                 "applies to a latency target only: set prune.target_latency (--target-latency), or leave it unset")
     require(p.train_steps is None or p.finetune_epochs == 0, "prune.train_steps",
             f"counts all the training after the source, fine-tuning included: leave prune.finetune_epochs at 0 "
-            f"(it is {p.finetune_epochs}), or give prune.finetune_epochs alone")
+            f"(it is {p.finetune_epochs}), or give prune.finetune_epochs alone (on the command line: --train-steps "
+            "or --finetune-epochs, not both)")
     require(p.allocation is None or p.allocation in ALLOCATIONS, "prune.allocation",
             f"expected one of {', '.join(ALLOCATIONS)} or null (the method's default), got {p.allocation!r}")

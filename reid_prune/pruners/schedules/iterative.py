@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..allocation import Allocation
 from ..criteria.base import PruneContext, comparable, score_groups
 from .base import Schedule
 
@@ -84,16 +85,19 @@ class Iterative(Schedule):
 
     def planned_steps(self, pruner: Pruner, model: nn.Module) -> int:
         """``finetune_steps`` after every round but the last, for the rounds planned on ``model``: ``rounds``, or the
-        channels to remove over ``channels_per_step`` when the widths are fixed before any score. A global
-        allocation re-plans each round on the pruned network and may take a round or two more (measured: 11-12
-        rounds for ``rounds=10`` on ResNet-18)."""
-        rounds = self.rounds
-        if self.channels_per_step:
-            pruner.setup(model)
-            if pruner.keep_counts:
-                removed = sum(g.channels - pruner.keep_counts[g.name] for g in pruner.session.groups)
-                rounds = math.ceil(removed / self.channels_per_step)
-        return self.finetune_steps * max(rounds - 1, 0)
+        channels to remove over ``channels_per_step``. The widths fixed before any score give that count exactly;
+        a global allocation re-plans every round on the pruned network, so its count is an estimate from the
+        uniform plan of the same target (of ``rounds`` for a latency target), and it may take more rounds
+        (measured: 11-12 for ``rounds=10`` on ResNet-18)."""
+        if not self.channels_per_step or (pruner.allocation.dynamic and pruner.target.latency is not None):
+            return self.finetune_steps * max(self.rounds - 1, 0)
+        pruner.setup(model)
+        session, counts = pruner.session, pruner.keep_counts
+        if not counts:
+            counts = Allocation("uniform").keep_counts(session.groups, pruner.target, session.full_cost,
+                                                       min_channels=pruner.min_channels, round_to=pruner.round_to)
+        removed = sum(g.channels - counts[g.name] for g in session.groups)
+        return self.finetune_steps * max(math.ceil(removed / self.channels_per_step) - 1, 0)
 
     def penalised(self, pruner: Pruner, model: nn.Module, ranked: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Comparable scores minus ``flops_penalty`` x the MFLOPs one channel of each group costs."""
