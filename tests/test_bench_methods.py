@@ -232,8 +232,10 @@ def test_protocol_end_to_end_files_and_rows(protocol):
         assert (out / name).stat().st_size > 0
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # readable like any file, not 0600
     if importlib.util.find_spec("matplotlib"):
-        assert summary["plots"] == {"pareto": True, "widths": True}
-        assert (out / "pareto.png").stat().st_size > 0 and (out / "widths.png").stat().st_size > 0
+        # One budget and no dense row: no curve of mAP against MACs kept to draw (None), and no curve.png.
+        assert summary["plots"] == {"pareto": True, "widths": True, "curve": None}
+        assert all((out / f"{plot}.png").stat().st_size > 0 for plot in ("pareto", "widths"))
+        assert not (out / "curve.png").exists()
     bench = load_bench(FILE)
     labels = [m.label for m in bench.methods] + ANCHORS + ["Scratch (HaoLi widths)"]
     groups = {g["name"]: g for g in summary["groups"]}
