@@ -125,3 +125,22 @@ def test_scratch_runs_only_at_its_budgets():
     assert [c.budget for c in plan.cells if c.kind == "scratch"] == ["0.3"]
     with pytest.raises(ConfigError, match=r"scratch.budgets\[0\]: 0.7 is not a budget"):
         load_bench(TINY_FILE, SMALL + ["budgets=[0.5, 0.3]", "scratch={widths: HaoLi, budgets: [0.7]}"])
+
+
+@pytest.mark.slow
+def test_with_a_validation_split_every_row_is_scored_on_the_test_split(tmp_path, session_cache):
+    from reid_prune.jobs.evaluate import evaluate_checkpoint
+
+    out = tmp_path / "bench"
+    bench = load_bench(TINY_FILE, SMALL + ["base.data.val_ids=2", "datasets.synthetic_a.synthetic.ids=12"])
+    run_bench(bench, out, progress=False)
+    results = json.loads((out / "results.json").read_text())["rows"]
+    for cell in plan_bench(bench).cells:
+        run = out / "cells" / cell.key
+        checkpoint = run / "run" / "last.pt" if cell.kind == "train" else run / "pruned.pt"
+        test = evaluate_checkpoint(cell.cfg, checkpoint, progress=False)  # the test split, independently
+        row = next(r for r in results if r["cell"] == cell.key)
+        assert row["mAP"] == pytest.approx(test["mAP"], abs=0.01)
+        if cell.kind == "train":  # its own last evaluation read the validation split: not what the row shows
+            last = json.loads((run / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+            assert last["mAP"] != pytest.approx(test["mAP"], abs=0.01)

@@ -61,7 +61,11 @@ def score(cell: Cell, dataset: str, data: DataConfig, result: dict[str, Any], ce
     before fine-tuning is not kept, so a re-scored row has none.
     """
     measured = eval_settings(result["config"]) == eval_settings(cell.cfg.to_dict())
-    if dataset == cell.dataset and measured:
+    # A training cell finished before its result said where it was scored took its numbers from its last
+    # evaluation, which read the validation split when there is one: those are re-scored on the test split.
+    on_test = result.get("evaluated_on") == "test" or cell.kind not in ("train", "scratch") \
+        or not result["config"]["data"].get("val_ids")
+    if dataset == cell.dataset and measured and on_test:
         return {"metrics": result["metrics"], "pruned_metrics": result.get("pruned_metrics"), "scored_by": RUN}
     metrics, name = rescore(cell, dataset, data, cells_dir, progress=progress)
     return {"metrics": metrics, "pruned_metrics": None, "scored_by": name}
