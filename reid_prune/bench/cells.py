@@ -26,8 +26,7 @@ from ..distributed import barrier, broadcast_object, is_main_process
 from ..evaluation import complexity
 from ..jobs.prune import prune_checkpoint
 from ..jobs.train import train
-from ..data.validation import carve_validation
-from ..jobs.wiring import parse_dataset, prepare_dataset
+from ..jobs.wiring import parse_dataset, prepare_dataset, with_validation
 from ..outputs import atomic_path
 from ..runtime import seed_everything
 from .anchors import TorchPruningAnchor
@@ -102,9 +101,7 @@ def _run_scratch(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> d
     widths = read_checkpoint(cell_checkpoint(cell.parent, cells_dir / cell.parent.key))["widths"]
     cfg = cell.cfg
     if cell.extra_steps:  # the bench's train_steps on top of the source's epochs, in whole epochs of this data
-        data = cfg.data
-        dataset = parse_dataset(data)
-        dataset = carve_validation(dataset, data.val_ids, data.val_seed) if data.val_ids else dataset
+        dataset = with_validation(parse_dataset(cfg.data), cfg.data)
         cfg = stretched(cfg, cell.extra_steps, dataset, f"scratch on {cell.dataset}")
     result = _run_training(cell, folder, progress, build=lambda config: scratch_model(config, widths), cfg=cfg)
     if result is not None and cell.extra_steps:

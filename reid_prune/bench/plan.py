@@ -18,8 +18,7 @@ from ..config import Config, ConfigError, DataConfig, validate
 from ..config_fields import merge
 from ..evaluation import complexity
 from ..jobs.prune import pruner_from_config
-from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset
-from ..data.validation import carve_validation
+from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset, with_validation
 from .configs import data_config, finetune_seeds_of, run_config, stretched
 from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
 from .schema import Bench
@@ -345,9 +344,7 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                 if not dry_run:
                     datasets[data] = prepare_dataset(cell.cfg.data, verbose=verbose)
                 elif cell.cfg.data.dataset != "synthetic":  # generated data is written when the bench runs
-                    parsed = parse_dataset(cell.cfg.data)
-                    v = cell.cfg.data
-                    datasets[data] = carve_validation(parsed, v.val_ids, v.val_seed) if v.val_ids else parsed
+                    datasets[data] = with_validation(parse_dataset(cell.cfg.data), cell.cfg.data)
                 else:
                     datasets[data] = None
             except (OSError, ValueError) as exc:

@@ -38,6 +38,11 @@ def parse_dataset(data: DataConfig, *, verbose: bool = False) -> ReIDDataset:
                          verbose=verbose)
 
 
+def with_validation(dataset: ReIDDataset, data: DataConfig) -> ReIDDataset:
+    """``dataset`` with ``data.val_ids`` training identities carved into its validation split (as it is at 0)."""
+    return carve_validation(dataset, data.val_ids, data.val_seed) if data.val_ids else dataset
+
+
 def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
     """Parse the configured dataset, generating the synthetic one first when needed, and check its images.
 
@@ -56,9 +61,8 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
                 s = data.synthetic
                 generate_synthetic(root, num_ids=s.ids, num_test_ids=s.test_ids, num_cameras=s.cameras,
                                    images_per_camera=s.images_per_camera, seed=s.seed)
-    dataset = check_dataset_images(parse_dataset(data), data.check_images, threads=max(1, data.workers))
-    if data.val_ids:
-        dataset = carve_validation(dataset, data.val_ids, data.val_seed)
+    dataset = with_validation(check_dataset_images(parse_dataset(data), data.check_images,
+                                                   threads=max(1, data.workers)), data)
     if verbose:
         print(dataset.summary())
     return dataset
