@@ -20,7 +20,7 @@ MAX_LINES = 400
 # The first prefix that matches a module's dotted name (without "reid_prune.") decides.
 LAYERS = [
     ("foundation", ("outputs", "precision", "distributed", "config_fields", "runtime", "hooks", "layers")),
-    ("domain", ("backbone", "losses", "data", "evaluation", "checkpoint")),
+    ("domain", ("backbone", "losses", "distillation", "data", "evaluation", "checkpoint")),
     ("pruners", ("pruners",)),
     ("analysis", ("analysis",)),
     ("config", ("config",)),
