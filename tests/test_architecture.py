@@ -19,7 +19,7 @@ MAX_LINES = 400
 # Each module's layer, lowest first; a module may import its own layer and the layers below it.
 # The first prefix that matches a module's dotted name (without "reid_prune.") decides.
 LAYERS = [
-    ("foundation", ("outputs", "precision", "distributed", "config_fields", "runtime", "hooks", "layers")),
+    ("foundation", ("outputs", "precision", "distributed", "config_fields", "runtime", "hooks", "layers", "progress")),
     ("domain", ("backbone", "losses", "distillation", "data", "evaluation", "checkpoint")),
     ("pruners", ("pruners",)),
     ("analysis", ("analysis",)),

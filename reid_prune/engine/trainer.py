@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ..config import Config, TrainConfig
@@ -39,6 +38,7 @@ from ..evaluation import evaluate
 from ..hooks import TrainerHook
 from ..losses import ReIDLoss
 from ..precision import ComputeSettings
+from ..progress import progress_bar
 from ..runtime import Runtime, seed_everything
 from .schedule import lr_at
 
@@ -287,8 +287,8 @@ class Trainer:
         if self.steps is not None:
             num_batches = min(num_batches, self.steps - self.global_step)
         totals: dict[str, float] = {}
-        bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{self.train_cfg.epochs}", disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=num_batches, desc=f"epoch {epoch + 1}/{self.train_cfg.epochs}",  # in a log: a line
+                           disable=not self.progress, leave=False, final_line=True, dynamic_ncols=True)  # per epoch
         lr = 0.0
         for step, (images, pids, _, _) in enumerate(self.train_loader):
             if step >= num_batches:

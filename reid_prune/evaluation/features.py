@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..precision import autocast_context
+from ..progress import progress_bar
 from .metrics import rank_metrics
 
 METRICS = ("cosine", "euclidean")
@@ -57,7 +57,7 @@ def extract_features(
             (see :mod:`reid_prune.precision`); features are returned in float32 either way.
         channels_last: send the images in NHWC memory format (match the model's, see
             :meth:`~reid_prune.precision.ComputeSettings.place`).
-        progress: show a tqdm bar.
+        progress: show a progress bar (:func:`~reid_prune.progress.progress_bar`).
 
     Returns:
         ``(features (N, D) float32 CPU tensor, pids (N,), camids (N,))``.
@@ -66,7 +66,8 @@ def extract_features(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     features, pids, camids = [], [], []
     with eval_mode(model), torch.inference_mode():
-        for images, batch_pids, batch_camids, _ in tqdm(loader, desc="features", disable=not progress, leave=False):
+        batches = progress_bar(loader, desc="features", disable=not progress, leave=False)
+        for images, batch_pids, batch_camids, _ in batches:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             with autocast_context(device, precision):
                 batch = model(images).float()

@@ -27,8 +27,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .metrics import _to_numpy, ranked_gallery
 
 BORDER = 4  # pixels around each tile
@@ -188,7 +188,7 @@ def visualize_ranked(
         topk: matches per query, >= 1.
         tile_size: (H, W) of each drawn image, in pixels.
         summary_rows: how many of the drawn queries ``summary.png`` stacks (the first ones).
-        progress: show a tqdm bar.
+        progress: show a progress bar (:func:`~reid_prune.progress.progress_bar`).
 
     Returns:
         One :class:`RankedQuery` per drawn query, in the order of ``queries``.
@@ -217,7 +217,7 @@ def visualize_ranked(
     # Every row has the same width (summary.png stacks them), but no wider than the longest ranking:
     # a k beyond the gallery would only add blank tiles.
     tiles = min(topk, max((len(order) for order in orders.values()), default=1)) or 1
-    for qi in tqdm(queries, desc="visrank", disable=not progress, leave=False):
+    for qi in progress_bar(queries, desc="visrank", disable=not progress, leave=False):
         q = query[qi]
         matches = [RankedMatch(int(gi), rank, float(distmat[qi, gi]), bool(g_pids[gi] == q.pid))
                    for rank, gi in enumerate(orders[qi], 1)]

@@ -152,7 +152,7 @@ def image_features(
         amp, channels_last: precision and memory format, as ``train.amp`` and ``train.channels_last``
             (see :mod:`reid_prune.precision`); features are float32 either way.
         workers: DataLoader processes decoding images.
-        progress: show a tqdm bar.
+        progress: show a progress bar (:func:`~reid_prune.progress.progress_bar`).
 
     Returns:
         ``(features (N, D) float32, kept paths (N,), skipped [(path, reason)])``, rows in ``paths`` order.

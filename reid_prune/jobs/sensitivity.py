@@ -31,16 +31,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
+from ..analysis.allocation import Allocation, allocate_rates, check_budget
+from ..analysis.plotting import new_figure, save_figure
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config
 from ..data import ReIDDataset, Sample
-from ..analysis.allocation import Allocation, allocate_rates, check_budget
-from ..analysis.plotting import new_figure, save_figure
 from ..engine import evaluate_with_config
 from ..pruners import PruneContext
 from ..pruners.budget import keep_counts_for_rate
+from ..progress import progress_bar
 from ..pruners.cost import CostModel
 from ..pruners.groups import find_channel_groups
 from ..runtime import Runtime
@@ -162,7 +162,7 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     baseline = evaluate(model)
     rows = []
     pairs = [(g, r) for g in groups for r in rates]
-    for group, rate in tqdm(pairs, desc="sensitivity", disable=not progress, dynamic_ncols=True):
+    for group, rate in progress_bar(pairs, desc="sensitivity", disable=not progress, dynamic_ncols=True):
         pruned = pruner_from_config(cfg, runtime, layer_rates={group.name: rate}).prune(copy.deepcopy(model), context)
         metrics = evaluate(pruned)
         k = kept(group, rate)
