@@ -50,10 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..jobs.sensitivity import DEFAULT_TARGET_MACS, sensitivity_checkpoint
+    from ..jobs.sensitivity import sensitivity_checkpoint
 
     cfg = load_run_config(args, method_flags(args), given({"prune.target_macs": args.target_macs}))
-    target = cfg.prune.target_macs or DEFAULT_TARGET_MACS
     result = sensitivity_checkpoint(cfg, args.checkpoint, output=args.output, rates=args.rates,
                                     subset_ids=args.subset_ids, seed=args.seed, progress=not args.quiet)
     rates = sorted({r["rate"] for r in result["rows"]})
@@ -65,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
           f"{result['baseline']['mAP']:.2f} on {result['queries']} queries, {result['gallery']} gallery images)")
     print(format_table(["group", "channels", *[f"rate {r:g}" for r in rates], "chosen rate"], table))
     allocation = result["allocation"]
-    print(f"layer_rates.yaml keeps {allocation['macs_fraction']:.4f} of the MACs (target {target:g}); predicted mAP "
+    target = f"{result['target_macs']:g}" + (", the default of --target-macs" if result["target_defaulted"] else "")
+    print(f"layer_rates.yaml keeps {allocation['macs_fraction']:.4f} of the MACs (target {target}); predicted mAP "
           f"drop {allocation['predicted_drop']:.2f} points")
     print(f"wrote {', '.join(result['files'])}" + ("" if result["plot"] else f"; {missing_note('sensitivity.png')}"))
     settings = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)  # the same config as this sweep

@@ -185,7 +185,7 @@ def visualize_ranked(
         output: folder for ``query_NNNNN_idP_cC.png`` (one per query: its index, pid and
             1-based camera) and ``summary.png``; created if missing.
         queries: query indices to draw (default: all).
-        topk: matches per query, >= 1.
+        topk: matches per query, >= 1; beyond what the gallery ranks, a UserWarning says how many are drawn.
         tile_size: (H, W) of each drawn image, in pixels.
         summary_rows: how many of the drawn queries ``summary.png`` stacks (the first ones).
         progress: show a progress bar (:func:`~reid_prune.progress.progress_bar`).
@@ -217,6 +217,10 @@ def visualize_ranked(
     # Every row has the same width (summary.png stacks them), but no wider than the longest ranking:
     # a k beyond the gallery would only add blank tiles.
     tiles = min(topk, max((len(order) for order in orders.values()), default=1)) or 1
+    if tiles < topk and queries:
+        warnings.warn(f"--topk {topk}: the gallery ranks at most {tiles} images for these queries (their identity's "
+                      f"images from the query's own camera are left out, as in evaluation); drawing {tiles} per query",
+                      UserWarning, stacklevel=2)
     for qi in progress_bar(queries, desc="visrank", disable=not progress, leave=False):
         q = query[qi]
         matches = [RankedMatch(int(gi), rank, float(distmat[qi, gi]), bool(g_pids[gi] == q.pid))

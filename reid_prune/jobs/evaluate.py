@@ -24,16 +24,30 @@ from ..runtime import Runtime
 from .wiring import make_eval_loaders, prepare_dataset
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# The model keys a checkpoint fixes: the network is rebuilt from the checkpoint's own build arguments, so a
+# config that says otherwise would be ignored without a word (model.retrieval_feature is the config's to choose).
+ARCHITECTURE_KEYS = ("arch", "last_stride", "pooling", "neck", "embedding_dim")
 
 
 def check_architecture(cfg: Config, ckpt: dict[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint whose architecture differs from the config's model.arch."""
-    arch = ckpt["model_config"]["arch"]
-    if arch != cfg.model.arch:
-        raise ValueError(
-            f"checkpoint {str(path)!r} holds a {arch} but the config's model.arch is {cfg.model.arch}; "
-            f"pass the matching config or --set model.arch={arch}"
-        )
+    """Refuse a checkpoint whose architecture differs from the config's ``model`` section.
+
+    Every key of :data:`ARCHITECTURE_KEYS` the checkpoint records must equal the config's
+    (checkpoints written before a key existed are not checked on it).
+
+    Raises:
+        ValueError: naming each differing key, both values and the ``--set`` that matches the checkpoint.
+    """
+    stored = ckpt["model_config"]
+    differ = [key for key in ARCHITECTURE_KEYS if key in stored and stored[key] != getattr(cfg.model, key)]
+    if not differ:
+        return
+    others = [f"{key} {stored[key]}" for key in differ if key != "arch"]
+    held = stored["arch"] + (f" with {' and '.join(others)}" if others else "")
+    config = " and ".join(f"model.{key} is {getattr(cfg.model, key)}" for key in differ)
+    fix = " ".join(f"--set model.{key}={stored[key]}" for key in differ)
+    raise ValueError(f"checkpoint {str(path)!r} holds a {held} but the config's {config}; pass the matching "
+                     f"config or {fix}")
 
 
 def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,

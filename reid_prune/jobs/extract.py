@@ -46,8 +46,49 @@ def paths_file_for(output: str | os.PathLike) -> Path:
     return output.with_name(f"{output.stem}.paths.txt")
 
 
+def folder_images(folder: Path) -> list[str]:
+    """Image files under ``folder``, sorted, symbolic links followed; one warning line per kind of link.
+
+    A link to a folder is followed (its images are listed under the link's path) unless it leads
+    back to a folder it lies in, which would list images forever; a broken link is skipped. Each
+    kind is counted in one warning with an example, so none is left out without a word.
+    """
+    found, followed, loops, broken = [], [], [], []
+    chains = {str(folder): {os.path.realpath(folder)}}  # each folder walked: the real folders above it, itself too
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        chain = chains.pop(root)
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(root, name)
+            real = os.path.realpath(path)
+            if real in chain:
+                loops.append(path)
+                continue
+            if os.path.islink(path):
+                followed.append(path)
+            chains[path] = chain | {real}
+            kept.append(name)
+        dirs[:] = kept
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.exists(path):  # a link whose target is gone: os.walk lists it with the files
+                broken.append(path)
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS and os.path.isfile(path):
+                found.append(path)
+    for paths, what in ((followed, "followed {links} to a folder; {its} images are included"),
+                        (loops, "skipped {links} leading back to a folder above (a loop)"),
+                        (broken, "skipped {links} whose target is missing")):
+        if paths:
+            one = len(paths) == 1
+            links = "1 symbolic link" if one else f"{len(paths)} symbolic links"
+            log.warning("--images: %s (%s'%s' -> '%s')", what.format(links=links, its="its" if one else "their"),
+                        "" if one else "e.g. ", paths[0], os.readlink(paths[0]))
+    return sorted(found)
+
+
 def list_images(source: str | os.PathLike) -> list[str]:
-    """Image paths from a folder (searched recursively, sorted) or a text file with one path per line.
+    """Image paths from a folder (searched recursively, sorted; :func:`folder_images`) or a text file with one
+    path per line.
 
     In a list file, blank lines are ignored and relative paths are relative to the
     list file's folder. Listed paths are not checked here: a missing one is skipped
@@ -55,7 +96,7 @@ def list_images(source: str | os.PathLike) -> list[str]:
     """
     source = Path(source)
     if source.is_dir():
-        paths = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths = folder_images(source)
         if not paths:
             raise ValueError(f"--images: folder '{source}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return paths

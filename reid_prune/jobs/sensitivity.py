@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from ..analysis.allocation import Allocation, allocate_rates, check_budget
+from ..analysis.allocation import EPS, Allocation, allocate_rates, check_budget
 from ..analysis.plotting import new_figure, save_figure
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..config import Config
@@ -101,21 +101,25 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
         progress: progress bar over the (group, rate) pairs, dataset summary.
 
     Returns:
-        ``{"baseline": {"mAP", "rank1"}, "rows": [...], "allocation": {"rates", "macs_fraction",
+        ``{"baseline": {"mAP", "rank1"}, "rows": [...], "scope", "target_macs", "target_defaulted" (no
+        target was given: :data:`DEFAULT_TARGET_MACS`), "allocation": {"rates", "macs_fraction",
         "predicted_drop"}, "plot": bool, "files": [...], "groups": int, "queries": int, "gallery": int}``.
 
     Raises:
         FileExistsError: ``output`` already holds a sensitivity.csv.
         ValueError: bad rates or target, a method that prunes during training, an architecture
-            other than the config's, or a target the largest rate cannot reach; all before any
-            pruning, and nothing is written.
+            other than the config's, or a target the largest rate cannot reach (the default one named
+            as such); all before any pruning, and nothing is written.
     """
     out = Path(output)
     if (out / FILES[0]).exists():
         raise FileExistsError(f"{out / FILES[0]} exists; choose another --output")
     rates = check_rates(rates)
     if target_macs is None:
-        target_macs = cfg.prune.target_macs or DEFAULT_TARGET_MACS
+        target_macs = cfg.prune.target_macs
+    defaulted = target_macs is None  # no target given: a failed check must say where the one it checks came from
+    if defaulted:
+        target_macs = DEFAULT_TARGET_MACS
     ckpt = read_checkpoint(checkpoint)
     check_architecture(cfg, ckpt, checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -142,7 +146,15 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
         return keep_counts_for_rate([group], {group.name: rate}, min_channels=p.min_channels,
                                     round_to=p.round_to)[group.name]
 
-    check_budget({g.name: kept(g, rates[-1]) for g in groups}, macs_fraction, target_macs)
+    smallest = {g.name: kept(g, rates[-1]) for g in groups}
+    if defaulted and macs_fraction(smallest) > target_macs + EPS:
+        least = math.ceil(macs_fraction(smallest) * 1000) / 1000  # rounded up: a target that can be met
+        raise ValueError(
+            f"no MACs target was given (--target-macs, prune.target_macs), so layer_rates.yaml aims at the default "
+            f"{DEFAULT_TARGET_MACS:g}, which these rates cannot reach: with every group at its smallest swept width "
+            f"the model keeps {macs_fraction(smallest):.4f} of its MACs; give --target-macs {least:g} or more, sweep "
+            "higher rates (--rates) or prune more groups (--scope all)")
+    check_budget(smallest, macs_fraction, target_macs)
 
     dataset = prepare_dataset(cfg.data, verbose=progress)
     if dataset.val_query:  # the rates are a decision: they read the validation split when there is one
@@ -182,6 +194,7 @@ def sensitivity_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str |
     write_layer_rates(allocation, out / FILES[2], method=p.method, scope=scope, target_macs=target_macs,
                       baseline_map=baseline["mAP"])
     return {"baseline": {"mAP": baseline["mAP"], "rank1": baseline["rank1"]}, "rows": rows, "scope": scope,
+            "target_macs": target_macs, "target_defaulted": defaulted,
             "allocation": {"rates": allocation.rates, "macs_fraction": allocation.macs_fraction,
                            "predicted_drop": allocation.predicted_drop},
             "plot": plotted, "files": [str(out / f) for f in FILES if (out / f).exists()],
