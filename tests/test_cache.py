@@ -52,7 +52,7 @@ def test_mismatched_cache_is_refused(samples):
 
 def test_unreadable_image_names_the_file(samples):
     open(samples[2].path, "wb").write(b"not a jpeg")
-    with pytest.raises(OSError, match=samples[2].path):
+    with pytest.raises(ValueError, match=samples[2].path):
         decode_images(samples, 32, 16)
 
 

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .datasets import Sample
+from .images import describe_unreadable, read_error
 from .loaders import ImageDataset
 from .transforms import decode_steps
 
@@ -65,16 +66,46 @@ def should_cache(setting: bool | str, num_bytes: int, *, available: int | None =
     return available is not None and num_bytes * processes <= AUTO_CACHE_SHARE * available
 
 
+class _Decoding(Dataset):
+    """The rows of :func:`decode_images`: ``(image, index, "")``, or ``(zeros, index, reason)`` for an unreadable file.
+
+    Errors travel as values, not exceptions: a DataLoader process re-raises an exception with the
+    worker's whole traceback in its message, and the decoding should name every bad file, not the first.
+    """
+
+    def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
+        self.images = ImageDataset(samples, v2.Compose([*decode_steps(height, width), v2.ToPureTensor()]))
+        self.shape = (3, height, width)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, str]:
+        try:
+            return self.images[index][0], index, ""
+        except OSError as err:  # ImageDataset's, around the reader's own error
+            return torch.zeros(self.shape, dtype=torch.uint8), index, read_error(err.__cause__ or err)
+
+
 def decode_images(samples: Sequence[Sample], height: int, width: int, *, workers: int = 0,
                   batch_size: int = 64) -> Tensor:
     """Every sample's image decoded and resized to (height, width): a (N, 3, height, width) uint8 tensor.
 
-    The decoding runs in ``workers`` DataLoader processes. An unreadable image raises the
-    loader's OSError, which names the file.
+    The decoding runs in ``workers`` DataLoader processes.
+
+    Raises:
+        ValueError: images that cannot be read (with ``data.check_images: off`` nothing looked at them
+            before); the message names them and the fix.
     """
     images = torch.empty((len(samples), 3, height, width), dtype=torch.uint8)
-    decode = v2.Compose([*decode_steps(height, width), v2.ToPureTensor()])
-    loader = DataLoader(ImageDataset(samples, decode), batch_size=batch_size, num_workers=workers)
-    for batch, _, _, index in loader:
+    loader = DataLoader(_Decoding(samples, height, width), batch_size=batch_size, num_workers=workers)
+    bad = []
+    for batch, index, errors in loader:
         images[index] = batch
+        bad += [(samples[i].path, error) for i, error in zip(index.tolist(), errors, strict=True) if error]
+    if bad:
+        count, listing = describe_unreadable(bad)
+        raise ValueError(f"{count} cannot be read while caching the decoded images (data.cache): {listing}. "
+                         f"Replace or remove {'them' if len(bad) > 1 else 'it'}, or set data.check_images=skip to "
+                         "leave unreadable images out (data.check_images=off checks nothing up front)")
     return images

@@ -72,7 +72,7 @@ def _read_error(path: str) -> str | None:
     try:
         read_rgb(path)
     except READ_ERRORS as err:
-        return f"{type(err).__name__}: {err}"
+        return read_error(err)
     return None
 
 
@@ -88,6 +88,18 @@ def unreadable_images(paths: Sequence[str], *, threads: int = 1) -> list[tuple[s
     else:
         errors = [_read_error(p) for p in paths]
     return [(path, error) for path, error in zip(paths, errors) if error is not None]
+
+
+def describe_unreadable(bad: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """(``"2 images"``, the first three as ``'path' (reason)`` and how many more) for a message on one line."""
+    listing = "; ".join(f"'{path}' ({reason})" for path, reason in bad[:3])
+    listing += f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"{len(bad)} image{'s' if len(bad) > 1 else ''}", listing
+
+
+def read_error(error: BaseException) -> str:
+    """A read error as one line: ``OSError: cannot identify image file ...``."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def check_dataset_images(dataset: ReIDDataset, policy: str, *, threads: int = 1) -> ReIDDataset:
@@ -108,9 +120,7 @@ def check_dataset_images(dataset: ReIDDataset, policy: str, *, threads: int = 1)
     bad = unreadable_images(paths, threads=threads)
     if not bad:
         return dataset
-    listing = "; ".join(f"'{path}' ({reason})" for path, reason in bad[:3])
-    listing += f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
-    count = f"{len(bad)} image{'s' if len(bad) > 1 else ''}"
+    count, listing = describe_unreadable(bad)
     if policy == "error":
         raise ValueError(f"dataset {dataset.name}: {count} cannot be read: {listing}. Replace or remove "
                          f"{'them' if len(bad) > 1 else 'it'}, or set data.check_images=skip to leave unreadable "
