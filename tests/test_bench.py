@@ -246,7 +246,7 @@ INTERNAL = "base.prune.scope=internal"
 
 
 @pytest.mark.parametrize("override, message", [
-    ("budgets=[0.02]", r"bench method HaoLi at budget 0.02: a MACs budget of 0.020 cannot be met"),
+    ("budgets=[0.02]", r"bench method HaoLi at budget 0.02: a MACs budget of 0.02 cannot be met"),
     ("datasets.cuhk03_market.root=no/such/folder", r"bench dataset cuhk03_market: data.root: folder 'no/such/folder' "
                                                    "does not exist"),
 ])
@@ -267,7 +267,7 @@ def test_infeasible_budget_fails_before_any_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench_cells, "train", forbidden)
     bench = load_bench(TINY_FILE, TINY + ["budgets=[0.02]", INTERNAL])
-    with pytest.raises(ConfigError, match="at budget 0.02: a MACs budget of 0.020 cannot be met"):
+    with pytest.raises(ConfigError, match="at budget 0.02: a MACs budget of 0.02 cannot be met"):
         run_bench(bench, tmp_path / "bench", progress=False, log=_quiet)
     assert not (tmp_path / "bench").exists()
 

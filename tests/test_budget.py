@@ -154,7 +154,7 @@ def test_unreachable_budget_names_the_smallest_fraction(resnet50_cost):
     model, cost = resnet50_cost
     groups = find_channel_groups(model, scope="internal")
     smallest = cost.macs({g.name: 1 for g in groups}) / cost.macs()
-    with pytest.raises(ValueError, match=rf"keeps {smallest:.3f} of its MACs.*scope=all"):
+    with pytest.raises(ValueError, match=rf"keeps {smallest:.3g} of its MACs.*scope=all"):
         keep_counts_for_budget(groups, cost, target_macs=0.05)
 
 
@@ -178,7 +178,7 @@ def test_a_tiny_budget_is_met_closely_or_refused(resnet50_cost):
     model, cost = resnet50_cost
     groups = find_channel_groups(model, scope="all")
     # Every group at one channel keeps about 0.0003 of the MACs: 0.0001 cannot be met, whatever 2 points allow.
-    with pytest.raises(ValueError, match="budget of 0.000 cannot be met"):
+    with pytest.raises(ValueError, match=r"budget of 0\.0001 cannot be met"):
         keep_counts_for_budget(groups, cost, target_macs=0.0001)
     counts = keep_counts_for_budget(groups, cost, target_macs=0.05)
     assert abs(cost.macs(counts) / cost.macs() - 0.05) <= 0.005  # a tenth of the target, not 0.02

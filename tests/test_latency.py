@@ -180,7 +180,7 @@ def test_an_unreachable_latency_budget_names_the_smallest_fraction(fake_timer):
     model, cost, groups = tiny()
     lc = LatencyCost(model, CPU, batch_sizes=(1,), input_size=SIZE, cost=cost)
     lowest = (raw(1, 1) + NETWORK_MS - raw(16, 16)) / NETWORK_MS
-    with pytest.raises(ValueError, match=f"latency budget of 0.100 cannot be met.*keeps {lowest:.3f} of its latency"):
+    with pytest.raises(ValueError, match=f"latency budget of 0.1 cannot be met.*keeps {lowest:.3g} of its latency"):
         budget_problem(groups, cost, target_latency=0.1, latency=lc)
     with pytest.raises(ValueError, match="needs the model's predicted latency"):
         budget_problem(groups, cost, target_latency=0.5)

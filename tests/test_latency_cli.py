@@ -66,7 +66,7 @@ def test_an_unreachable_latency_target_stops_before_any_file(fake_table, tmp_pat
     code = main(_args(fake_table, out, "--target-latency", "0.02", "--scope", "internal"))
     err = capsys.readouterr().err
     assert code == 2
-    assert "latency budget of 0.020 cannot be met" in err and "scope=all" in err and "Traceback" not in err
+    assert "latency budget of 0.02 cannot be met" in err and "scope=all" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
 
 

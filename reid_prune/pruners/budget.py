@@ -231,8 +231,8 @@ def budget_problem(groups: Sequence[ChannelGroup], cost: CostModel, *, target_ma
     if fraction(lowest) > target + tolerance:
         predicted = " (predicted from this machine's timings)" if what == "latency" else ""
         raise ValueError(
-            f"a {what} budget of {target:.3f} cannot be met: with every selected group at its minimum the model "
-            f"keeps {fraction(lowest):.3f} of its {what}{predicted}. Prune more layers (scope=all, include the stem, "
+            f"a {what} budget of {target:g} cannot be met: with every selected group at its minimum the model "
+            f"keeps {fraction(lowest):.3g} of its {what}{predicted}. Prune more layers (scope=all, include the stem, "
             "downsample or last stage) or lower min_channels / round_to"
         )
     return BudgetProblem(list(groups), what, target, fraction, lowest, round_to, tolerance)
@@ -253,8 +253,8 @@ def _adjust(groups, counts, lowest, round_to, fraction, target, tolerance, what)
                 best, best_error = (name, step, trial_error), abs(trial_error)
         if best is None:
             raise ValueError(
-                f"could not bring the model within {tolerance} of a {what} fraction of {target:.3f} "
-                f"(closest: {fraction(counts):.3f}); raise the tolerance or lower round_to"
+                f"could not bring the model within {tolerance:.3g} of a {what} fraction of {target:g} "
+                f"(closest: {fraction(counts):.3g}); raise the tolerance or lower round_to"
             )
         counts[best[0]], error = best[1], best[2]
     return counts
