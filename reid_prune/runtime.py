@@ -8,7 +8,7 @@ in one place and every layer runs with the same answer::
     trainer = Trainer(cfg, model, ..., runtime=runtime)
 
 This module also owns the process-wide helpers that several layers share:
-:func:`resolve_device`, :func:`seed_everything` and :func:`cache_dir`.
+:func:`resolve_device`, :func:`seed_everything`, :func:`cache_dir` and :func:`check_cache_dir`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ import numpy as np
 import torch
 
 from .distributed import distributed_context, env_world_size, local_rank
+from .outputs import OutputPathError, check_output_dir
 from .precision import ComputeSettings
+
+CACHE_VAR = "REID_PRUNE_CACHE"
 
 
 def resolve_device(spec: str, *, option: str = "config key train.device") -> torch.device:
@@ -66,7 +69,31 @@ def seed_everything(seed: int) -> None:
 
 def cache_dir() -> Path:
     """Where generated data and latency tables are kept: ``$REID_PRUNE_CACHE`` or ``~/.cache/reid_prune``."""
-    return Path(os.environ.get("REID_PRUNE_CACHE", Path.home() / ".cache" / "reid_prune"))
+    return Path(os.environ.get(CACHE_VAR, Path.home() / ".cache" / "reid_prune"))
+
+
+def check_cache_dir(*parts: str) -> Path:
+    """The cache subfolder ``cache_dir() / parts``, checked to be a folder that can be written (or created).
+
+    Called before the work whose results go there (a latency table takes minutes to time),
+    so a bad ``$REID_PRUNE_CACHE`` stops a command at once, not when the first result is saved.
+    Nothing is created.
+
+    Raises:
+        OutputPathError (a ValueError): the folder, or a folder above it, is a file, or cannot be
+            written; the message names ``$REID_PRUNE_CACHE`` and how to fix it, without errno text.
+    """
+    folder = cache_dir().joinpath(*parts)
+    try:
+        check_output_dir(folder, CACHE_VAR)
+    except OutputPathError:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # what stands in the way
+        why = f"'{blocker}' is a file, not a folder" if not blocker.is_dir() else f"'{blocker}' is not writable"
+        where = (f"{CACHE_VAR}={os.environ[CACHE_VAR]!r}" if CACHE_VAR in os.environ
+                 else f"the cache folder '{cache_dir()}' ({CACHE_VAR} is not set)")
+        raise OutputPathError(f"{where}: cannot keep the cache in '{folder}', since {why}; set {CACHE_VAR} to a "
+                              "folder you can write") from None
+    return folder
 
 
 @dataclass(frozen=True)

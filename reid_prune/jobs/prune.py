@@ -34,6 +34,7 @@ from ..evaluation.complexity import latency_ratios
 from ..outputs import check_output_dir
 from ..precision import ComputeSettings
 from ..pruners import PruneContext, Pruner
+from ..pruners.latency_feedback import check_latency_target
 from ..runtime import Runtime
 from .evaluate import check_architecture, model_report
 from .wiring import decision_loaders, make_eval_loaders, make_train_loader, prepare_dataset
@@ -82,6 +83,8 @@ def achieved(cfg: Config, report: Mapping[str, Any], original: nn.Module, pruned
         out.update(latency_ratio={k: round(v, 4) for k, v in ratios.items()},
                    latency_ratio_mean=round(sum(ratios.values()) / len(ratios), 4),
                    latency_setting={**compute.describe(), **({"threads": threads} if threads else {})})
+        if cfg.prune.target_latency is not None:  # a miss beyond the tolerance warns and is marked in the report
+            out.update(check_latency_target(cfg.prune.target_latency, ratios))
     return out
 
 
@@ -254,10 +257,16 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     if is_main_process():
         remove_stale_temporaries(out / "pruned.pt")  # left by a kill during an earlier write
         report["widths"] = kept_widths(model, original_widths)
+        for key, value in report.items():  # strict JSON (NaN is no JSON), checked before the first file is written
+            try:
+                json.dumps(value, allow_nan=False)
+            except ValueError:
+                raise ValueError(f"report.json: {key!r} holds a non-finite number (NaN or infinity), which JSON "
+                                 "cannot hold; nothing was written") from None
         save_checkpoint(out / "pruned.pt", model, model_config, config=cfg.to_dict(),
                         prune={k: report[k] for k in TARGET_KEYS})
         report["widths_plot"] = plot_widths(report["widths"], out / "widths.png",
                                             title=f"{pruner.name} ({pruner.scope}): kept channels per group")
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     barrier()
     return report

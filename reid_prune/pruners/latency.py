@@ -21,6 +21,10 @@ HALP (Shen et al., NeurIPS 2022), it is predicted from a lookup table measured o
    Measured against the real ratios of randomly pruned ResNet-18/50s, this constant
    predicted better than a scale factor, and timing each conv with its BatchNorm and ReLU
    did not help (docs/pruners.md, "Latency budgets").
+4. the cache is not trusted: every run times the whole network again and compares it with the
+   stored calibration; beyond :data:`CALIBRATION_TOLERANCE` (a calibration timed under another
+   load, or a copied or edited file) the model's ops and its calibration are timed again, alike,
+   and a stored op slower than :data:`OP_LIMIT` whole networks is timed again (both warn).
 
 :class:`LatencyCost` combines several batch sizes: the kept fraction of latency is the
 mean of the kept fractions at each batch size. Prediction has an error; the pruner
@@ -33,6 +37,7 @@ import bisect
 import copy
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,8 +54,16 @@ from .latency_table import LatencySetting, LatencyTable, Signature, cache_folder
 # Fractions of a layer's width at which it is timed (plus its smallest allowed width). The time of a
 # conv is close to bilinear in (in, out) away from the smallest widths, so a coarse grid is enough.
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
-# Passes of the whole network for the calibration: its median is the measured latency.
-NETWORK_REPEATS = 5
+# Passes of the whole network for the calibration: its median is the measured latency. The check of a stored
+# calibration, made on every run, takes fewer: it only has to tell a stale value (x2-3) from noise.
+NETWORK_REPEATS, CHECK_REPEATS = 5, 3
+# A stored calibration is re-timed (with the model's ops) when the network timed now differs from it by more than
+# this factor minus one: 25% is past the run-to-run spread of a median of 5 passes on a busy machine (a few
+# hundredths), and well below the 2-3x of a calibration timed under load.
+CALIBRATION_TOLERANCE = 0.25
+# One conv or linear alone cannot take several times as long as the whole network it is part of: a stored op
+# above this many networks (timed now) is no timing of this machine, and is timed again.
+OP_LIMIT = 4.0
 
 
 def axis(channels: int, controlled: bool, *, min_channels: int = 1, round_to: int = 1) -> list[int]:
@@ -151,23 +164,25 @@ class LatencyModel:
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def measure(self) -> LatencyModel:
-        """Fill every layer's grid and the calibration from the table, timing what it lacks; returns self."""
+        """Fill every layer's grid and the calibration from the table, timing what it lacks; returns self.
+
+        The whole network is timed on every call: it is the calibration when the table has
+        none, and otherwise the check of the stored one (:meth:`check_table`).
+        """
 
         def run() -> tuple[list[list[list[float]]], float, int]:
             table = LatencyTable(self.setting, self.folder)
+            key = self.network_key()
+            cached = table.networks.get(key)
             with cpu_threads(self.setting.threads):
+                now = self.time_network(NETWORK_REPEATS if cached is None else CHECK_REPEATS)
+                stale = self.check_table(table, key, now)
                 grids = [[[table.op_ms(l.signature, c_in, c_out) for c_out in l.out_axis] for c_in in l.in_axis]
                          for l in self.layers]
-                key = self.network_key()
-                if key not in table.networks:
-                    compute = self.setting.compute
-                    batch = self.setting.batch_size
-                    table.networks[key] = measure_latency(
-                        self.model, self.setting.input_size, batch_sizes=(batch,), device=compute.device, warmup=1,
-                        repeats=NETWORK_REPEATS, channels_last=compute.channels_last,
-                        precision=compute.precision)[f"batch{batch}"]
+                if cached is None or stale:  # a stale calibration is timed again after its ops, as they were
+                    table.networks[key] = now if cached is None else self.time_network(NETWORK_REPEATS)
                     table.measured += 1
-            if table.measured:
+            if table.measured or table.dirty:
                 table.save()
             return grids, table.networks[key], table.measured
 
@@ -176,6 +191,41 @@ class LatencyModel:
             layer.grid = monotone(grid)
         self.calibrate(self.measured_ms)
         return self
+
+    def time_network(self, repeats: int) -> float:
+        """The whole network's milliseconds per image in the setting: the median of ``repeats`` passes."""
+        compute, batch = self.setting.compute, self.setting.batch_size
+        return measure_latency(self.model, self.setting.input_size, batch_sizes=(batch,), device=compute.device,
+                               warmup=1, repeats=repeats, channels_last=compute.channels_last,
+                               precision=compute.precision)[f"batch{batch}"]
+
+    def check_table(self, table: LatencyTable, key: str, now_ms: float) -> bool:
+        """Check the table's entries for this network (``key``) against ``now_ms``, its whole latency timed now.
+
+        A stored calibration more than :data:`CALIBRATION_TOLERANCE` away (as a ratio) was timed
+        under other conditions than this run (another load, or a copied or edited file), and so
+        probably were the ops timed with it: the model's ops are dropped to be timed again, and
+        True is returned (the calibration is stale). Stored ops above :data:`OP_LIMIT` x ``now_ms``
+        are dropped too. Each case warns once.
+        """
+        ops = {l.signature.key(c_in, c_out) for l in self.layers for c_in in l.in_axis for c_out in l.out_axis}
+        where = f"latency table '{table.path}' (batch {self.setting.batch_size})"
+        cached = table.networks.get(key)
+        limit = 1 + CALIBRATION_TOLERANCE
+        stale = cached is not None and not 1 / limit <= cached / now_ms <= limit
+        if stale:
+            warnings.warn(f"{where}: the whole network takes {now_ms:.4g} ms per image now, {cached:.4g} in the table "
+                          f"(x{cached / now_ms:.2f}; tolerance x{limit:g}): timed under other "
+                          f"conditions, so its {len(ops)} ops and the calibration are timed again", UserWarning,
+                          stacklevel=2)
+            table.forget(ops)
+        slow = sorted(k for k in ops if table.ops.get(k, 0.0) > OP_LIMIT * now_ms)
+        if slow:
+            warnings.warn(f"{where}: {len(slow)} stored op(s) take more than {OP_LIMIT:g} x the whole network "
+                          f"({now_ms:.4g} ms per image now; e.g. {slow[0]!r}: {table.ops[slow[0]]:.4g} ms), which "
+                          "no op of it can: timing them again", UserWarning, stacklevel=2)
+            table.forget(slow)
+        return stale
 
     def calibrate(self, measured_ms: float) -> None:
         """Map the layers' sum onto the measured network: add what the layers leave out.

@@ -13,6 +13,11 @@ model string or the CUDA device name), torch's version, the precision, the memor
 the number of CPU threads, the batch size and the network's input size. Within a file each
 op is keyed by its signature and widths, so models that share layers share measurements and
 a second prune of the same model measures nothing.
+
+Nothing read from a file is trusted: a value that is not a plausible time (finite, in
+[:data:`MIN_MS`, :data:`MAX_MS`] milliseconds per image) is dropped, with a warning, and timed
+again when needed; :class:`~.latency.LatencyModel` also re-times the whole network on every run
+and re-times a table that disagrees with it.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import contextlib
 import hashlib
 import json
 import platform
+import math
 import statistics
 import time
+import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,14 +39,17 @@ from torch import nn
 
 from ..evaluation.complexity import synchronize
 from ..layers import LayerKind, kind_named, kind_of
-from ..outputs import atomic_path
+from ..outputs import OutputPathError, atomic_path
 from ..precision import ComputeSettings, autocast_context
-from ..runtime import cache_dir
+from ..runtime import check_cache_dir
 
 FORMAT = "reid_prune/latency/1"
 # A standalone op is timed until it has run MIN_RUNS times and for MIN_SECONDS, or MAX_RUNS times;
 # the median is kept. Short ops get more runs, because their timings are the noisiest.
 MIN_RUNS, MAX_RUNS, MIN_SECONDS = 3, 25, 0.05
+# A stored time outside [MIN_MS, MAX_MS] ms per image is no measurement of a layer (1e-7 ms: 0.1 ns;
+# 1e6 ms: a thousand seconds): it is dropped and timed again.
+MIN_MS, MAX_MS = 1e-7, 1e6
 _ACTIVATION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -175,8 +186,18 @@ def time_op(signature: Signature, in_channels: int, out_channels: int, setting: 
 
 
 def cache_folder() -> Path:
-    """``$REID_PRUNE_CACHE/latency``, default ``~/.cache/reid_prune/latency``."""
-    return cache_dir() / "latency"
+    """``$REID_PRUNE_CACHE/latency``, default ``~/.cache/reid_prune/latency``, checked to be writable.
+
+    Raises:
+        OutputPathError (a ValueError): the folder cannot be written (:func:`~reid_prune.runtime.check_cache_dir`).
+    """
+    return check_cache_dir("latency")
+
+
+def plausible_ms(value: object) -> bool:
+    """Whether a stored value can be a time in milliseconds per image: a finite number in [MIN_MS, MAX_MS]."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and MIN_MS <= value <= MAX_MS)
 
 
 class LatencyTable:
@@ -188,7 +209,12 @@ class LatencyTable:
 
     ``ops`` maps :meth:`Signature.key` to milliseconds per image; ``networks`` maps a
     network's description hash to its measured milliseconds per image. ``measured`` counts the
-    timings this object made (0 when everything came from the file).
+    timings this object made (0 when everything came from the file). A file that cannot be read
+    is measured again, and so is every stored value that is not a plausible time
+    (:func:`plausible_ms`: NaN, infinite, zero, negative, not a number): each case warns once.
+
+    Raises:
+        OutputPathError (a ValueError): the table's path is a folder, which no table can be written over.
     """
 
     def __init__(self, setting: LatencySetting, folder: Path | None = None) -> None:
@@ -197,12 +223,34 @@ class LatencyTable:
         self.ops: dict[str, float] = {}
         self.networks: dict[str, float] = {}
         self.measured = 0
-        if self.path is not None and self.path.is_file():
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a damaged file is measured again
-                stored = json.loads(self.path.read_text())
-                if stored["format"] == FORMAT and stored["setting"] == json.loads(json.dumps(asdict(setting))):
-                    self.ops = {str(k): float(v) for k, v in stored["ops"].items()}
-                    self.networks = {str(k): float(v) for k, v in stored["networks"].items()}
+        self.dirty = False  # the file differs from what is in memory (entries dropped)
+        if self.path is None or not self.path.exists():
+            return
+        if not self.path.is_file():  # found now, not when the timed table is saved over it
+            raise OutputPathError(f"latency table '{self.path}' is a folder, not a file: remove it (the cache "
+                                  "folder only holds tables)")
+        try:
+            stored = json.loads(self.path.read_text())
+            if stored["format"] != FORMAT or stored["setting"] != json.loads(json.dumps(asdict(setting))):
+                return  # another format or setting (a hash collision): timed anew, written over
+            ops, networks = dict(stored["ops"]), dict(stored["networks"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"latency table '{self.path}' cannot be read ({type(exc).__name__}); timing it again",
+                          UserWarning, stacklevel=2)
+            return
+        self.ops = {str(k): float(v) for k, v in ops.items() if plausible_ms(v)}
+        self.networks = {str(k): float(v) for k, v in networks.items() if plausible_ms(v)}
+        bad = [(k, v) for k, v in [*ops.items(), *networks.items()] if not plausible_ms(v)]
+        if bad:
+            warnings.warn(f"latency table '{self.path}': {len(bad)} stored timing(s) are no plausible time "
+                          f"(finite, {MIN_MS:g} to {MAX_MS:g} ms per image; e.g. {bad[0][0]!r}: {bad[0][1]!r}); "
+                          "dropped and timed again where needed", UserWarning, stacklevel=2)
+            self.dirty = True  # saved without them even when nothing else changes
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop these op entries (stale ones), so :meth:`op_ms` times them again."""
+        for key in keys:
+            self.dirty |= self.ops.pop(key, None) is not None
 
     def op_ms(self, signature: Signature, in_channels: int, out_channels: int) -> float:
         """The op's milliseconds per image, measured now unless the table has it."""
@@ -218,4 +266,4 @@ class LatencyTable:
             return
         with atomic_path(self.path) as tmp, open(tmp, "w") as fh:
             json.dump({"format": FORMAT, "setting": asdict(self.setting), "ops": self.ops,
-                       "networks": self.networks}, fh, indent=1, sort_keys=True)
+                       "networks": self.networks}, fh, indent=1, sort_keys=True, allow_nan=False)
