@@ -38,6 +38,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # What the boolean train.amp of configs and checkpoints written before the string setting means now.
 LEGACY_AMP = {True: "auto", False: "off"}
 CHANNELS_LAST_SETTINGS = ("auto", True, False)
+# What ComputeSettings.memory_format_name calls the two layouts (checkpoints record it).
+MEMORY_FORMATS = ("contiguous", "channels_last")
+# The train.amp value that runs a precision on any device where it runs at all (auto depends on the machine).
+AMP_FOR_PRECISION = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 # CPU feature flags (Linux /proc/cpuinfo) that mean bf16 arithmetic in hardware: x86 AVX512-BF16 and
 # AMX-BF16, Arm's BF16 extension (Graviton 3, Neoverse V1/N2 and later).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")

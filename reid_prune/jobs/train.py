@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from ..distributed import is_main_process
 from ..engine import Trainer
 from ..evaluation import complexity
 from ..outputs import check_output_dir
+from ..precision import AMP_FOR_PRECISION, MEMORY_FORMATS, PRECISIONS, ComputeSettings, cpu_has_native_bf16
 from ..runtime import Runtime, seed_everything
 from .wiring import decision_loaders, make_eval_loaders, make_train_loader, model_config_for, prepare_dataset
 
@@ -29,6 +31,8 @@ from .wiring import decision_loaders, make_eval_loaders, make_train_loader, mode
 RESUMABLE_KEYS = tagged_keys(Config(), "runtime") + tagged_keys(Config(), "resumable")
 # Sections and keys training never reads (they prune or evaluate): a resume does not compare them.
 NOT_TRAINING = tagged_keys(Config(), "not_training")
+# The config keys that choose what last.pt's "compute" record holds.
+COMPUTE_KEYS = {"precision": "train.amp", "memory_format": "train.channels_last"}
 
 
 def prepare_output(output: str | Path, *, resume: bool) -> Path:
@@ -45,12 +49,16 @@ def prepare_output(output: str | Path, *, resume: bool) -> Path:
     return out
 
 
-def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path, runtime: Runtime) -> None:
+def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path, runtime: Runtime) -> Runtime:
     """Refuse to resume ``ckpt`` (a run's last.pt) with a config that changes more than :data:`RESUMABLE_KEYS`.
 
     The weights, optimiser state and schedule in ``last.pt`` belong to the config stored with
     them; training them on under another architecture, loss or data would go on silently
-    with the old weights and then label them wrongly.
+    with the old weights and then label them wrongly. ``train.amp`` and ``train.channels_last``
+    are judged by what they resolve to (:func:`resumed_compute`) when ``last.pt`` records it.
+
+    Returns:
+        ``runtime`` with the precision and memory format the resumed run trains in.
 
     Raises:
         ValueError: naming every changed key that may not change, or when ``train.epochs`` is
@@ -65,8 +73,11 @@ def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path, runtime: Runtime
     except ConfigError as exc:
         raise ValueError(f"--resume: the config stored in {path} is not valid today ({exc}); "
                          "start a new run in another --output") from None
+    record = ckpt.get("compute")
+    # With a record, these two settings may change as long as they resolve to what the run recorded.
+    judged_by_record = tuple(COMPUTE_KEYS.values()) if record else ()
     changed = {k: v for k, v in changed_keys(before, cfg.to_dict()).items()
-               if k not in RESUMABLE_KEYS and not k.startswith(NOT_TRAINING)}
+               if k not in RESUMABLE_KEYS and k not in judged_by_record and not k.startswith(NOT_TRAINING)}
     if changed:
         listing = ", ".join(f"{key} ({_yaml(old)} -> {_yaml(new)})" for key, (old, new) in changed.items())
         raise ValueError(f"--resume: the config changes {listing} from the run in {path.parent}; a resumed run may "
@@ -79,20 +90,56 @@ def check_resume(cfg: Config, ckpt: dict[str, Any], path: Path, runtime: Runtime
         warnings.warn(f"--resume with train.epochs {before['train']['epochs']} -> {cfg.train.epochs}: the cosine "
                       "schedule is stretched over the new length, so the learning rate of the remaining epochs differs "
                       "from the first run's curve", UserWarning, stacklevel=2)
-    compute = runtime.compute
-    stored_compute = ckpt.get("compute") or {}
-    now = {"precision": compute.precision, "memory_format": compute.memory_format_name}
-    different = {k: (v, now[k]) for k, v in stored_compute.items() if k in now and v != now[k]}
-    if different:
-        listing = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in different.items())
-        raise ValueError(f"--resume: {path} was trained with {', '.join(f'{k} {v}' for k, v in stored_compute.items())}, "
-                         f"but train.amp / train.channels_last resolve here to {listing}; set train.amp and "
-                         "train.channels_last to what the run used (e.g. --set train.amp=bf16) to continue it exactly")
+    if not record:  # a checkpoint from before the record: the config comparison above decided
+        return runtime
+    return replace(runtime, compute=resumed_compute(cfg, record, path, runtime.compute))
+
+
+def resumed_compute(cfg: Config, record: Any, path: Path, here: ComputeSettings) -> ComputeSettings:
+    """The precision and memory format a resumed run trains in: those ``record`` (last.pt's ``compute``) holds.
+
+    ``auto`` (``train.amp``, ``train.channels_last``) follows the record, so a run goes on as it
+    was trained on any machine (an fp32 run stays fp32 on a CPU with bf16); an explicit setting
+    must resolve to the recorded value. ``here``: what the config resolves to on this machine.
+
+    Raises:
+        ValueError: an explicit setting resolves to something else (the message names the settings
+            that continue the run), the record is unreadable, or it holds fp16 and the device is no GPU.
+    """
+    precision = record.get("precision") if isinstance(record, dict) else None
+    layout = record.get("memory_format") if isinstance(record, dict) else None
+    if precision not in PRECISIONS or layout not in MEMORY_FORMATS:
+        raise ValueError(f"--resume: {path} records an unknown precision or memory format ({record!r}); "
+                         "start a new run in another --output")
+    asked = {"precision": cfg.train.amp, "memory_format": cfg.train.channels_last}
+    now = {"precision": precision if asked["precision"] == "auto" else here.precision,
+           "memory_format": layout if asked["memory_format"] == "auto" else here.memory_format_name}
+    wrong = [field for field, value in now.items() if value != record[field]]
+    if wrong:
+        fix = {"precision": AMP_FOR_PRECISION[precision], "memory_format": layout == "channels_last"}
+        gives = " and ".join(f"{COMPUTE_KEYS[f]}={_setting(asked[f])} gives {f} {now[f]}" for f in wrong)
+        raise ValueError(f"--resume: {path} was trained with precision {precision}, memory_format {layout}, but "
+                         f"{gives} here; continue it exactly with "
+                         f"{' '.join(f'--set {COMPUTE_KEYS[f]}={_setting(fix[f])}' for f in wrong)}, or with auto, "
+                         "which resumes in the recorded setting")
+    if precision == "fp16" and here.device.type != "cuda":
+        raise ValueError(f"--resume: {path} was trained with fp16 autocast, which runs on CUDA only; resume it on a "
+                         "GPU (--set train.device=cuda)")
+    if precision != here.precision and precision == "bf16" and here.device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(f"--resume: {path} was trained with bf16 autocast, which this CPU emulates (slower than fp32); "
+                      "it goes on in bf16, as recorded",
+                      UserWarning, stacklevel=2)
+    return ComputeSettings(here.device, precision, layout == "channels_last")
 
 
 def _yaml(value: Any) -> str:
     """A config value as YAML spells it (null, true, [1, 2])."""
     return json.dumps(value, default=str)
+
+
+def _setting(value: Any) -> str:
+    """A config value as ``--set`` takes it (true, bf16)."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False, progress: bool = True,
@@ -116,7 +163,7 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     ckpt = read_checkpoint(out / "last.pt") if resume else None
     runtime = Runtime.from_config(cfg.train)  # a bad device or precision fails before any file
     if ckpt is not None:
-        check_resume(cfg, ckpt, out / "last.pt", runtime)
+        runtime = check_resume(cfg, ckpt, out / "last.pt", runtime)
     dataset = prepare_dataset(cfg.data, verbose=progress)
     model_config = model_config_for(cfg, dataset.num_train_pids)
     if ckpt is not None:
