@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .commands import COMMANDS
 from .commands.common import NOTHING_WRITTEN, USER_ERRORS, add_config_args, error, show_warning
+from .outputs import interrupt_behind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         error(args, exc)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as exc:
+        if interrupt_behind(exc) is None:  # a Ctrl-C that a C++ writer turned into another error counts too
+            raise
         print(f"\nreid-prune {args.command}: interrupted; {args.spec.INTERRUPTED or NOTHING_WRITTEN}", file=sys.stderr)
         return 130
 

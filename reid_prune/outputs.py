@@ -75,15 +75,41 @@ def check_output_file(path: str | os.PathLike, option: str = "--output",
     return path
 
 
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that ``exc`` is, or that it was raised while handling (its cause or context), else None.
+
+    Writers in C++ turn a Ctrl-C that reached them through a Python callback into another error: torch.save
+    to an open file raises ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` while
+    handling the KeyboardInterrupt.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed over ``path`` if the body succeeds, removed otherwise."""
+    """A temporary path beside ``path`` to write to; renamed over ``path`` if the body succeeds, removed otherwise.
+
+    A Ctrl-C during the body leaves ``path`` as it was and raises KeyboardInterrupt, even when the writer
+    turned it into another error (:func:`interrupt_behind`), so commands report it as an interrupt.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except Exception as exc:
+            interrupt = interrupt_behind(exc)
+            if interrupt is not None:
+                raise interrupt from None
+            raise
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
         umask = os.umask(0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,29 +21,51 @@ CSV_COLUMNS = ("run", "epoch", "loss", "lr", "mAP", "rank1")
 PANELS = (("loss", "training loss"), ("lr", "learning rate"), ("mAP", "mAP (%)"))
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl``, in file order.
+def read_metrics_file(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
+    """The epoch records of a ``metrics.jsonl`` file, in file order, and whether a cut-short last line was dropped.
+
+    The trainer appends one line per epoch, so a kill while it writes leaves the last line cut
+    short: that line is dropped with a warning naming the file (its epoch is trained again on
+    ``--resume``, as last.pt was not written after it). Any other bad line is an error.
 
     Raises:
-        FileNotFoundError: no metrics.jsonl in ``run_dir``.
-        ValueError: a line that is not a JSON record with an integer ``epoch``, or a file without records
-            (the line is named).
+        ValueError: a line before the last that is not JSON, or any line that is not a record with an
+            integer ``epoch`` (the file and line are named).
     """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass a folder written by reid-prune train")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    path = Path(path)
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records, dropped = [], False
+    for number, line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {number}: not a JSON record ({exc})") from exc
+            if number == lines[-1][0]:  # the expected trace of a kill during the append
+                warnings.warn(f"{path}: dropped its last line (line {number}), cut short by a stop while it was "
+                              f"written: {line.strip()[:60]}", UserWarning, stacklevel=2)
+                dropped = True
+                continue
+            raise ValueError(f"{path}, line {number}: not a JSON record ({exc}); only the last line can be cut short "
+                             "by a stop, so the file was changed by something else: restore it, or delete that "
+                             "line") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise ValueError(f"{path}, line {number}: expected a record of one epoch with an integer \"epoch\", "
                              f"got {line.strip()[:80]}")
         records.append(record)
+    return records, dropped
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl``, in file order (:func:`read_metrics_file`: a cut-short last
+    line is dropped with a warning).
+
+    Raises:
+        FileNotFoundError: no metrics.jsonl in ``run_dir``.
+        ValueError: a bad line (named), or a file without records.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass a folder written by reid-prune train")
+    records, _ = read_metrics_file(path)
     if not records:
         raise ValueError(f"{path} holds no epoch yet")
     return records

@@ -16,13 +16,14 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..analysis.curves import read_metrics_file
 from ..backbone import build_model
 from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_temporaries
 from ..config import Config, ConfigError, changed_keys, config_from_dict, dump_config, tagged_keys
 from ..distributed import is_main_process
 from ..engine import Trainer
 from ..evaluation import complexity
-from ..outputs import check_output_dir
+from ..outputs import atomic_path, check_output_dir
 from ..precision import AMP_FOR_PRECISION, MEMORY_FORMATS, PRECISIONS, ComputeSettings, cpu_has_native_bf16
 from ..runtime import Runtime, seed_everything
 from .wiring import decision_loaders, make_eval_loaders, make_train_loader, model_config_for, prepare_dataset
@@ -164,6 +165,9 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     runtime = Runtime.from_config(cfg.train)  # a bad device or precision fails before any file
     if ckpt is not None:
         runtime = check_resume(cfg, ckpt, out / "last.pt", runtime)
+    metrics = out / "metrics.jsonl"
+    # A kill while a line was appended leaves it cut short (dropped, with a warning); other bad lines stop here.
+    read = read_metrics_file(metrics) if resume and metrics.is_file() else None
     dataset = prepare_dataset(cfg.data, verbose=progress)
     model_config = model_config_for(cfg, dataset.num_train_pids)
     if ckpt is not None:
@@ -178,6 +182,9 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
         for name in ("last.pt", "best.pt"):
             remove_stale_temporaries(out / name)  # left by a kill during a checkpoint write
         dump_config(cfg, out / "config.yaml")
+        if read is not None and read[1]:  # the trainer reads every line again
+            with atomic_path(metrics) as tmp:
+                tmp.write_text("".join(json.dumps(record) + "\n" for record in read[0]))
     trainer = Trainer(cfg, model, model_config, train_loader, query_loader, gallery_loader, output_dir=out,
                       progress=progress, runtime=runtime)
     if resume:
