@@ -7,15 +7,33 @@ The names below are the library's front door, for notebooks and scripts::
     summary = reid_prune.train(cfg, output="runs/notebook")
     small = reid_prune.prune(reid_prune.load_model("runs/notebook/best.pt"), "fpgm", target_macs=0.5)
 
-Jobs and pruning pull in the training loop and torch.fx machinery; they are imported when first asked for.
+Each function here checks its arguments before it does any work, as the command line checks its
+flags (:mod:`reid_prune.jobs.arguments`): a mistyped keyword is named with the closest valid one,
+a value of the wrong type (``target_macs=True``, a dict for a config) is refused with a TypeError
+naming the argument. Jobs and pruning pull in the training loop and torch.fx machinery; they are
+imported when first asked for.
 """
 
 from importlib import import_module
+from typing import Callable
 
-from .backbone import build_model
-from .checkpoint import load_model, save_checkpoint
+from . import backbone as _backbone
+from . import checkpoint as _checkpoint
+from .jobs.arguments import checked, prune_keywords, pruner_keywords
 
 __version__ = "0.1.0"
+
+
+def _front(function: Callable, extra: Callable | None = None) -> Callable:
+    """``function`` with its arguments checked; named as this module's, so pickle finds the checked one here."""
+    wrapped = checked(function, extra=extra)
+    wrapped.__module__ = __name__
+    return wrapped
+
+
+build_model = _front(_backbone.build_model)
+load_model = _front(_checkpoint.load_model)
+save_checkpoint = _front(_checkpoint.save_checkpoint)
 
 # name -> the module that owns it, imported on first use.
 _LAZY = {
@@ -30,10 +48,14 @@ _LAZY = {
     "extract_checkpoint": "reid_prune.jobs.extract",
     "export_checkpoint": "reid_prune.jobs.export",
 }
+# What the functions that take **kwargs accept there, so a mistyped keyword is caught too.
+_KEYWORDS = {"prune": prune_keywords, "get_pruner": pruner_keywords}
 __all__ = ["build_model", "load_model", "save_checkpoint", *_LAZY, "__version__"]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        function = _front(getattr(import_module(_LAZY[name]), name), _KEYWORDS.get(name))
+        globals()[name] = function  # wrapped once: later lookups find it without coming here
+        return function
     raise AttributeError(f"module 'reid_prune' has no attribute {name!r}")

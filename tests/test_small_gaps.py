@@ -86,9 +86,12 @@ def test_extract_follows_folder_links_and_names_every_link_it_skips(tmp_path, ca
     assert all(os.path.samefile(p, q) for p, q in zip(paths[1:], linked))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        f"--images: followed 1 symbolic link to a folder; its images are included ('{source / 'cam2'}' -> '{elsewhere}')",
-        f"--images: skipped 1 symbolic link leading back to a folder above (a loop) ('{source / 'cam1' / 'up'}' -> '..')",
-        f"--images: skipped 1 symbolic link whose target is missing ('{source / 'gone.jpg'}' -> '{tmp_path / 'deleted.jpg'}')",
+        f"--images: followed 1 symbolic link to a folder; its images are included ('{source / 'cam2'}' -> "
+        f"'{elsewhere}')",
+        f"--images: skipped 1 symbolic link leading back to a folder above (a loop) ('{source / 'cam1' / 'up'}' -> "
+        "'..')",
+        f"--images: skipped 1 symbolic link whose target is missing ('{source / 'gone.jpg'}' -> "
+        f"'{tmp_path / 'deleted.jpg'}')",
     ]
 
 
