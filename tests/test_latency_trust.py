@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from conftest import CACHE_VAR
+from conftest import CACHE_VAR, TINY_RUN
 from reid_prune.cli import main
 from reid_prune.jobs import prune as prune_job
 from reid_prune.pruners import latency, latency_feedback, latency_table
@@ -192,6 +192,23 @@ def test_a_bad_cache_folder_stops_prune_before_any_timing(where, tiny_run, tmp_p
     assert f"{CACHE_VAR}='{folder}'" in err and f"set {CACHE_VAR} to a folder you can write" in err
     assert "Errno" not in err and "Traceback" not in err and "Not a directory" not in err
     assert timed == [] and (not out.exists() or not any(out.iterdir()))
+
+
+@pytest.mark.parametrize("folder", ["a file", "/proc/reid-prune-cache"])
+def test_the_synthetic_data_cache_names_the_variable_without_errno_text(folder, tmp_path, monkeypatch):
+    from reid_prune.config import load_config
+    from reid_prune.jobs.wiring import prepare_dataset
+
+    if folder == "a file":
+        folder = tmp_path / "cache-file"
+        folder.write_text("not a folder")
+    monkeypatch.setenv(CACHE_VAR, str(folder))
+    with pytest.raises(ValueError) as info:
+        prepare_dataset(load_config(None, TINY_RUN).data, verbose=False)
+    message = str(info.value)
+    assert message.startswith(f"{CACHE_VAR}='{folder}': cannot keep the cache in '{folder}/synthetic-")
+    assert message.endswith(f"set {CACHE_VAR} to a folder you can write")
+    assert "No such file" not in message and "Errno" not in message
 
 
 def test_the_cache_check_names_the_default_folder_when_the_variable_is_unset(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from ..data.cache import decoded_bytes
 from ..data.validation import carve_validation
 from ..distributed import is_main_process, main_process_first
 from ..outputs import check_output_dir
-from ..runtime import Runtime, cache_dir
+from ..runtime import Runtime, cache_dir, check_cache_dir
 
 
 def synthetic_root(data: DataConfig) -> Path:
@@ -57,7 +57,7 @@ def prepare_dataset(data: DataConfig, *, verbose: bool = True) -> ReIDDataset:
         root = synthetic_root(data)
         with main_process_first():
             if not (root / "bounding_box_train").is_dir():
-                check_output_dir(root, "data.root" if data.root else "the synthetic data cache ($REID_PRUNE_CACHE)")
+                check_output_dir(root, "data.root") if data.root else check_cache_dir(root.name)
                 s = data.synthetic
                 generate_synthetic(root, num_ids=s.ids, num_test_ids=s.test_ids, num_cameras=s.cameras,
                                    images_per_camera=s.images_per_camera, seed=s.seed)
