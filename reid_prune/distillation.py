@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config_fields import choice, number_range
+from .precision import ComputeSettings
 
 FEATURE_METRICS = ("cosine", "l2")
 
@@ -131,35 +132,64 @@ class Distiller(nn.Module):
         teacher: the teacher network (copied and frozen here; ``teacher(x, with_logits=True)``
             must give ``(feature (N, D_t), logits (N, C) or None)``).
         config: the loss weights and temperatures.
-        student_dim: the student's metric-feature size D_s; a learned ``Linear(D_s, D_t)``
-            projection (trained with the student, saved in its checkpoint) serves the feature
-            loss when it differs from the teacher's D_t.
-        teacher_dim: D_t (read from a probe forward by :func:`feature_size` when building).
+        input_size: (H, W) of the images in pixels: feature sizes are read from a probe forward.
 
-    Only the projection has trainable parameters (:meth:`parameters`); the teacher is held
-    outside the module tree so that ``state_dict`` and the optimiser never see it.
+    :meth:`match_student` must see the student before training (the trainer calls it whenever it
+    builds an optimiser): when the student's feature size D_s differs from the teacher's D_t, a
+    learned ``Linear(D_s, D_t)`` projection serves the feature loss; it trains with the student
+    and is saved in its checkpoint (:meth:`extra_state_dict`). Only the projection has trainable
+    parameters; the teacher is held outside the module tree, so ``state_dict``, ``.to()`` and
+    the optimiser never see it.
     """
 
-    def __init__(self, teacher: nn.Module, config: DistillConfig, *, student_dim: int, teacher_dim: int) -> None:
+    def __init__(self, teacher: nn.Module, config: DistillConfig, input_size: tuple[int, int]) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.input_size = config, tuple(input_size)
         self._teacher = [freeze(teacher)]  # a list: not a submodule, so not trained, saved or moved by .to()
-        self.student_dim, self.teacher_dim = student_dim, teacher_dim
-        self.projection = (nn.Linear(student_dim, teacher_dim, bias=False)
-                           if config.feature > 0 and student_dim != teacher_dim else None)
+        self.teacher_dim = feature_size(self.teacher, self.input_size)
+        self.student_dim: int | None = None
+        self.projection: nn.Linear | None = None
+
+    def match_student(self, student: nn.Module) -> None:
+        """Read the student's feature size; make a new projection when it changed and one is needed.
+
+        Surgery that cuts the last stage's channels changes D_s: the old projection cannot serve
+        the new width, so it starts afresh (seeded by the caller's random state).
+        """
+        dim = feature_size(student, self.input_size)
+        if dim == self.student_dim:
+            return
+        self.student_dim = dim
+        self.projection = (nn.Linear(dim, self.teacher_dim, bias=False)
+                           if self.config.feature > 0 and dim != self.teacher_dim else None)
+        if self.projection is not None:
+            self.projection.to(next(student.parameters()).device)
 
     @property
     def teacher(self) -> nn.Module:
         return self._teacher[0]
 
-    def place(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> None:
-        """Move the teacher (in the student's memory format) and the projection to ``device``."""
-        self._teacher[0] = self.teacher.to(device=device, memory_format=memory_format)
-        self.to(device)
+    def place(self, compute: ComputeSettings) -> None:
+        """Put the teacher where the student runs (device, memory format) and the projection on the device.
+
+        The teacher then runs under the student's autocast: in the run's precision.
+        """
+        self._teacher[0] = compute.place(self.teacher)
+        self.to(compute.device)
 
     def loss(self, images: Tensor, feats: Tensor, logits: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        """The weighted distillation loss for one batch and its parts (``distill_feature`` ...)."""
+        """The weighted distillation loss for one batch and its parts (``distill_feature`` ...).
+
+        Args:
+            images: (N, 3, H, W), as the student saw them; feats: the student's (N, D_s) metric
+                features; logits: its (N, C) identity logits or None.
+        """
         cfg = self.config
+        if self.student_dim is None:
+            raise ValueError("Distiller: call match_student(model) before computing its loss")
+        if feats.shape[1] != self.student_dim:
+            raise ValueError(f"Distiller: the student's features have {feats.shape[1]} channels, but match_student "
+                             f"saw {self.student_dim}: call match_student(model) after surgery")
         self.teacher.eval()  # a caller's model.train() must never reach the teacher
         with torch.no_grad():
             t_feats, t_logits = self.teacher(images, with_logits=True)
@@ -187,6 +217,9 @@ class Distiller(nn.Module):
         return {"projection": None if self.projection is None else self.projection.state_dict()}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state_dict` (after :meth:`match_student` saw the resumed model)."""
+        if self.student_dim is None:
+            raise ValueError("Distiller: call match_student(model) before loading its state")
         if (state.get("projection") is None) != (self.projection is None):
             raise ValueError("--resume: the checkpoint's distillation projection does not match this run's "
                              "(prune.distill changed); resume with the run's own config")

@@ -146,3 +146,13 @@ def all_reduce_mean(values: Mapping[str, torch.Tensor | float]) -> dict[str, tor
             out[key] = float(total) / world
     return out
 
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over all ranks, in place: for parameters DDP does not hold."""
+    params = [p for p in params if p.grad is not None]
+    if not is_distributed() or not params:
+        return
+    averaged = all_reduce_mean({str(i): p.grad for i, p in enumerate(params)})
+    for i, param in enumerate(params):
+        param.grad.copy_(averaged[str(i)])

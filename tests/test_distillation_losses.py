@@ -91,8 +91,9 @@ def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient():
     torch.manual_seed(0)
     teacher, student = _Net(6), _Net(4)
     config = DistillConfig(feature=1.0, relational=1.0, logits=0.5)
-    distiller = Distiller(teacher, config, student_dim=feature_size(student, (8, 8)),
-                          teacher_dim=feature_size(teacher, (8, 8)))
+    distiller = Distiller(teacher, config, (8, 8))
+    distiller.match_student(student)
+    assert feature_size(student, (8, 8)) == 4 and distiller.teacher_dim == 6
     assert distiller.projection is not None and distiller.projection.weight.shape == (6, 4)
     trainable = {id(p) for p in distiller.parameters()}
     assert trainable == {id(distiller.projection.weight)}  # the teacher is not a submodule
@@ -115,7 +116,9 @@ def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient():
 
 def test_logits_of_other_identities_are_refused():
     teacher, student = _Net(4, classes=3), _Net(4, classes=5)
-    distiller = Distiller(teacher, DistillConfig(logits=1.0), student_dim=4, teacher_dim=4)
+    distiller = Distiller(teacher, DistillConfig(logits=1.0), (8, 8))
+    distiller.match_student(student)
+    assert distiller.projection is None  # same widths: no projection
     images = torch.randn(3, 3, 8, 8)
     with pytest.raises(ValueError, match="prune.distill.logits=0"):
         distiller.loss(images, *student(images, with_logits=True))

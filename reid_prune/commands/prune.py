@@ -51,6 +51,12 @@ layer_rates.yaml of reid-prune sensitivity; a file made with --scope all needs
 --scope all here too (with per-group rates auto means internal). DIR also gets
 widths.png: the kept fraction and width of every channel group (needs the plot
 extra; the numbers are in report.json under "widths").
+--distill fine-tunes with knowledge distillation from the unpruned model (or
+--teacher CKPT): the re-ID losses stay on, and a feature loss (cosine to the
+teacher's features) and a relational loss (the teacher's in-batch similarity
+ranking) are added, also during a method's own steps between rounds
+(prune.distill: weights, temperatures, logits; docs/distillation.md). The
+teacher runs forward on every batch: a step costs about one more forward pass.
 
 examples:
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm --rate 0.4
@@ -62,6 +68,8 @@ examples:
       --target-macs 0.5 --allocation global --finetune-epochs 4
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method molchanov \\
       --target-macs 0.5 --train-steps 400     # its steps between rounds count: the rest fine-tunes
+  reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli \\
+      --target-macs 0.5 --train-steps 400 --distill   # fine-tuned with the unpruned model as teacher
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method fpgm \\
       --target-latency 0.5 --latency-batch-sizes 1 32 --finetune-epochs 4 --output runs/demo/fpgm-lat50
   reid-prune prune --config configs/demo.yaml --checkpoint runs/demo/best.pt --method haoli --scope all \\
@@ -92,6 +100,10 @@ def prune_flags(args: argparse.Namespace) -> list[dict[str, Any]]:
         groups.append({"prune.finetune_epochs": 0})
     if args.finetune_epochs is not None and args.train_steps is None:
         groups.append({"prune.train_steps": None})
+    if args.distill or args.teacher:
+        groups.append({"prune.distill": {}})  # on: the file's prune.distill settings, else the defaults
+    if args.teacher:
+        groups.append({"prune.distill.teacher": args.teacher})
     if any(v is not None for v in targets.values()):
         # One target on the command line replaces any target the config file set (nulled first, so a
         # mapping from the file is replaced rather than merged).
@@ -122,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{cfg.prune.method} ({report['scope']}) on {args.checkpoint}")
     print(format_table(["", *stages], rows))
     print(achieved_line(report))
+    if report["distill"] is not None:
+        d = report["distill"]
+        losses = ", ".join(f"{name} x{d[name]:g}" for name in ("feature", "relational", "logits") if d[name] > 0)
+        print(f"distilled from {d['teacher'] or 'the unpruned model'} ({losses})")
     if report["widths_plot"]:
         print(f"wrote {output}/pruned.pt, {output}/report.json and {output}/widths.png")
     else:
@@ -168,6 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "method's own training (between rounds or layers, or while it prunes) counted and "
                               "the fine-tuning taking the rest; an equal budget for comparing methods "
                               "(default: prune.train_steps, none)")
+    parser.add_argument("--distill", action="store_true",
+                        help="fine-tune with distillation from the unpruned model (prune.distill; default: off)")
+    parser.add_argument("--teacher", metavar="CKPT",
+                        help="distil from this checkpoint instead of the unpruned model (implies --distill)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="method setting, e.g. --option mode=soft (repeatable)")
     parser.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "

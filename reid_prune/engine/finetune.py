@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig
+from ..distillation import Distiller
 from ..runtime import Runtime, seed_everything
 from .ledger import TrainingLedger
 from .trainer import Trainer
@@ -61,13 +62,16 @@ class StepFinetuner:
         schedule: the fine-tuning schedule; its ``lr`` is used as a constant for these short runs.
         runtime: the job's device, precision and ranks (default: resolved from ``schedule``).
         ledger: counts the steps (and stops them past its limit: the job's ``prune.train_steps``).
+        distiller: distillation from the unpruned model during these steps too (``prune.distill``).
 
     A new optimiser is made at every call, since surgery replaced the parameters.
     """
 
     def __init__(self, cfg: Config, loader: DataLoader, model_config: dict[str, Any], schedule: TrainConfig, *,
-                 runtime: Runtime | None = None, ledger: TrainingLedger | None = None) -> None:
+                 runtime: Runtime | None = None, ledger: TrainingLedger | None = None,
+                 distiller: Distiller | None = None) -> None:
         self.cfg, self.model_config, self.schedule, self.ledger = cfg, model_config, schedule, ledger
+        self.distiller = distiller
         self.runtime = runtime or Runtime.from_config(schedule)
         self.stream = BatchStream(loader, schedule.seed)
         self.loader = loader
@@ -77,7 +81,7 @@ class StepFinetuner:
         if self.ledger is not None:
             self.ledger.spend(model, steps, who=f"pruning method {self.cfg.prune.method!r}")
         trainer = Trainer(self.cfg, model, self.model_config, self.loader, train=self.schedule, progress=False,
-                          runtime=self.runtime)
+                          runtime=self.runtime, distiller=self.distiller)
         trainer.model.train()
         trainer.train_model.train()
         for group in trainer.optimizer.param_groups:

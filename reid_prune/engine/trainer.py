@@ -18,9 +18,7 @@ counted from 1 in ``metrics.jsonl`` and checkpoints (``epoch``: epochs completed
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import itertools
 import json
 import math
 import time
@@ -33,29 +31,16 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ..config import Config, TrainConfig
-from ..distributed import all_reduce_mean, broadcast_buffers, broadcast_object
+from ..distillation import Distiller
+from ..distributed import all_reduce_mean, average_gradients, broadcast_buffers, broadcast_object
 from ..evaluation import evaluate
 from ..hooks import TrainerHook
 from ..losses import ReIDLoss
 from ..precision import ComputeSettings
 from ..progress import progress_bar
 from ..runtime import Runtime, seed_everything
+from .optim import build_optimizer, shared_copy
 from .schedule import lr_at
-
-
-def build_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """Adam or SGD over the trainable parameters.
-
-    BN and bias parameters (1-D) get no weight decay unless ``train.decay_norms_and_biases``.
-    """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 and not train.decay_norms_and_biases else decay).append(param)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if train.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=train.momentum, nesterov=train.momentum > 0)
 
 
 class NonFiniteError(ValueError):
@@ -98,6 +83,8 @@ class Trainer:
             need, the last one cut short; the schedule (cosine, milestones) runs over ``steps`` / batches
             per epoch epochs. An equal training budget counts steps (reid-prune prune, ``prune.train_steps``).
         runtime: device, precision, ranks (:class:`~reid_prune.runtime.Runtime`); default: resolved from ``train``.
+        distiller: adds its distillation loss to every step (:class:`~reid_prune.distillation.Distiller`);
+            its projection, if any, trains with the model and is saved in ``last.pt`` for ``--resume``.
     """
 
     def __init__(
@@ -115,6 +102,7 @@ class Trainer:
         progress: bool = True,
         runtime: Runtime | None = None,
         steps: int | None = None,
+        distiller: Distiller | None = None,
     ) -> None:
         self.cfg = cfg
         self.train_cfg = train or cfg.train
@@ -132,6 +120,9 @@ class Trainer:
             raise ValueError("config key train.sync_bn: torch's SyncBatchNorm runs on GPUs only; "
                              "set train.sync_bn=false to train on CPUs (BatchNorm statistics are then per rank)")
         self.model = self.compute.place(model)
+        self.distiller = distiller
+        if distiller is not None:
+            distiller.place(self.compute)
         neck = getattr(unwrap(self.model), "neck", None)
         if self.train_cfg.train_neck_bias and isinstance(neck, nn.BatchNorm1d):
             neck.bias.requires_grad_(True)  # the model is built with it frozen (bag of tricks)
@@ -162,7 +153,11 @@ class Trainer:
         the configured memory format.
         """
         self.compute.place(self.model)
-        self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr)
+        extra = ()
+        if self.distiller is not None:
+            self.distiller.match_student(unwrap(self.model))  # surgery may have changed the feature size
+            extra = self.distiller.parameters()
+        self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr, extra)
         # Loss scaling only for fp16, whose range underflows small gradients; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute.precision == "fp16")
         if self.world_size > 1:
@@ -186,6 +181,8 @@ class Trainer:
             # What train.amp and train.channels_last resolved to here: a resume must run the same way.
             "compute": {"precision": self.compute.precision, "memory_format": self.compute.memory_format_name},
         }
+        if self.distiller is not None:
+            extra["distill"] = self.distiller.extra_state_dict()
         if resumable:
             extra.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
         return extra
@@ -198,6 +195,8 @@ class Trainer:
             path = self.output_dir / "last.pt"
         ckpt = read_checkpoint(path)
         unwrap(self.model).load_state_dict(ckpt["state_dict"])
+        if self.distiller is not None:
+            self.distiller.load_extra_state_dict(ckpt.get("distill", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"] and self.scaler.is_enabled():
             # A run continued at another precision starts a fresh scale (a disabled scaler saves nothing).
@@ -320,6 +319,10 @@ class Trainer:
                 if reg is not None:
                     loss = loss + reg
                     parts["reg"] = parts.get("reg", 0.0) + float(reg.detach())
+            if self.distiller is not None:  # the re-ID losses stay on: distillation adds to them
+                distilled, distill_parts = self.distiller.loss(images, feats, logits)
+                loss = loss + distilled
+                parts.update(distill_parts)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         value = float(loss.detach())
@@ -331,6 +334,8 @@ class Trainer:
                 f"{self.batch + 1} (optimiser step {self.global_step + 1}, learning rate "
                 f"{self.optimizer.param_groups[0]['lr']:.3g})"))
         self.scaler.unscale_(self.optimizer)
+        if self.distiller is not None and self.world_size > 1:
+            average_gradients(self.distiller.parameters())  # outside DDP's module: averaged here
         for hook in self.hooks:
             hook.on_after_backward(self.loop)
         self.scaler.step(self.optimizer)
@@ -379,14 +384,3 @@ class _Loop:
 
     def rebuild_optimizer(self) -> None:
         self._trainer.rebuild_optimizer()
-
-
-def shared_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s module tree that shares every parameter and buffer with it.
-
-    DDP trains through a SyncBatchNorm version of this copy, while ``Trainer.model``
-    keeps plain BatchNorm layers for checkpoints, hooks and pruning surgery: both see
-    the same weights and running statistics.
-    """
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo)

@@ -37,6 +37,7 @@ from ..pruners import PruneContext, Pruner
 from ..pruners.latency_feedback import check_latency_target
 from ..runtime import Runtime
 from .evaluate import check_architecture, model_report
+from .teacher import build_distiller, check_distill
 from .wiring import decision_loaders, make_eval_loaders, make_train_loader, prepare_dataset
 
 STAGES = ("before", "pruned", "finetuned")
@@ -169,6 +170,9 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
                          "(between its rounds or layers), more than the budget: raise --train-steps "
                          "(prune.train_steps), or lower the method's finetune_steps option")
     separate = prune_data is not None and prune_data != cfg.data
+    own_steps = getattr(pruner, "planned_training_steps", lambda _: 0)(model)
+    check_distill(cfg, trains=bool(epochs > 0 or budget or own_steps or pruner.requires == "training"),
+                  other_data=separate)
     if separate:
         check_prune_data(cfg, prune_data, pruner, model)
     dataset = prepare_dataset(cfg.data, verbose=progress)
@@ -196,6 +200,9 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     report.update(method=pruner.name, finetune_epochs=epochs, checkpoint=str(checkpoint),
                   prune_data=prune_dataset.name if prune_data is not None else None)
     report["before"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
+    # The teacher is the unpruned model as loaded (its own classifier), frozen before any cut.
+    distiller = build_distiller(cfg, model_from_checkpoint(ckpt), student_classes=dataset.num_train_pids)
+    report["distill"] = dataclasses.asdict(cfg.prune.distill) if cfg.prune.distill is not None else None
     ledger = TrainingLedger(report["before"]["macs"], (cfg.data.height, cfg.data.width), limit=budget)
 
     def schedule(steps: int | None) -> TrainConfig:
@@ -211,7 +218,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     # The method's decisions and its own training read the pruning data (the fine-tuning data without prune_data).
     context = PruneContext(data=prune_loader, num_batches=cfg.prune.data_batches, device=compute.device,
                            finetune=StepFinetuner(prune_cfg, prune_loader, model_config, finetune_schedule(cfg, 1),
-                                                  runtime=runtime, ledger=ledger),
+                                                  runtime=runtime, ledger=ledger, distiller=distiller),
                            evaluate=validate, precision=compute.precision)
     started = time.perf_counter()
     if pruner.requires == "training":
@@ -219,7 +226,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         # Soft and regularised methods run their schedule inside the fine-tuning epochs.
         # The ledger after the pruner: it measures the width after the pruner's cuts of each epoch.
         trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[pruner, ledger],
-                          train=schedule(budget), progress=progress, runtime=runtime, steps=budget)
+                          train=schedule(budget), progress=progress, runtime=runtime, steps=budget, distiller=distiller)
         trainer.fit()
         # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
         model = compute.place(pruner.finalize(trainer.model))
@@ -241,7 +248,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
                 model = replace_classifier(model, dataset.num_train_pids, cfg.train.seed)
                 model_config = model.build_config
             trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[ledger],
-                              train=schedule(rest), progress=progress, runtime=runtime, steps=rest)
+                              train=schedule(rest), progress=progress, runtime=runtime, steps=rest,
+                              distiller=distiller)
             trainer.fit()
             model = trainer.model
             report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config_fields import ConfigError, choice, number_range, require, tagged
+from ..distillation import DistillConfig
 from .allocation import ALLOCATIONS
 from .groups import SCOPES
 from .options import build_options
@@ -50,6 +51,8 @@ class PruneConfig:
     # finetune_epochs: an equal training budget for every method (docs/bench.md, "Protocol v2").
     train_steps: int | None = tagged(number_range(None, 1), "later")
     finetune_lr: float | None = number_range(None, 0, low_open=True)  # while fine-tuning (default: train.lr / 10)
+    # Fine-tune (and train between rounds) with distillation from the unpruned model or distill.teacher; null = off.
+    distill: DistillConfig | None = tagged(None, "later")
     data_batches: int = number_range(8, 1)  # training batches used by data-driven criteria
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 
