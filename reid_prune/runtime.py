@@ -68,8 +68,11 @@ def seed_everything(seed: int) -> None:
 
 
 def cache_dir() -> Path:
-    """Where generated data and latency tables are kept: ``$REID_PRUNE_CACHE`` or ``~/.cache/reid_prune``."""
-    return Path(os.environ.get(CACHE_VAR, Path.home() / ".cache" / "reid_prune"))
+    """Where generated data and latency tables are kept: ``$REID_PRUNE_CACHE`` or ``~/.cache/reid_prune``.
+
+    An empty ``$REID_PRUNE_CACHE`` counts as unset (not as the working directory).
+    """
+    return Path(os.environ.get(CACHE_VAR) or Path.home() / ".cache" / "reid_prune")
 
 
 def check_cache_dir(*parts: str) -> Path:
@@ -89,7 +92,7 @@ def check_cache_dir(*parts: str) -> Path:
     except OutputPathError:
         blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # what stands in the way
         why = f"'{blocker}' is a file, not a folder" if not blocker.is_dir() else f"'{blocker}' is not writable"
-        where = (f"{CACHE_VAR}={os.environ[CACHE_VAR]!r}" if CACHE_VAR in os.environ
+        where = (f"{CACHE_VAR}={os.environ[CACHE_VAR]!r}" if os.environ.get(CACHE_VAR)
                  else f"the cache folder '{cache_dir()}' ({CACHE_VAR} is not set)")
         raise OutputPathError(f"{where}: cannot keep the cache in '{folder}', since {why}; set {CACHE_VAR} to a "
                               "folder you can write") from None

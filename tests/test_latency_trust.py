@@ -211,10 +211,13 @@ def test_the_synthetic_data_cache_names_the_variable_without_errno_text(folder, 
     assert "No such file" not in message and "Errno" not in message
 
 
-def test_the_cache_check_names_the_default_folder_when_the_variable_is_unset(tmp_path, monkeypatch):
+@pytest.mark.parametrize("unset", ["deleted", "empty"])
+def test_the_cache_check_names_the_default_folder_when_the_variable_is_unset(unset, tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.write_text("a file where the home folder should be")
     monkeypatch.delenv(CACHE_VAR, raising=False)
+    if unset == "empty":  # an empty variable is no folder (it was the working directory)
+        monkeypatch.setenv(CACHE_VAR, "")
     monkeypatch.setenv("HOME", str(home))
     from reid_prune.runtime import check_cache_dir  # here: the module imports on code without it too
 
