@@ -138,3 +138,18 @@ def test_logits_need_a_teacher_over_the_same_identities(tiny_run, cache_at, tmp_
     err = capsys.readouterr().err
     assert "classifies 5 identities but the pruned model trains on 12" in err and "prune.distill.logits=0" in err
     assert not (tmp_path / "pruned" / "pruned.pt").exists()
+
+
+def test_a_bench_method_distils_through_set_and_gets_cells_of_its_own():
+    from conftest import SMALL_BENCH, TINY_BENCH
+    from reid_prune.bench import load_bench, plan_bench
+
+    plain = plan_bench(load_bench(TINY_BENCH, SMALL_BENCH)).cells
+    both = plan_bench(load_bench(TINY_BENCH, SMALL_BENCH + [
+        "methods=[haoli, {name: haoli, label: HaoLi + KD, set: {prune.distill: {relational: 0.5}}}]"])).cells
+    by_label = {c.label: c for c in both if c.kind == "prune"}
+    assert by_label["HaoLi"].cfg.prune.distill is None
+    assert by_label["HaoLi + KD"].cfg.prune.distill.relational == 0.5
+    # Distillation off leaves every key as it was; on, the cell is another one.
+    assert {c.key for c in plain} <= {c.key for c in both}
+    assert by_label["HaoLi + KD"].key not in {c.key for c in plain}
