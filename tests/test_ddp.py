@@ -41,6 +41,7 @@ from reid_prune.checkpoint import module_widths
 from reid_prune.cli import main
 from reid_prune.config import dump_config, load_config
 from reid_prune.data import PKSampler, build_train_loader, build_transforms
+from reid_prune.distillation import Distiller
 from reid_prune.distributed import all_reduce_mean, broadcast_object, process_group_from_env
 from reid_prune.jobs.wiring import make_train_loader, model_config_for, prepare_dataset
 from reid_prune.engine.schedule import lr_at
@@ -364,3 +365,30 @@ def test_auto_device_is_the_local_rank_gpu_under_torchrun(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(ValueError, match="shows 2 GPU"):
         resolve_device("auto")
+
+
+def _distill_worker(rank: int, port: int, cache: str, out: str) -> None:
+    with _rank_with_data(rank, port, cache) as (model, loader):
+        cfg = load_config(None, TINY + ["train.epochs=1", "prune.distill={}"])
+        # A teacher of another feature size: the feature loss trains a projection outside DDP's module.
+        seed_everything(1)
+        teacher = build_model("resnet18", embedding_dim=32)
+        seed_everything(rank)  # each rank makes its own projection: the trainer must start them from rank 0's
+        distiller = Distiller(teacher, cfg.prune.distill, (cfg.data.height, cfg.data.width))
+        distiller.match_student(model)
+        own = distiller.projection.weight.detach().clone()
+        trainer = Trainer(cfg, model.train(), model.build_config, loader, progress=False, distiller=distiller)
+        start = distiller.projection.weight.detach().clone()
+        trainer.fit()
+        torch.save({"own": own, "start": start, "projection": distiller.projection.weight.detach().clone(),
+                    "state_dict": trainer.model.state_dict()}, Path(out) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_a_distillation_projection_trains_identically_on_two_ranks(cache, tmp_path):
+    ranks = _spawn_ranks(_distill_worker, cache, tmp_path, "distillation")
+    assert not torch.equal(ranks[0]["own"], ranks[1]["own"])  # seeded apart on purpose
+    assert torch.equal(ranks[0]["start"], ranks[0]["own"]) and torch.equal(ranks[1]["start"], ranks[0]["own"])
+    assert torch.equal(ranks[0]["projection"], ranks[1]["projection"])
+    assert not torch.equal(ranks[0]["projection"], ranks[0]["start"])
+    assert _max_difference(ranks[0]["state_dict"], ranks[1]["state_dict"]) == 0.0

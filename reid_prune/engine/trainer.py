@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from ..checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ..config import Config, TrainConfig
 from ..distillation import Distiller
-from ..distributed import all_reduce_mean, average_gradients, broadcast_buffers, broadcast_object
+from ..distributed import (all_reduce_mean, average_gradients, broadcast_buffers, broadcast_object,
+                           broadcast_tensors)
 from ..evaluation import evaluate
 from ..hooks import TrainerHook
 from ..losses import ReIDLoss
@@ -156,6 +157,7 @@ class Trainer:
         extra = ()
         if self.distiller is not None:
             self.distiller.match_student(unwrap(self.model))  # surgery may have changed the feature size
+            broadcast_tensors(self.distiller.parameters())  # rank 0's projection everywhere, as DDP does the model
             extra = self.distiller.parameters()
         self.optimizer = build_optimizer(self.model, self.train_cfg, self.train_cfg.lr, extra)
         # Loss scaling only for fp16, whose range underflows small gradients; bf16 has fp32's range.
