@@ -153,3 +153,25 @@ def test_a_bench_method_distils_through_set_and_gets_cells_of_its_own():
     # Distillation off leaves every key as it was; on, the cell is another one.
     assert {c.key for c in plain} <= {c.key for c in both}
     assert by_label["HaoLi + KD"].key not in {c.key for c in plain}
+
+
+def test_the_prune_report_scores_the_finished_model_on_the_validation_split(tiny_run, cache_at, tmp_path):
+    """Choosing distillation weights (or any setting) must read the validation split: report.json gives it."""
+    from reid_prune.checkpoint import load_model
+    from reid_prune.engine import evaluate_with_config
+    from reid_prune.jobs.wiring import decision_loaders, make_eval_loaders
+    from reid_prune.runtime import Runtime
+
+    cache_at(tiny_run / "cache")
+    cfg = _config("prune.method=haoli", "prune.rate=0.3", "prune.train_steps=2", "train.max_batches=2",
+                  "data.val_ids=4")
+    with pytest.warns(UserWarning, match="new classifier"):
+        report = prune_checkpoint(cfg, tiny_run / "run" / "best.pt", output=tmp_path / "pruned", progress=False)
+    dataset = prepare_dataset(cfg.data, verbose=False)
+    model = load_model(tmp_path / "pruned" / "pruned.pt")
+    compute = Runtime.from_config(cfg.train).compute
+    val = evaluate_with_config(model, cfg, *decision_loaders(cfg, dataset), compute=compute, progress=False)
+    test = evaluate_with_config(model, cfg, *make_eval_loaders(cfg, dataset), compute=compute, progress=False)
+    assert report["validation"]["mAP"] == pytest.approx(val["mAP"], abs=1e-6)
+    assert report["finetuned"]["mAP"] == pytest.approx(test["mAP"], abs=1e-6)
+    assert val["mAP"] != test["mAP"]  # two splits, two numbers: the comparison can fail

@@ -144,8 +144,10 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     (each step x the MACs fraction of the model that took it), ``finetune_steps`` (those after the cut),
     ``widths`` (per channel group: channels before, kept, fraction; see
     :func:`~reid_prune.analysis.widths.kept_widths`), ``widths_plot`` (whether
-    ``widths.png`` was drawn: False without matplotlib) and ``prune_data`` (the name of the pruning
-    data's dataset; None without prune_data).
+    ``widths.png`` was drawn: False without matplotlib), ``prune_data`` (the name of the pruning
+    data's dataset; None without prune_data), ``validation`` (mAP, rank-1 and mINP of the finished
+    model on the validation split, for choices between settings; None without ``data.val_ids``) and
+    ``distill`` (the ``prune.distill`` settings; None without).
     """
     out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
@@ -255,6 +257,9 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
             report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
         else:
             report["finetuned"] = None
+    # The finished model on the validation split: what a choice between settings may read (the test split may not).
+    report["validation"] = ({k: v for k, v in validate(model).items() if k in ("mAP", "rank1", "mINP")}
+                            if dataset.val_query else None)
     report.update(pruner.summary())
     report.update(ledger.summary(), method_train_steps=method_steps, finetune_steps=ledger.steps - method_steps)
     report["total_seconds"] = round(time.perf_counter() - started, 3)
