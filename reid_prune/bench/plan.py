@@ -10,105 +10,22 @@ import dataclasses
 import importlib.util
 import json
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 from ..backbone import build_model
-from ..config import Config, ConfigError, DataConfig, validate
+from ..config import ConfigError, validate
 from ..config_fields import merge
 from ..evaluation import complexity
 from ..jobs.prune import pruner_from_config
 from ..jobs.wiring import model_config_for, parse_dataset, prepare_dataset, with_validation
+from ..runtime import Runtime
+from .cellspec import Cell, Plan, RowSpec
 from .configs import data_config, finetune_seeds_of, run_config, stretched
 from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
 from .schema import Bench
 from .specs import AnchorSpec, BudgetSpec, MethodSpec
 
 DENSE = "Dense (fine-tuned)"  # the row of the dense reference (bench key dense)
-
-
-@dataclass
-class Cell:
-    """One model of the bench.
-
-    ``kind``: ``train`` (a baseline), ``prune`` (a baseline pruned by a method and fine-tuned),
-    ``scratch`` (a pruned cell's architecture trained from scratch), ``anchor`` (a baseline
-    pruned by Torch-Pruning and fine-tuned) or ``dense`` (a baseline fine-tuned like the
-    pruned cells, with nothing cut). ``seed`` is the seed of the baseline it starts
-    from; ``finetune_seed`` the seed of its own training when the bench gives fine-tuning seeds.
-    """
-
-    key: str
-    kind: str
-    cfg: Config
-    dataset: str  # the data it was trained or fine-tuned on
-    pretrain: str  # the data its starting model was trained on (= dataset for baselines)
-    seed: int
-    arch: str
-    label: str  # the row name: architecture, method, anchor or scratch label
-    method: MethodSpec | None = None
-    anchor: AnchorSpec | None = None
-    budget: str = ""
-    target_macs: float | None = None
-    finetune_seed: int | None = None
-    parent: Cell | None = None
-    target_latency: float | None = None
-    same_widths: Cell | None = None  # a pruned cell whose per-group widths this one keeps (MethodSpec.widths)
-    extra_steps: int = 0  # scratch: optimiser steps trained on top of cfg.train.epochs (the bench's train_steps)
-    prune_on: str = ""  # a pruned cell's pruning data when it is not its fine-tuning data (cross_domain prune_data)
-    prune_data: DataConfig | None = None  # that data's section, passed to the prune job
-
-    @property
-    def pruned_on(self) -> str:
-        """The data a pruned or anchor cell's pruning read ("" for the other kinds): results.csv's prune_data."""
-        return self.prune_on or (self.dataset if self.kind in ("prune", "anchor") else "")
-
-    @property
-    def target(self) -> str:
-        """What the cell keeps, in words."""
-        if self.target_latency is not None:
-            return f"{self.target_latency:.3f} of its measured latency"
-        return f"{self.target_macs:.3f} of its MACs"
-
-    def describe(self) -> str:
-        seeds = f"seed {self.seed}" + (f", fine-tuning seed {self.finetune_seed}" if self.finetune_seed is not None
-                                       else "")
-        if self.kind == "train":
-            return f"train {self.arch} on {self.dataset} ({seeds})"
-        steps = self.cfg.prune.train_steps
-        source = f"{self.pretrain}-trained " if self.pretrain != self.dataset else ""
-        if self.kind == "dense":
-            length = f"{steps} steps" if steps else f"{self.cfg.prune.finetune_epochs} epochs"
-            return f"fine-tune {source}{self.arch} unpruned on {self.dataset}, {length} ({seeds})"
-        if self.kind == "scratch":
-            epochs = self.cfg.train.epochs
-            more = f" + {self.extra_steps} steps" if self.extra_steps else ""
-            return (f"train {self.arch} at {self.parent.label}'s widths ({self.target}) from "
-                    f"scratch on {self.dataset}, {epochs} epoch{'s' * (epochs != 1)}{more} ({seeds})")
-        on = f" on {self.prune_on}'s data" if self.prune_on else ""
-        if self.same_widths is not None:
-            return (f"prune {source}{self.arch} with {self.method.name}{on} at {self.same_widths.label}'s widths "
-                    f"({self.target}), fine-tune on {self.dataset} ({seeds})")
-        return (f"prune {source}{self.arch} with {self.label}{on} to {self.target}, "
-                f"fine-tune on {self.dataset} ({seeds})")
-
-
-@dataclass
-class RowSpec:
-    """One line of the results: a cell evaluated on ``dataset``."""
-
-    scenario: str  # in_domain | cross_domain
-    name: str
-    cell: Cell
-    dataset: str
-
-
-@dataclass
-class Plan:
-    cells: list[Cell]
-    rows: list[RowSpec]
-    budgets: dict[str, float]  # budget label -> fraction of prune_arch's MACs (latency:F: of its latency) kept
-    notes: list[str]  # what the bench file asks for but this machine cannot run (e.g. a missing extra)
 
 
 def budget_targets(label: str, value: float) -> dict[str, float | None]:
@@ -332,7 +249,9 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
 
     The budget of each pruning cell is planned on a fresh model of the pruned architecture
     (the channel counts depend on the architecture, not on the trained weights), so an
-    unreachable budget stops the bench now, not after the baselines have trained.
+    unreachable budget stops the bench now, not after the baselines have trained. A latency
+    budget is checked on this machine's timings now; its cell checks it again when it prunes,
+    on timings taken then, which :data:`LATENCY_NOTE` (added to ``plan.notes``) says.
     ``dry_run`` checks the dataset roots and file names only: it neither generates synthetic
     data nor decodes images.
     """
@@ -361,11 +280,12 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                 raise ConfigError(f"{where}: {cell.method.name} prunes during fine-tuning; "
                                   "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
             model_config = {**model_config_for(cell.cfg, 0), "pretrained": "none"}  # MACs do not count the classifier
-            key = json.dumps([pruner.budget_params(), model_config], sort_keys=True, default=str)
+            checked = {**model_config_for(cell.cfg, _start_classes(cell, datasets)), "pretrained": "none"}
+            key = json.dumps([pruner.budget_params(), checked], sort_keys=True, default=str)
             if key not in seen_budgets:
                 seen_budgets.add(key)
-                try:
-                    pruner.check(build_model(**model_config))
+                try:  # on the network the cell's prune job checks: a latency table keys its timings by its description
+                    pruner.check(Runtime.from_config(cell.cfg.train).compute.place(build_model(**checked)).eval())
                 except ValueError as exc:
                     raise ConfigError(f"{where} at budget {cell.budget}: {exc}") from exc
             budget = cell.cfg.prune.train_steps
@@ -380,3 +300,23 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                 raise ConfigError(f"bench key train_steps: {where} trains {own} optimiser steps by itself (between its "
                                   f"rounds or layers, as planned at budget {cell.budget}), more than train_steps="
                                   f"{budget}: raise train_steps, or lower the method's finetune_steps option")
+    latency = [label for label in plan.budgets if label.startswith("latency:")]
+    if latency and not any(note.startswith(LATENCY_NOTE) for note in plan.notes):
+        plan.notes.append(f"{LATENCY_NOTE} ({', '.join(latency)}) {LATENCY_LATER}")
+
+
+LATENCY_NOTE = "latency budgets"
+LATENCY_LATER = (
+    "were checked on this machine's timings now; each cell checks its budget again when it prunes, after its source "
+    "trained, timing the whole network again then: if the load changed beyond the latency table's tolerance, the "
+    "table is timed again and a budget near the lowest reachable fraction can still be refused then (the bench stops, "
+    "naming the cell; finished cells are kept)")
+
+
+def _start_classes(cell: Cell, datasets: dict[str, Any]) -> int:
+    """Identities of the classifier of the model a pruned cell starts from (0 when unknown: a dry run on generated
+    data): its source's, or, pruned or fine-tuned on other data than its source's, those of that data."""
+    other = (cell.prune_on or cell.dataset) != cell.pretrain
+    data = (cell.prune_data or cell.cfg.data) if other else cell.parent.cfg.data
+    dataset = datasets.get(json.dumps(dataclasses.asdict(data), sort_keys=True))
+    return dataset.num_train_pids if dataset is not None else 0
