@@ -14,8 +14,9 @@
    results.md, pareto.png and widths.png.
 
 One module per idea: :mod:`.schema` (the bench file), :mod:`.configs` (each cell's run config),
-:mod:`.keys` (the cache-key policy), :mod:`.plan` (cells, rows, checks before any work),
-:mod:`.cells` (running one cell, DDP and caching), :mod:`.anchors` (Torch-Pruning),
+:mod:`.keys` (the cache-key policy), :mod:`.cellspec` (what a plan holds), :mod:`.plan` (cells,
+rows, checks before any work), :mod:`.cells` (running one cell, DDP and caching), :mod:`.trust`
+(what a cached cell must prove before reuse: its key, checksums, data fingerprints), :mod:`.anchors` (Torch-Pruning),
 :mod:`.scoring` (evaluation-only settings), :mod:`.latency`, :mod:`.tables` and :mod:`.plots`
 (the results), :mod:`.run` (the whole bench); the command is :mod:`reid_prune.commands.bench`.
 """

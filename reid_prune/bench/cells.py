@@ -1,26 +1,30 @@
 """Running one cell, once: its folder is its cache, and under torchrun every rank trains it (DDP).
 
 A cell is finished when ``DIR/cells/KEY/result.json`` exists (written last, atomically). A
-rerun skips finished cells, continues an interrupted training (baseline or scratch) from
-its ``last.pt`` and redoes an interrupted pruning. Under torchrun rank 0 alone reads and
-writes the cell's files and sends what it read to the other ranks.
+rerun reuses a finished cell whose files prove they are its own and whose training data did
+not change (trust.py), continues an interrupted training (baseline or scratch) from its
+``last.pt`` when it started on the same data, and redoes an interrupted pruning. A cell that
+fails leaves no folder, unless it holds a training to continue. Under torchrun rank 0 alone
+reads and writes the cell's files and sends what it read to the other ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
 from ..analysis.allocation import rate_for_keep
 from ..backbone import build_model, reinitialise
 from ..checkpoint import apply_widths, load_model, model_with_new_classifier, read_checkpoint, save_checkpoint
-from ..config import Config, read_yaml, validate
+from ..config import Config, ConfigError, read_yaml, validate
 from ..config_fields import merge
 from ..distributed import barrier, broadcast_object, is_main_process
 from ..evaluation import complexity
@@ -33,9 +37,12 @@ from .anchors import TorchPruningAnchor
 from .configs import steps_per_epoch, stretched
 from .keys import eval_settings, with_eval_settings
 from .plan import Cell
+from .trust import STAMP, Fingerprints, adopt, cell_files, load_result, problem, stamp
 
 METRICS = ("mAP", "rank1", "rank5", "mINP")
 DONE = "result.json"
+STARTED = "started.json"  # a training's key and data fingerprints, written when it starts: a resume must match them
+Log = Callable[[str], None]
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -45,12 +52,20 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON in ``path``; None when there is none, or (with a warning naming it) when it is not valid JSON."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # a truncated file: what it cached is computed again
+        warnings.warn(f"{path} is not valid JSON ({exc}; a truncated write?): ignored, what it held is computed "
+                      "again", UserWarning, stacklevel=2)
+        return None
 
 
 def cell_checkpoint(cell: Cell, folder: Path) -> Path:
     """The model file a finished cell leaves: the last epoch of a training, or the pruned model."""
-    return folder / "run" / "last.pt" if cell.kind in ("train", "scratch") else folder / "pruned.pt"
+    return folder / cell_files(cell)[0]
 
 
 def model_cost(checkpoint: Path, input_size: tuple[int, int]) -> dict[str, int]:
@@ -68,13 +83,28 @@ def scratch_model(model_config: dict[str, Any], widths: dict[str, list[int]]) ->
     return reinitialise(model, zero_init_residual=model_config["zero_init_residual"])
 
 
+def _resumable(cell: Cell, folder: Path, data: dict[str, str], log: Log) -> bool:
+    """Whether the cell's interrupted training can go on: its ``last.pt`` exists and it started on this data
+    (a training started before ``started.json`` existed goes on)."""
+    if not (folder / "run" / "last.pt").is_file():
+        return False
+    started = read_json(folder / STARTED)
+    changed = started is not None and {k: v for k, v in started.get("data", {}).items() if k != "test"} != {
+        k: v for k, v in data.items() if k != "test"}
+    if changed:
+        log(f"    {folder}: its interrupted training started on other training images than {cell.dataset}'s now "
+            "(their fingerprint changed): starting it again")
+    return not changed
+
+
 def _run_training(cell: Cell, folder: Path, progress: bool, build: Callable[[dict[str, Any]], nn.Module] | None = None,
-                  cfg: Config | None = None) -> dict[str, Any] | None:
+                  cfg: Config | None = None, *, data: dict[str, str] | None = None,
+                  log: Log = print) -> dict[str, Any] | None:
     """Train (or continue training) a baseline or scratch cell (with ``cfg``, default its own); only rank 0
-    returns the result."""
+    returns the result. ``data``: the cell's data fingerprints (on rank 0)."""
     run = folder / "run"
     # Under torchrun rank 0 looks at the files and decides for all ranks.
-    resume = broadcast_object(is_main_process() and (run / "last.pt").is_file())
+    resume = broadcast_object(is_main_process() and _resumable(cell, folder, data, log))
     cfg = cfg or cell.cfg
     if resume:
         # A resumed run keeps the evaluation settings it started with (check_resume refuses others);
@@ -83,6 +113,7 @@ def _run_training(cell: Cell, folder: Path, progress: bool, build: Callable[[dic
         cfg = with_eval_settings(cfg, eval_settings(stored))
     elif is_main_process():
         shutil.rmtree(folder, ignore_errors=True)  # a stop before the first epoch's checkpoint: start clean
+        write_json(folder / STARTED, {"key": cell.key, "data": data})
     barrier()
     summary = train(cfg, output=run, resume=resume, progress=progress, build=build)
     if not is_main_process():
@@ -96,14 +127,15 @@ def _run_training(cell: Cell, folder: Path, progress: bool, build: Callable[[dic
             "wall_seconds": round(sum(r["seconds"] for r in records), 1)}
 
 
-def _run_scratch(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dict[str, Any] | None:
+def _run_scratch(cell: Cell, folder: Path, cells_dir: Path, progress: bool, **trained: Any) -> dict[str, Any] | None:
     """Train the parent cell's pruned architecture from scratch (Liu et al., ICLR 2019)."""
     widths = read_checkpoint(cell_checkpoint(cell.parent, cells_dir / cell.parent.key))["widths"]
     cfg = cell.cfg
     if cell.extra_steps:  # the bench's train_steps on top of the source's epochs, in whole epochs of this data
         dataset = with_validation(parse_dataset(cfg.data), cfg.data)
         cfg = stretched(cfg, cell.extra_steps, dataset, f"scratch on {cell.dataset}")
-    result = _run_training(cell, folder, progress, build=lambda config: scratch_model(config, widths), cfg=cfg)
+    result = _run_training(cell, folder, progress, build=lambda config: scratch_model(config, widths), cfg=cfg,
+                           **trained)
     if result is not None and cell.extra_steps:
         result["train_steps"] = cfg.train.epochs * steps_per_epoch(cfg, dataset)  # all from scratch
     return result
@@ -185,20 +217,70 @@ def _run_prune(cell: Cell, folder: Path, cells_dir: Path, progress: bool) -> dic
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
-def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True) -> tuple[dict[str, Any], bool]:
-    """Run ``cell`` unless it is finished. Returns (its result, whether it was cached)."""
+def _reusable(cell: Cell, cells_dir: Path, data: dict[str, str], log: Log) -> dict[str, Any] | None:
+    """The cell's finished result when its files prove it (trust.py), a result written before the checks
+    adopted and stamped; otherwise None, the folder cleared, and a line saying why (rank 0 only)."""
     folder = cells_dir / cell.key
-    done = broadcast_object(read_json(folder / DONE) if is_main_process() else None)
+    result, why = load_result(folder / DONE)
+    if result is not None:
+        why = problem(cell, cells_dir, result, data)
+        if not why:
+            if STAMP not in result:
+                result = adopt(cell, cells_dir, result, data)
+                write_json(folder / DONE, result)
+                log(f"    {folder}: finished before the bench checked cells' files and data; adopted: the "
+                    "fingerprint of its data now and its files' SHA-256 are recorded in its result.json")
+            return result
+    if why:
+        log(f"    {folder}: not reused: {why}; computing the cell again from the start")
+        shutil.rmtree(folder)
+    return None
+
+
+@contextlib.contextmanager
+def _cleared_on_failure(cell: Cell, folder: Path) -> Iterator[None]:
+    """Remove the cell's folder when its computation fails, unless it holds a training to continue."""
+    try:
+        yield
+    except BaseException:
+        resumable = cell.kind in ("train", "scratch") and (folder / "run" / "last.pt").is_file()
+        if is_main_process() and not resumable:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True, log: Log = print,
+             fingerprints: Fingerprints | None = None) -> tuple[dict[str, Any], bool]:
+    """Run ``cell`` unless it is finished and its files prove it (trust.py). Returns (its result, whether it
+    was cached).
+
+    ``log`` gets a line when a finished cell is not reused (and why) or is adopted; ``fingerprints``
+    (one per bench run) spares listing a dataset again for every cell.
+
+    Raises:
+        ValueError: the cell's job refuses its settings (the message names the cell); its folder is removed.
+    """
+    fingerprints = fingerprints or Fingerprints()
+    folder = cells_dir / cell.key
+    data = fingerprints.of_cell(cell) if is_main_process() else None
+    done = broadcast_object(_reusable(cell, cells_dir, data, log) if is_main_process() else None)
     if done is not None:
         return done, True
-    if cell.kind == "train":
-        result = _run_training(cell, folder, progress)
-    elif cell.kind == "scratch":
-        result = _run_scratch(cell, folder, cells_dir, progress)
-    else:
-        result = _run_prune(cell, folder, cells_dir, progress)
-    if is_main_process():
-        result.update(model_cost(cell_checkpoint(cell, folder), (cell.cfg.data.height, cell.cfg.data.width)))
-        result["key"] = cell.key
-        write_json(folder / DONE, result)  # last: the marker that the cell is finished
+    with _cleared_on_failure(cell, folder):
+        try:
+            if cell.kind == "train":
+                result = _run_training(cell, folder, progress, data=data, log=log)
+            elif cell.kind == "scratch":
+                result = _run_scratch(cell, folder, cells_dir, progress, data=data, log=log)
+            else:
+                result = _run_prune(cell, folder, cells_dir, progress)
+        except ValueError as exc:  # what the job refused (e.g. a latency budget timed again): name the cell
+            if type(exc) not in (ValueError, ConfigError):
+                raise
+            raise type(exc)(f"bench cell {cell.key} ({cell.describe()}): {exc}") from exc
+        if is_main_process():
+            result.update(model_cost(cell_checkpoint(cell, folder), (cell.cfg.data.height, cell.cfg.data.width)))
+            result["key"] = cell.key
+            result[STAMP] = stamp(cell, cells_dir, data)
+            write_json(folder / DONE, result)  # last: the marker that the cell is finished
     return broadcast_object(result), False

@@ -21,6 +21,7 @@ from ..precision import ComputeSettings
 from .cells import cell_checkpoint, read_json, write_json
 from .plan import Cell, Plan
 from .schema import Bench
+from .trust import file_sha256
 
 LATENCY_ROUNDS = 5
 MIN_ROUNDS = 3  # the fewest rounds a ratio's median and min-max are reported over
@@ -93,8 +94,8 @@ def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence
     the median of the per-round ratios, with min and max. Timed with ``threads`` CPU threads
     (0: torch's default) at ``compute``'s precision and memory format (default fp32, NCHW),
     then cached beside each cell (``latency.json``) with its setting: batch sizes, threads,
-    precision, memory format, rounds, passes and the source's key; a cache of another setting
-    is timed anew. A source whose own numbers are cached is timed again for its cells'
+    precision, memory format, rounds, passes and the source's key, and the SHA-256 of the model
+    file timed; a cache of another setting or model is timed anew. A source whose own numbers are cached is timed again for its cells'
     ratios, but keeps its cached numbers.
     """
     if rounds < MIN_ROUNDS:
@@ -108,9 +109,17 @@ def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence
     wanted = {cell.key: {**base, "source": None if sources[cell.key] in (None, cell) else sources[cell.key].key}
               for cell in cells}
     columns, todo = {}, []
+    paths = {cell.key: cell_checkpoint(cell, cells_dir / cell.key) for cell in cells}
+    models = {key: file_sha256(path) if path.is_file() else None for key, path in paths.items()}
     for cell in cells:
-        cached = read_json(cells_dir / cell.key / "latency.json")
-        if cached is not None and cached.get("setting") == wanted[cell.key]:
+        path = cells_dir / cell.key / "latency.json"
+        cached = read_json(path)
+        # Its numbers are this model's: the SHA-256 of the model file they timed (a cache from before this check is
+        # adopted once).
+        if isinstance(cached, dict) and cached.get("setting") == wanted[cell.key] \
+                and cached.get("model", models[cell.key]) == models[cell.key]:
+            if "model" not in cached:
+                write_json(path, {**cached, "model": models[cell.key]})
             columns[cell.key] = latency_columns(cached["latency_ms"], cached.get("ratio"), sources[cell.key] is cell)
         else:
             todo.append(cell)
@@ -118,14 +127,14 @@ def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence
     pairs = [(None if wanted[c.key]["source"] is None else sources[c.key], c) for c in todo]
     sourced = {source.key for source, _ in pairs if source is not None}
     pairs = [(s, c) for s, c in pairs if s is not None or c.key not in sourced]  # a source is timed in its pairs
-    models = {cell.key: (load_model(cell_checkpoint(cell, cells_dir / cell.key)), (cell.cfg.data.height,
+    loaded = {cell.key: (load_model(cell_checkpoint(cell, cells_dir / cell.key)), (cell.cfg.data.height,
                                                                                    cell.cfg.data.width))
               for pair in pairs for cell in pair if cell is not None}
-    samples: dict[str, dict[str, list[float]]] = {key: {b: [] for b in batches} for key in models}
+    samples: dict[str, dict[str, list[float]]] = {key: {b: [] for b in batches} for key in loaded}
     ratios: dict[str, dict[str, list[float]]] = {c.key: {b: [] for b in batches} for s, c in pairs if s is not None}
 
     def timed(key: str) -> dict[str, float]:
-        model, size = models[key]
+        model, size = loaded[key]
         times = measure_latency(model, size, batch_sizes=tuple(batch_sizes), device="cpu", warmup=WARMUP,
                                 repeats=REPEATS, precision=compute.precision, channels_last=compute.channels_last)
         for batch in batches:
@@ -147,6 +156,6 @@ def cell_latencies(cells: Sequence[Cell], cells_dir: Path, batch_sizes: Sequence
         latency_ms = {batch: round(statistics.median(times), 3) for batch, times in samples[cell.key].items()}
         ratio = {batch: ratio_summary(r) for batch, r in ratios[cell.key].items()} if cell.key in ratios else None
         write_json(cells_dir / cell.key / "latency.json",
-                   {"latency_ms": latency_ms, "ratio": ratio, "setting": wanted[cell.key]})
+                   {"latency_ms": latency_ms, "ratio": ratio, "setting": wanted[cell.key], "model": models[cell.key]})
         columns[cell.key] = latency_columns(latency_ms, ratio, sources[cell.key] is cell)
     return columns

@@ -16,7 +16,8 @@ from .latency import cell_latencies, compute_text, latency_compute, threads_text
 from .plan import check_plan, plan_bench
 from .plots import PLOT_NOTE
 from .schema import Bench
-from .scoring import RUN, score
+from .scoring import score
+from .trust import Fingerprints
 from .tables import write_results
 
 
@@ -44,9 +45,10 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
         (out / "bench.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
     results: dict[str, dict[str, Any]] = {}
     scores: dict[tuple[str, str], dict[str, Any]] = {}
+    fingerprints = Fingerprints()  # each dataset's files listed once per run
     for i, cell in enumerate(plan.cells, 1):
         log(f"[{i}/{len(plan.cells)}] {cell.describe()}")
-        results[cell.key], cached = run_cell(cell, cells_dir, progress=progress)
+        results[cell.key], cached = run_cell(cell, cells_dir, progress=progress, log=log, fingerprints=fingerprints)
         if cached:
             log("    finished earlier (cached)")
         else:
@@ -56,9 +58,10 @@ def run_bench(bench: Bench, output: str | Path | None = None, *, progress: bool 
         for row in plan.rows:
             if row.cell is cell and (cell.key, row.dataset) not in scores:
                 scores[cell.key, row.dataset] = scored = score(cell, row.dataset, data_config(bench, row.dataset),
-                                                               results[cell.key], cells_dir, progress=progress)
-                if row.dataset == cell.dataset and scored["scored_by"] != RUN:
-                    log(f"    re-scored with the bench's evaluation settings ({scored['scored_by']})")
+                                                               results[cell.key], cells_dir, progress=progress,
+                                                               fingerprints=fingerprints)
+                if scored.get("why"):
+                    log(f"    re-scored {scored['why']} ({scored['scored_by']})")
         if main:
             write_results(bench, plan, out, cells_dir, results, scores, {}, command=command, final=False)
     summary = None
