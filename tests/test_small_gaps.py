@@ -104,3 +104,10 @@ def test_visrank_says_when_topk_is_more_than_the_gallery_ranks(tmp_path):
     with pytest.warns(UserWarning, match=r"--topk 10: the gallery ranks at most 3 images .* drawing 3 per query"):
         drawn = visualize_ranked(distmat, query, gallery, tmp_path / "out", topk=10, tile_size=(32, 16))
     assert [m.gallery_index for m in drawn[0].matches] == [1, 2, 3]
+
+
+def test_a_small_sensitivity_target_is_echoed_as_given():
+    from reid_prune.analysis.allocation import check_budget
+
+    with pytest.raises(ValueError, match=r"a MACs budget of 0\.0001 cannot be met: .* keeps 0\.0123 of its MACs"):
+        check_budget({"g": 1}, lambda widths: 0.01234, 0.0001)

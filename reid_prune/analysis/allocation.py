@@ -75,8 +75,8 @@ def check_budget(smallest: Mapping[str, int], macs_fraction: Callable[[Mapping[s
     reachable = macs_fraction(smallest)
     if reachable > target + EPS:
         raise ValueError(
-            f"a MACs budget of {target:.3f} cannot be met: with every group at its smallest swept width the model "
-            f"keeps {reachable:.3f} of its MACs; sweep higher rates (--rates) or prune more groups (--scope all)")
+            f"a MACs budget of {target:.4g} cannot be met: with every group at its smallest swept width the model "
+            f"keeps {reachable:.3g} of its MACs; sweep higher rates (--rates) or prune more groups (--scope all)")
 
 
 def rate_for_keep(channels: int, keep: int) -> float:

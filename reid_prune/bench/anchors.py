@@ -105,8 +105,8 @@ class TorchPruningAnchor:
             low, high = (mid, high) if kept(mid) > self.target_macs else (low, mid)
         ratio = min((low, high), key=lambda r: abs(kept(r) - self.target_macs))
         if abs(kept(ratio) - self.target_macs) > TOLERANCE:
-            raise ValueError(f"{self.name}: no uniform fraction keeps {self.target_macs:.3f} of the MACs within "
-                             f"{TOLERANCE} (closest: {kept(ratio):.3f}); set prune.round_to lower")
+            raise ValueError(f"{self.name}: no uniform fraction keeps {self.target_macs:.4g} of the MACs within "
+                             f"{TOLERANCE} (closest: {kept(ratio):.3g}); set prune.round_to lower")
         return ratio
 
     def _taylor_gradients(self, model: nn.Module, context: PruneContext) -> None:

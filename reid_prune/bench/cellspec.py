@@ -51,8 +51,8 @@ class Cell:
     def target(self) -> str:
         """What the cell keeps, in words."""
         if self.target_latency is not None:
-            return f"{self.target_latency:.3f} of its measured latency"
-        return f"{self.target_macs:.3f} of its MACs"
+            return f"{self.target_latency:.3g} of its measured latency"
+        return f"{self.target_macs:.3g} of its MACs"
 
     def describe(self) -> str:
         seeds = f"seed {self.seed}" + (f", fine-tuning seed {self.finetune_seed}" if self.finetune_seed is not None

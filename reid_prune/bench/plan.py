@@ -35,7 +35,7 @@ def budget_targets(label: str, value: float) -> dict[str, float | None]:
 
 
 def describe_budget(label: str, value: float, arch: str) -> str:
-    return f"{label} = {value:.3f} of {arch}'s {'measured latency' if label.startswith('latency:') else 'MACs'} kept"
+    return f"{label} = {value:.3g} of {arch}'s {'measured latency' if label.startswith('latency:') else 'MACs'} kept"
 
 
 def adaptation(group: dict[str, Any], source: str) -> str:

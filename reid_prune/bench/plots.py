@@ -230,7 +230,7 @@ def widths_plot(plan: Plan, cells_dir: Path, path: Path) -> bool | None:
                         color="black" if value > 0.6 else "white")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(shown)), shown, fontsize=7)
-        ax.set_title(f"budget {budget} ({plan.budgets[budget]:.3f} of the MACs): fraction of channels kept per group",
+        ax.set_title(f"budget {budget} ({plan.budgets[budget]:.3g} of the MACs): fraction of channels kept per group",
                      fontsize=9)
         figure.colorbar(image, ax=ax, fraction=0.02)
     save_figure(figure, path)
