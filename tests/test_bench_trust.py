@@ -356,3 +356,21 @@ def test_a_latency_cache_copied_from_another_cell_is_timed_again(tmp_path, monke
     again = measure()
     assert again["prune-B"]["latency_ms_batch1"] == 7.0 and again["prune-B"]["latency_ratio_batch1"] == 0.7
     assert again["prune-A"]["latency_ms_batch1"] == 4.0
+
+
+@pytest.mark.slow
+def test_the_dry_run_says_finished_only_for_cells_a_run_would_reuse(bench, capsys):
+    haoli, random = folder(bench, "prune-mine-HaoLi"), folder(bench, "prune-mine-Random")
+    shutil.copy(random / "result.json", haoli / "result.json")
+    (random / "pruned.pt").unlink()
+    assert main(["bench", "--config", str(TINY_FILE), "--output", str(bench.out), "--dry-run",
+                 *[a for o in bench.overrides for a in ("--set", o)]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (train_line,) = [line for line in lines if "train resnet18" in line]
+    assert "] finished" in train_line
+    haoli_line = next(line for line in lines if "with HaoLi" in line)
+    random_line = next(line for line in lines if "with Random" in line)
+    assert f"to rerun (its result.json is another cell's (key {random.name}))" in haoli_line
+    assert "to rerun (pruned.pt is missing)" in random_line
+    # Nothing was changed: the run, not the dry run, clears folders.
+    assert (haoli / "result.json").is_file() and (random / "result.json").is_file()

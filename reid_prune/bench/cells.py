@@ -37,10 +37,9 @@ from .anchors import TorchPruningAnchor
 from .configs import steps_per_epoch, stretched
 from .keys import eval_settings, with_eval_settings
 from .plan import Cell
-from .trust import STAMP, Fingerprints, adopt, cell_files, load_result, problem, stamp
+from .trust import DONE, STAMP, Fingerprints, adopt, cell_files, load_result, problem, stamp
 
 METRICS = ("mAP", "rank1", "rank5", "mINP")
-DONE = "result.json"
 STARTED = "started.json"  # a training's key and data fingerprints, written when it starts: a resume must match them
 Log = Callable[[str], None]
 

@@ -31,6 +31,7 @@ from ..jobs.wiring import parse_dataset
 from .plan import Cell
 
 STAMP = "trust"
+DONE = "result.json"  # a finished cell's result, in its folder
 _CHUNK = 1 << 20
 _hashed: dict[tuple[str, int, int], str] = {}  # (path, size, mtime in ns) -> SHA-256: each file read once
 
@@ -193,3 +194,21 @@ def _not_adoptable(cell: Cell, cells_dir: Path) -> str:
 def adopt(cell: Cell, cells_dir: Path, result: dict[str, Any], data: dict[str, str]) -> dict[str, Any]:
     """``result`` (written before these checks) stamped with the data and files on disk now, marked ``adopted``."""
     return {**result, STAMP: {**stamp(cell, cells_dir, data), "adopted": True}}
+
+
+def dry_run_state(cell: Cell, cells_dir: Path, fingerprints: Fingerprints) -> str:
+    """What a run would do with the cell, for ``bench --dry-run``: the same checks as a run, nothing changed.
+
+    ``finished`` only when its files prove it (:func:`problem`, or adoptable); ``to rerun (why)``
+    when a run would clear it; ``started`` or ``to run`` otherwise.
+    """
+    folder = cells_dir / cell.key
+    result, why = load_result(folder / DONE)
+    if result is None:
+        return f"to rerun ({why})" if why else "started" if folder.exists() else "to run"
+    try:
+        data = fingerprints.of_cell(cell)
+    except (OSError, ValueError) as exc:
+        return f"finished, unchecked (its data cannot be listed now: {exc})"
+    why = problem(cell, cells_dir, result, data)
+    return f"to rerun ({why})" if why else "finished"

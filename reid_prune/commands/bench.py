@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from ..bench.cells import DONE
 from ..bench.plan import check_plan, describe_budget, plan_bench
 from ..bench.run import run_bench
 from ..bench.schema import load_bench
+from ..bench.trust import Fingerprints, dry_run_state
 from ..distributed import is_main_process
 from ..outputs import check_output_dir
 from .argtypes import precision_help
@@ -82,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_bench(bench)
         check_plan(plan, dry_run=True)  # dataset roots, method settings and budgets
         if is_main_process():
+            fingerprints = Fingerprints()
             for i, cell in enumerate(plan.cells, 1):
                 folder = output / "cells" / cell.key
-                state = "finished" if (folder / DONE).is_file() else "started" if folder.exists() else "to run"
+                state = dry_run_state(cell, output / "cells", fingerprints)  # the checks a run makes before reuse
                 print(f"[{i}/{len(plan.cells)}] {state:8}  {cell.describe()}  ({folder})")
             print("budgets: " + ", ".join(describe_budget(k, v, bench.prune_arch) for k, v in plan.budgets.items()))
             for note in plan.notes:
