@@ -147,6 +147,9 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     seed: int = number_range(0, 0, 2**31 - 1)
     max_batches: int = number_range(0, 0)  # cap on batches per epoch (0 = a full pass); for smoke runs
+    # TensorBoard logs (the tensorboard extra, reid_prune/engine/tensorboard.py): true = OUTPUT/tensorboard,
+    # a folder, or false. Watching a run changes no weight: a resume may change it, a bench key leaves it out.
+    tensorboard: bool | str = tagged(False, "runtime", "unhashed")
 
 
 @dataclass

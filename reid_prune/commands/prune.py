@@ -93,7 +93,8 @@ def prune_flags(args: argparse.Namespace) -> list[dict[str, Any]]:
                "prune.target_params": args.target_params, "prune.target_latency": args.target_latency,
                "prune.layer_rates": read_layer_rates(args.layer_rates) if args.layer_rates else None}
     others = {"prune.allocation": args.allocation, "prune.finetune_epochs": args.finetune_epochs,
-              "prune.train_steps": args.train_steps, "prune.latency_batch_sizes": args.latency_batch_sizes}
+              "prune.train_steps": args.train_steps, "prune.latency_batch_sizes": args.latency_batch_sizes,
+              "train.tensorboard": args.tensorboard}
     groups = [method_flags(args), given(others)]
     # The two lengths exclude each other: the one on the command line replaces the file's other one.
     if args.train_steps is not None and args.finetune_epochs is None:
@@ -192,3 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="method setting, e.g. --option mode=soft (repeatable)")
     parser.add_argument("--output", metavar="DIR", help="folder for pruned.pt and report.json "
                          "(default: OUTPUT/pruned-METHOD under the config's output)")
+    parser.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
+                        help="write TensorBoard logs (fine-tuning per epoch, each stage's metrics, kept widths) to DIR, "
+                             "or without DIR to OUTPUT/tensorboard of --output (train.tensorboard); needs the "
+                             "tensorboard extra")

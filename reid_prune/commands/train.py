@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import PRECISION_HELP
-from .common import load_run_config, print_report
+from .common import given, load_run_config, print_report
 
 NAME = "train"
 SUMMARY = "train a re-ID model from a YAML config"
@@ -33,13 +33,16 @@ INTERRUPTED = ("checkpoints written so far are kept (once an epoch has finished,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", help="run folder (default: the config's output key)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
+    parser.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
+                        help="write TensorBoard logs (loss terms, learning rate, metrics per epoch) to DIR, or without "
+                             "DIR to OUTPUT/tensorboard (train.tensorboard); needs the tensorboard extra")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..distributed import is_main_process
     from ..jobs.train import train
 
-    cfg = load_run_config(args)
+    cfg = load_run_config(args, given({"train.tensorboard": args.tensorboard}))
     summary = train(cfg, output=args.output, resume=args.resume, progress=not args.quiet)
     if not is_main_process():
         return 0

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,10 @@ from ..progress import progress_bar
 from ..runtime import Runtime, seed_everything
 from .optim import build_optimizer, shared_copy
 from .schedule import lr_at
+
+
+# The rank metrics an epoch's record (a metrics.jsonl line) holds when it evaluated.
+RECORD_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
 
 class NonFiniteError(ValueError):
@@ -86,6 +90,7 @@ class Trainer:
         runtime: device, precision, ranks (:class:`~reid_prune.runtime.Runtime`); default: resolved from ``train``.
         distiller: adds its distillation loss to every step (:class:`~reid_prune.distillation.Distiller`);
             its projection, if any, trains with the model and is saved in ``last.pt`` for ``--resume``.
+        on_record: called on rank 0 with each epoch's record (the metrics.jsonl line), before it is saved.
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class Trainer:
         runtime: Runtime | None = None,
         steps: int | None = None,
         distiller: Distiller | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.train_cfg = train or cfg.train
@@ -121,7 +127,7 @@ class Trainer:
             raise ValueError("config key train.sync_bn: torch's SyncBatchNorm runs on GPUs only; "
                              "set train.sync_bn=false to train on CPUs (BatchNorm statistics are then per rank)")
         self.model = self.compute.place(model)
-        self.distiller = distiller
+        self.distiller, self.on_record = distiller, on_record
         if distiller is not None:
             distiller.place(self.compute)
         neck = getattr(unwrap(self.model), "neck", None)
@@ -237,9 +243,11 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch + 1, **train_stats}
             if self.query_loader is not None and ((epoch + 1) % self.train_cfg.eval_every == 0 or epoch + 1 == epochs):
                 metrics = self.evaluate()
-                record.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
+                record.update({k: metrics[k] for k in RECORD_METRICS})
             record["seconds"] = round(time.perf_counter() - started, 3)
             self.last_metrics = record
+            if self.on_record is not None and self.is_main:  # before the checkpoint: a resume logs it again
+                self.on_record(record)
             self._save(record)
         return {"best": dict(self.best), "last": dict(self.last_metrics)}
 

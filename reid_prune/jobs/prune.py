@@ -29,6 +29,7 @@ from ..distributed import barrier, is_main_process
 from ..engine import Trainer, evaluate_with_config
 from ..engine.finetune import StepFinetuner
 from ..engine.ledger import TrainingLedger
+from ..engine.tensorboard import open_log
 from ..engine.trainer import batches_per_epoch
 from ..evaluation.complexity import latency_ratios
 from ..outputs import check_output_dir
@@ -152,6 +153,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
     out = check_output_dir(output, "--output")
     if (out / "pruned.pt").exists():
         raise FileExistsError(f"{out / 'pruned.pt'} exists; choose another --output")
+    # Checked before any work; step 0 holds the report, so the restart marker there replaces a failed try's logs.
+    log = open_log(cfg.train.tensorboard, out, purge_step=0)
     runtime = Runtime.from_config(cfg.train)
     pruner = pruner or pruner_from_config(cfg, runtime)  # validates method, rates and options before any work
     epochs, budget = cfg.prune.finetune_epochs, cfg.prune.train_steps
@@ -228,7 +231,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         # Soft and regularised methods run their schedule inside the fine-tuning epochs.
         # The ledger after the pruner: it measures the width after the pruner's cuts of each epoch.
         trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[pruner, ledger],
-                          train=schedule(budget), progress=progress, runtime=runtime, steps=budget, distiller=distiller)
+                          train=schedule(budget), progress=progress, runtime=runtime, steps=budget, distiller=distiller,
+                          on_record=log.record if log else None)
         trainer.fit()
         # Surgery builds the kept layers anew, in NCHW: back to the configured memory format.
         model = compute.place(pruner.finalize(trainer.model))
@@ -251,7 +255,7 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
                 model_config = model.build_config
             trainer = Trainer(cfg, model, model_config, train_loader, val_query, val_gallery, hooks=[ledger],
                               train=schedule(rest), progress=progress, runtime=runtime, steps=rest,
-                              distiller=distiller)
+                              distiller=distiller, on_record=log.record if log else None)
             trainer.fit()
             model = trainer.model
             report["finetuned"] = model_report(model, cfg, query, gallery, runtime=runtime, progress=progress)
@@ -281,5 +285,8 @@ def prune_checkpoint(cfg: Config, checkpoint: str | Path, *, output: str | Path,
         report["widths_plot"] = plot_widths(report["widths"], out / "widths.png",
                                             title=f"{pruner.name} ({pruner.scope}): kept channels per group")
         (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if log:
+        log.prune_report(report)
+        log.close()
     barrier()
     return report

@@ -22,6 +22,7 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_te
 from ..config import Config, ConfigError, changed_keys, config_from_dict, dump_config, tagged_keys
 from ..distributed import is_main_process
 from ..engine import Trainer
+from ..engine.tensorboard import open_log
 from ..evaluation import complexity
 from ..outputs import atomic_path, check_output_dir
 from ..precision import AMP_FOR_PRECISION, MEMORY_FORMATS, PRECISIONS, ComputeSettings, cpu_has_native_bf16
@@ -156,11 +157,15 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     The trainer evaluates (and chooses ``best.pt``) on the validation split when ``data.val_ids``
     carves one, and the finished model (the last epoch's) is then scored once on the test split.
 
+    ``cfg.train.tensorboard`` also logs every epoch's record (and the test score) for TensorBoard
+    (:mod:`~reid_prune.engine.tensorboard`; needs the tensorboard extra, checked before any work).
+
     Returns {"best": {...}, "last": {...}, "output": str, "complexity": {...}, "precision": str,
     "memory_format": str, "evaluated_on": "validation" or "test"}, plus "test" (the finished
     model's test metrics) with a validation split.
     """
     out = prepare_output(output or cfg.output, resume=resume)
+    log = open_log(cfg.train.tensorboard, out)  # a missing package stops here, before any work
     ckpt = read_checkpoint(out / "last.pt") if resume else None
     runtime = Runtime.from_config(cfg.train)  # a bad device or precision fails before any file
     if ckpt is not None:
@@ -186,13 +191,19 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
             with atomic_path(metrics) as tmp:
                 tmp.write_text("".join(json.dumps(record) + "\n" for record in read[0]))
     trainer = Trainer(cfg, model, model_config, train_loader, query_loader, gallery_loader, output_dir=out,
-                      progress=progress, runtime=runtime)
-    if resume:
-        trainer.resume()
-    summary = trainer.fit()
-    summary["evaluated_on"] = "validation" if dataset.val_query else "test"
-    if dataset.val_query:
-        summary["test"] = trainer.evaluate(*make_eval_loaders(cfg, dataset))  # the test split, scored once
+                      progress=progress, runtime=runtime, on_record=log.record if log else None)
+    try:
+        if resume:
+            trainer.resume()
+        summary = trainer.fit()
+        summary["evaluated_on"] = "validation" if dataset.val_query else "test"
+        if dataset.val_query:
+            summary["test"] = trainer.evaluate(*make_eval_loaders(cfg, dataset))  # the test split, scored once
+            if log:
+                log.metrics("test", summary["test"], step=trainer.train_cfg.epochs)
+    finally:
+        if log:
+            log.close()
     summary["output"] = str(out)
     summary["precision"], summary["memory_format"] = trainer.compute.precision, trainer.compute.memory_format_name
     summary["complexity"] = complexity(trainer.model, (cfg.data.height, cfg.data.width))
