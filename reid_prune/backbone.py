@@ -29,6 +29,10 @@ ARCHS = ("resnet18", "resnet34", "resnet50")
 POOLINGS = ("avg", "max", "gem")
 NECKS = ("bnneck", "none")
 RETRIEVAL_FEATURES = ("after_neck", "before_neck")
+# The stem before layer1, for weights trained elsewhere (reid_prune/interop): "torchvision" is
+# conv1-bn1-ReLU-maxpool(3, stride 2, padding 1); "no_relu" drops the ReLU (reid-strong-baseline's
+# ResNet); "ceil_pool" pools without padding, rounding up (fast-reid's ResNet).
+STEMS = ("torchvision", "no_relu", "ceil_pool")
 
 
 class GeneralizedMeanPool(nn.Module):
@@ -73,6 +77,7 @@ class ReIDNet(nn.Module):
         embedding_dim: int = 0,
         num_classes: int = 0,
         retrieval_feature: str = "after_neck",
+        stem: str = "torchvision",
     ) -> None:
         super().__init__()
         # The build_model arguments that recreate this architecture (checkpoints store them).
@@ -90,6 +95,14 @@ class ReIDNet(nn.Module):
             raise ValueError("model.embedding_dim and num_classes must be >= 0")
         trunk = getattr(tv_resnet, arch)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
+        if stem not in STEMS:
+            raise ValueError(f"stem: expected one of {list(STEMS)}, got {stem!r}")
+        if stem != "torchvision":  # recorded only when set: checkpoints of the default stem stay as they were
+            self.build_config["stem"] = stem
+            if stem == "no_relu":
+                self.relu = nn.Identity()
+            else:
+                self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         if last_stride == 1:
             _set_first_block_stride(self.layer4, 1)
@@ -246,6 +259,7 @@ def build_model(
     retrieval_feature: str = "after_neck",
     pretrained: str = "none",
     zero_init_residual: bool = False,
+    stem: str = "torchvision",
 ) -> ReIDNet:
     """Build a re-ID feature extractor.
 
@@ -263,11 +277,12 @@ def build_model(
         zero_init_residual: start the last BatchNorm scale of every residual block at 0, so
             each block is the identity at first (for training from scratch; pretrained
             weights, when loaded, replace it).
+        stem: ``torchvision``, or the stem of another tool's ResNet (:data:`STEMS`) for imported weights.
 
     Returns:
         A :class:`ReIDNet` mapping (B, 3, H, W) images to (B, D) features.
     """
-    model = ReIDNet(arch, last_stride, pooling, neck, embedding_dim, num_classes, retrieval_feature)
+    model = ReIDNet(arch, last_stride, pooling, neck, embedding_dim, num_classes, retrieval_feature, stem)
     if zero_init_residual:
         zero_residual_scales(model)
     if pretrained not in ("none", "", None):
