@@ -47,6 +47,7 @@ _LAZY = {
     "visrank_checkpoint": "reid_prune.jobs.visrank",
     "extract_checkpoint": "reid_prune.jobs.extract",
     "export_checkpoint": "reid_prune.jobs.export",
+    "import_checkpoint": "reid_prune.interop",
 }
 # What the functions that take **kwargs accept there, so a mistyped keyword is caught too.
 _KEYWORDS = {"prune": prune_keywords, "get_pruner": pruner_keywords}

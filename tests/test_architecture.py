@@ -21,6 +21,7 @@ MAX_LINES = 400
 LAYERS = [
     ("foundation", ("outputs", "precision", "distributed", "config_fields", "runtime", "hooks", "layers", "progress")),
     ("domain", ("backbone", "losses", "distillation", "data", "evaluation", "checkpoint")),
+    ("interop", ("interop",)),
     ("pruners", ("pruners",)),
     ("analysis", ("analysis",)),
     ("config", ("config",)),

@@ -8,8 +8,8 @@ functions, ``add_arguments(parser)`` and ``run(args) -> int``. A command calls a
 order of ``reid-prune --help``; :mod:`reid_prune.cli` builds the parser from it.
 """
 
-from . import bench, evaluate, export, extract, plot, prune, sensitivity, synth, train, visrank
+from . import bench, evaluate, export, extract, import_, plot, prune, sensitivity, synth, train, visrank
 
-COMMANDS = (train, evaluate, prune, export, extract, synth, sensitivity, visrank, plot, bench)
+COMMANDS = (train, import_, evaluate, prune, export, extract, synth, sensitivity, visrank, plot, bench)
 
 __all__ = ["COMMANDS"]
