@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the pinned torch build plus reid-prune (editable, with test tools).
 # Usage: bash scripts/setup.sh [EXTRA ...]   e.g. bash scripts/setup.sh plot
+# Extras (pyproject.toml): plot, export, bench, interop (torchreid, for its equivalence tests), tensorboard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
