@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import reid_prune
 from reid_prune import import_checkpoint, load_model
 
 SPECS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False), "resnet50": ((3, 4, 6, 3), True),
@@ -294,3 +295,14 @@ def test_last_stride_and_pooling_can_be_given(tmp_path):
         torch.testing.assert_close(imported.model(images()), expected, **TOLERANCE)
     assert not any(note.startswith("last stride") for note in imported.notes)  # given, not assumed
     assert any("GeM exponent p = 3" in note for note in imported.notes)
+
+
+@pytest.mark.parametrize("source", ["bot", "fastreid"])
+def test_a_pruned_import_keeps_its_stem_when_reloaded(tmp_path, source):
+    state = bot_state("resnet18") if source == "bot" else {"model": fastreid_state("resnet18", gem_p=3.0)}
+    torch.save(state, tmp_path / "their.pth")
+    imported = import_checkpoint(tmp_path / "their.pth", source=source)
+    small = reid_prune.prune(imported.model, "fpgm", target_macs=0.5, scope="all", input_size=(64, 32))
+    reid_prune.save_checkpoint(tmp_path / "small.pt", small)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "small.pt")(images()), small.eval()(images()), **TOLERANCE)
