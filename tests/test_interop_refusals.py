@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,15 @@ def test_numpy_numbers_beside_the_weights_are_read(tmp_path):
     torch.save({"state_dict": bot_state("resnet18"), "rank1": np.float32(0.5), "cmc": np.arange(3.0)},
                tmp_path / "x.pth")
     assert reid_prune.import_checkpoint(tmp_path / "x.pth", source="bot").model_config["arch"] == "resnet18"
+    # Files written under numpy 1 name the same constructors numpy.core.multiarray.*: rewritten so here.
+    with zipfile.ZipFile(tmp_path / "x.pth") as src, zipfile.ZipFile(tmp_path / "numpy1.pth", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    assert reid_prune.import_checkpoint(tmp_path / "numpy1.pth", source="bot").model_config["arch"] == "resnet18"
 
 
 def test_the_printed_config_keys_are_those_eval_checks():
