@@ -159,6 +159,13 @@ class EvalConfig:
     ap: str = tagged(choice("torchreid", *AP_MODES), "eval_only")
     latency: bool = tagged(True, "runtime", "unhashed")
     latency_batch_sizes: list[int] = tagged(number_range([1, 32], 1), "runtime", "unhashed")
+    # k-reciprocal re-ranking (Zhong et al., CVPR 2017; reid_prune/evaluation/rerank.py) of eval's and prune's
+    # reports, beside the plain metrics, which it leaves as they are: training (best.pt, pruning schedules) and
+    # the bench read the plain ones only, so these keys stay out of bench cell keys, like the latency ones.
+    rerank: bool = tagged(False, "runtime", "unhashed")
+    rerank_k1: int = tagged(number_range(20, 1), "runtime", "unhashed")  # k of the k-reciprocal sets (paper: 20)
+    rerank_k2: int = tagged(number_range(6, 1), "runtime", "unhashed")  # query expansion neighbours; 1 = off (paper: 6)
+    rerank_lambda: float = tagged(number_range(0.3, 0, 1), "runtime", "unhashed")  # weight of the original distance
 
 
 @dataclass

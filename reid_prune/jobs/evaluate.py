@@ -19,11 +19,14 @@ from ..config import Config
 from ..data import ReIDDataset
 from ..engine import evaluate_with_config
 from ..evaluation import complexity, measure_latency
+from ..evaluation.rerank import evaluate_reranked
 from ..precision import model_memory_format
 from ..runtime import Runtime
 from .wiring import make_eval_loaders, prepare_dataset
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# What a report's "rerank" entry holds (eval.rerank): the re-ranked metrics, the parameters and the time it took.
+RERANK_KEYS = (*METRIC_KEYS, "num_valid_queries", "k1", "k2", "lambda", "seconds")
 # The model keys a checkpoint fixes: the network is rebuilt from the checkpoint's own build arguments, so a
 # config that says otherwise would be ignored without a word (model.retrieval_feature is the config's to choose).
 ARCHITECTURE_KEYS = ("arch", "last_stride", "pooling", "neck", "embedding_dim")
@@ -56,13 +59,24 @@ def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, galler
 
     The features and the latency follow the config's precision and memory format on its
     device; ``latency_setting`` names them (device, precision, memory_format, threads), and
-    ``memory_format`` is the layout the model's weights were evaluated in.
+    ``memory_format`` is the layout the model's weights were evaluated in. With ``eval.rerank``,
+    ``rerank`` holds :data:`RERANK_KEYS` of the k-reciprocal re-ranked distances, from the same features.
     """
     compute = runtime.compute
-    metrics = evaluate_with_config(model, cfg, query_loader, gallery_loader, compute=compute, progress=progress)
+    e = cfg.eval
+    if e.rerank:
+        # The extraction evaluate_with_config runs, kept here so that both rankings share one set of features.
+        metrics = evaluate_reranked(compute.place(model), query_loader, gallery_loader, metric=e.metric, ap=e.ap,
+                                    k1=e.rerank_k1, k2=e.rerank_k2, lambda_value=e.rerank_lambda,
+                                    device=compute.device, flip=e.flip, precision=compute.precision,
+                                    channels_last=compute.channels_last, progress=progress)
+    else:
+        metrics = evaluate_with_config(model, cfg, query_loader, gallery_loader, compute=compute, progress=progress)
     size = (cfg.data.height, cfg.data.width)
     report: dict[str, Any] = {k: metrics[k] for k in METRIC_KEYS}
     report["num_valid_queries"] = metrics["num_valid_queries"]
+    if e.rerank:
+        report["rerank"] = {k: metrics["rerank"][k] for k in RERANK_KEYS}
     report["precision"], report["memory_format"] = compute.precision, model_memory_format(model)
     report.update(complexity(model, size))
     if cfg.eval.latency if latency is None else latency:
