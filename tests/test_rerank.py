@@ -18,11 +18,12 @@ from reid_prune.evaluation import rerank as rerank_module
 from reid_prune.evaluation.rerank import k_reciprocal_distance
 
 
-def transcription(qf: np.ndarray, gf: np.ndarray, metric: str, k1: int, k2: int, lam: float) -> np.ndarray:
+def transcription(qf: np.ndarray, gf: np.ndarray, metric: str, k1: int, k2: int, lam: float,
+                  expand: bool = True) -> np.ndarray:
     """Zhong et al. (CVPR 2017), Sec. 3, step by step with Python sets and loops, in float64.
 
     Where the paper leaves a detail to its code, the convention of the authors' released Python code
-    (which torchreid copies) is taken, each marked "code:" below.
+    (which torchreid copies) is taken, each marked "code:" below. ``expand=False`` skips the R* expansion.
     """
     f = np.concatenate([qf, gf]).astype(np.float64)
     n, q = len(f), len(qf)
@@ -49,7 +50,7 @@ def transcription(qf: np.ndarray, gf: np.ndarray, metric: str, k1: int, k2: int,
     for i in range(n):
         r = reciprocal(i, k1)
         expanded = set(r)
-        for c in r:  # R*(i): add R(c, k/2) when it overlaps R(i, k) in more than 2/3 of its items (code: >)
+        for c in r if expand else ():  # R*(i): add R(c, k/2) when it shares more than 2/3 of its items (code: >)
             rc = reciprocal(c, half)
             if len(rc & r) > 2 / 3 * len(rc):
                 expanded |= rc
@@ -86,14 +87,15 @@ def test_matches_the_transcription_of_the_paper(metric, k1, k2, lam):
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
 
 
-def test_the_transcription_is_not_the_plain_distance():
-    """The re-ranked order differs from the original one here, so the match above checks the re-ranking itself."""
+def test_the_small_case_exercises_every_step():
+    """A missing step would show in the comparison above: here re-ranking reorders the gallery, and the R*
+    expansion and the query expansion each move the result by far more than the 1e-6 tolerance."""
     qf, gf = identities(6, 20, num_ids=5)
-    expected = transcription(qf, gf, "cosine", 7, 3, 0.3)
-    plain = pairwise_distance(qf, gf, "cosine")
-    assert (np.argsort(expected, axis=1) != np.argsort(plain, axis=1)).any()
-    # and the expansion step (R*) adds items here: without it the values differ by more than the tolerance
-    assert not np.allclose(expected, transcription(qf, gf, "cosine", 7, 3, 0.3 + 1e-3), atol=1e-6)
+    for k1 in (20, 7):
+        full = transcription(qf, gf, "cosine", k1, 3, 0.3)
+        assert (np.argsort(full, axis=1) != np.argsort(pairwise_distance(qf, gf, "cosine"), axis=1)).any()
+        assert np.abs(full - transcription(qf, gf, "cosine", k1, 3, 0.3, expand=False)).max() > 1e-3
+        assert np.abs(full - transcription(qf, gf, "cosine", k1, 1, 0.3)).max() > 1e-3
 
 
 def test_larger_case_in_small_blocks_matches_the_transcription(monkeypatch):

@@ -26,9 +26,9 @@ Ours: equal distances are ranked by pool index (queries first), so the result do
 sort's algorithm (the code's ``np.argsort`` leaves ties in an unspecified order, and float32 distances do
 tie: 6 of the 1,935 CUHK03 test items in docs/results.md); sums are in float64 before the float32 output.
 
-Memory. The reference holds dense N x N matrices: for Market-1501 (3,368 queries, 19,732 gallery images,
-N = 23,100) each has 533.6 M cells, 2.13 GB in float32: the distances, the argsort (int64, 4.27 GB, then
-int32), ``V`` and its expansion, at least 8.5 GB at once. Here three things grow with N: the N x N
+Memory. The reference holds dense N x N arrays: for Market-1501 (3,368 queries, 19,732 gallery images,
+N = 23,100) each has 533.6 M cells, 2.13 GB in float32 or int32, and four live at once during its query
+expansion (the distances, the argsort, ``V`` and its expansion): 8.5 GB. Here three things grow with N: the N x N
 distances, computed in blocks of rows of at most 2^22 cells (16 MiB in float32) and dropped once each
 row's nearest neighbours are kept (a (N, max(k1 + 1, k2)) table); the sparse ``V`` (at most N x k2 x |R*|
 entries, fewer as neighbours share items); and the (Q, G) float32 output, as large as the plain distance
