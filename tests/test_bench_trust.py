@@ -313,9 +313,11 @@ def test_a_truncated_cache_file_is_named_and_ignored(tmp_path):
 
 # Digests of every cell key of the shipped bench files (those that need no Torch-Pruning), taken before the
 # checks of cached cells existed: a change here would recompute every cached cell of a running bench.
+# Adding cells to a file changes its digest too: update it only after checking that the old keys are all
+# still planned (cuhk03_protocol_cpu.yaml: its 69 keys of before 'HaoLi + KD' (issue 23) are).
 KEY_DIGESTS = {
     "cuhk03_cpu.yaml": "29b89f96f5bf8cb7", "cuhk03_methods_cpu.yaml": "33f14b48d1044821",
-    "cuhk03_protocol_cpu.yaml": "261f0b24fa2a2ab5", "market1501_gpu.yaml": "497e3017278a5244",
+    "cuhk03_protocol_cpu.yaml": "76c6d10d8e82559e", "market1501_gpu.yaml": "497e3017278a5244",
     "synthetic_tiny.yaml": "ee2ebef2b748481e",
 }
 
