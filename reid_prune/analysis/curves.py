@@ -60,9 +60,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no metrics.jsonl in ``run_dir``.
-        ValueError: a bad line (named), or a file without records.
+        ValueError: metrics.jsonl is a folder, a bad line (named), or a file without records.
     """
     path = Path(run_dir) / "metrics.jsonl"
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a metrics file; move it away and pass a folder written by "
+                         "reid-prune train")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a folder written by reid-prune train")
     records, _ = read_metrics_file(path)

@@ -165,12 +165,15 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
     model's test metrics) with a validation split.
     """
     out = prepare_output(output or cfg.output, resume=resume)
+    metrics = out / "metrics.jsonl"
+    if metrics.is_dir():  # the trainer rewrites it: a folder there would fail mid-run
+        raise ValueError(f"{metrics} is a folder, not the run's metrics file; move or delete it "
+                         f"(a {'--resume' if resume else 'new run'} writes metrics.jsonl there)")
     log = open_log(cfg.train.tensorboard, out)  # a missing package stops here, before any work
     ckpt = read_checkpoint(out / "last.pt") if resume else None
     runtime = Runtime.from_config(cfg.train)  # a bad device or precision fails before any file
     if ckpt is not None:
         runtime = check_resume(cfg, ckpt, out / "last.pt", runtime)
-    metrics = out / "metrics.jsonl"
     # A kill while a line was appended leaves it cut short (dropped, with a warning); other bad lines stop here.
     read = read_metrics_file(metrics) if resume and metrics.is_file() else None
     dataset = prepare_dataset(cfg.data, verbose=progress)
