@@ -2,7 +2,8 @@
 
 ``reid-prune bench --config configs/bench/NAME.yaml [--output DIR]`` (docs/bench.md):
 
-1. trains the baseline architectures with :func:`reid_prune.jobs.train.train`;
+1. trains the baseline architectures with :func:`reid_prune.jobs.train.train`, or adopts a
+   checkpoint you have as a baseline (:mod:`.sources`);
 2. prunes the ``prune_arch`` baseline with every listed method at each budget and
    fine-tuning seed, fine-tunes and evaluates it with
    :func:`reid_prune.jobs.prune.prune_checkpoint`; optionally also the controls (the
@@ -14,7 +15,8 @@
    results.md, pareto.png and widths.png.
 
 One module per idea: :mod:`.schema` (the bench file), :mod:`.configs` (each cell's run config),
-:mod:`.keys` (the cache-key policy), :mod:`.cellspec` (what a plan holds), :mod:`.plan` (cells,
+:mod:`.keys` (the cache-key policy), :mod:`.cellspec` (what a plan holds), :mod:`.sources` (baselines
+adopted from a checkpoint), :mod:`.plan` (cells,
 rows, checks before any work), :mod:`.cells` (running one cell, DDP and caching), :mod:`.trust`
 (what a cached cell must prove before reuse: its key, checksums, data fingerprints), :mod:`.anchors` (Torch-Pruning),
 :mod:`.scoring` (evaluation-only settings), :mod:`.latency`, :mod:`.tables` and :mod:`.plots`

@@ -28,6 +28,7 @@ from ..config import Config, ConfigError, read_yaml, validate
 from ..config_fields import merge
 from ..distributed import barrier, broadcast_object, is_main_process
 from ..evaluation import complexity
+from ..jobs.evaluate import evaluate_checkpoint
 from ..jobs.prune import prune_checkpoint
 from ..jobs.train import train
 from ..jobs.wiring import parse_dataset, prepare_dataset, with_validation
@@ -37,6 +38,7 @@ from .anchors import TorchPruningAnchor
 from .configs import steps_per_epoch, stretched
 from .keys import eval_settings, with_eval_settings
 from .plan import Cell
+from .sources import copy_source
 from .trust import DONE, STAMP, Fingerprints, adopt, cell_files, load_result, problem, stamp
 
 METRICS = ("mAP", "rank1", "rank5", "mINP")
@@ -138,6 +140,24 @@ def _run_scratch(cell: Cell, folder: Path, cells_dir: Path, progress: bool, **tr
     if result is not None and cell.extra_steps:
         result["train_steps"] = cfg.train.epochs * steps_per_epoch(cfg, dataset)  # all from scratch
     return result
+
+
+def _run_checkpoint(cell: Cell, folder: Path, progress: bool) -> dict[str, Any] | None:
+    """A baseline adopted from a checkpoint: the file copied where a training leaves its model (``run/last.pt``),
+    checked against the SHA-256 in the cell's key, and scored on the test split; nothing is trained."""
+    started = time.perf_counter()
+    model = cell_checkpoint(cell, folder)
+    if is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)
+        copy_source(cell.source, model)
+    dataset = prepare_dataset(cell.cfg.data, verbose=progress)  # on every rank: generating a dataset is a collective
+    barrier()
+    if not is_main_process():
+        return None
+    report = evaluate_checkpoint(cell.cfg, model, progress=progress, dataset=dataset)
+    return {"metrics": {k: report[k] for k in METRICS}, "evaluated_on": "test", "config": cell.cfg.to_dict(),
+            "checkpoint": {"path": str(cell.source.path), "sha256": cell.source.sha256},
+            "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _with_new_classifier(checkpoint: Path, num_classes: int, seed: int, path: Path) -> Path:
@@ -242,7 +262,7 @@ def _cleared_on_failure(cell: Cell, folder: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        resumable = cell.kind in ("train", "scratch") and (folder / "run" / "last.pt").is_file()
+        resumable = cell.kind in ("train", "scratch") and cell.source is None and (folder / "run" / "last.pt").is_file()
         if is_main_process() and not resumable:
             shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -267,7 +287,9 @@ def run_cell(cell: Cell, cells_dir: Path, *, progress: bool = True, log: Log = p
         return done, True
     with _cleared_on_failure(cell, folder):
         try:
-            if cell.kind == "train":
+            if cell.source is not None:
+                result = _run_checkpoint(cell, folder, progress)
+            elif cell.kind == "train":
                 result = _run_training(cell, folder, progress, data=data, log=log)
             elif cell.kind == "scratch":
                 result = _run_scratch(cell, folder, cells_dir, progress, data=data, log=log)

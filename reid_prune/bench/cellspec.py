@@ -6,16 +6,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..config import Config, DataConfig
 from .specs import AnchorSpec, MethodSpec
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint a baseline adopts instead of training (:mod:`.sources` reads and checks it)."""
+
+    path: Path  # absolute
+    sha256: str  # of the file when the bench was planned: part of the cell key
+    model_config: dict[str, Any]  # its build_model arguments (the checkpoint's model_config)
+    size: tuple[int, int] | None  # [H, W] pixels it was trained at, when the file records it (reid-prune training)
 
 
 @dataclass
 class Cell:
     """One model of the bench.
 
-    ``kind``: ``train`` (a baseline), ``prune`` (a baseline pruned by a method and fine-tuned),
+    ``kind``: ``train`` (a baseline: trained, or adopted from a checkpoint when ``source`` is set), ``prune`` (a baseline pruned by a method and fine-tuned),
     ``scratch`` (a pruned cell's architecture trained from scratch), ``anchor`` (a baseline
     pruned by Torch-Pruning and fine-tuned) or ``dense`` (a baseline fine-tuned like the
     pruned cells, with nothing cut). ``seed`` is the seed of the baseline it starts
@@ -41,6 +53,7 @@ class Cell:
     extra_steps: int = 0  # scratch: optimiser steps trained on top of cfg.train.epochs (the bench's train_steps)
     prune_on: str = ""  # a pruned cell's pruning data when it is not its fine-tuning data (cross_domain prune_data)
     prune_data: DataConfig | None = None  # that data's section, passed to the prune job
+    source: Source | None = None  # a baseline adopted from a checkpoint, not trained (kind train)
 
     @property
     def pruned_on(self) -> str:
@@ -57,6 +70,8 @@ class Cell:
     def describe(self) -> str:
         seeds = f"seed {self.seed}" + (f", fine-tuning seed {self.finetune_seed}" if self.finetune_seed is not None
                                        else "")
+        if self.kind == "train" and self.source is not None:
+            return f"adopt the {self.arch} checkpoint {self.source.path} (not trained here), score it on {self.dataset}"
         if self.kind == "train":
             return f"train {self.arch} on {self.dataset} ({seeds})"
         steps = self.cfg.prune.train_steps

@@ -54,7 +54,9 @@ def run_config(bench: Bench, dataset: str, baseline: BaselineSpec, seed: int, me
     try:
         cfg = base_defaults(bench)
         cfg.data = data_config(bench, dataset)
-        merge(cfg, {"model": {"arch": baseline.arch}, "train": {"epochs": baseline.epochs, "seed": seed}})
+        merge(cfg, {"model": {"arch": baseline.arch}, "train": {"seed": seed}})
+        if baseline.epochs is not None:  # None: a checkpoint baseline, not trained here (its cells keep base's)
+            merge(cfg, {"train": {"epochs": baseline.epochs}})
         merge(cfg, baseline.overrides)
         trained = cfg.train.epochs
         cfg.train.epochs += extra_epochs

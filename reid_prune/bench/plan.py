@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 from ..backbone import build_model
@@ -23,6 +24,7 @@ from .cellspec import Cell, Plan, RowSpec
 from .configs import data_config, finetune_seeds_of, run_config, stretched
 from .keys import PRUNING_RULES, cell_key, hashed, reads_evaluation
 from .schema import Bench
+from .sources import check_fits, networks, read_source, source_key, source_of
 from .specs import AnchorSpec, BudgetSpec, MethodSpec
 
 DENSE = "Dense (fine-tuned)"  # the row of the dense reference (bench key dense)
@@ -59,9 +61,12 @@ def resolve_budgets(bench: Bench) -> dict[str, float]:
     size = (cfg.data.height, cfg.data.width)
     m = cfg.model
 
-    def macs(arch: str) -> int:
+    source = bench.baseline(bench.prune_arch).checkpoint
+    stem = read_source(Path(source)).model_config.get("stem", "torchvision") if source else "torchvision"
+
+    def macs(arch: str) -> int:  # both with the source's stem (an imported fast-reid model's differs)
         net = build_model(arch, last_stride=m.last_stride, pooling=m.pooling, neck=m.neck,
-                          embedding_dim=m.embedding_dim)
+                          embedding_dim=m.embedding_dim, stem=stem)
         return complexity(net, size)["macs"]
 
     reference = macs(bench.prune_arch)
@@ -100,9 +105,19 @@ def plan_bench(bench: Bench) -> Plan:
         return f"-s{seed}" + ("" if finetune_seed is None else f"-ft{finetune_seed}")
 
     def trained(dataset: str, arch_: str, seed: int) -> Cell:
-        cfg = run_config(bench, dataset, bench.baseline(arch_), seed)
+        baseline = bench.baseline(arch_)
+        cfg = run_config(bench, dataset, baseline, seed)
+        if baseline.checkpoint:  # adopted, not trained: one cell per dataset whatever the seed (sources.py)
+            index = bench.baselines.index(baseline)
+            try:
+                source = read_source(Path(baseline.checkpoint))
+            except ValueError as exc:
+                raise ConfigError(f"bench key baselines[{index}].checkpoint: {exc}") from None
+            check_fits(cfg, source, baseline, index)
+            key = cell_key(f"checkpoint-{dataset}-{arch_}-{source.path.stem}", source_key(source, cfg, hashed(cfg)))
+            return add(Cell(key, "train", cfg, dataset, dataset, seed, arch_, baseline.label, source=source))
         key = cell_key(f"train-{dataset}-{arch_}-s{seed}", {"kind": "train", "config": hashed(cfg)})
-        return add(Cell(key, "train", cfg, dataset, dataset, seed, arch_, arch_.replace("resnet", "ResNet")))
+        return add(Cell(key, "train", cfg, dataset, dataset, seed, arch_, baseline.label))
 
     def reads_data(method: MethodSpec, budget: BudgetSpec) -> bool:
         """Whether the method's pruning reads data (scores batches): it can prune with other data than it
@@ -202,7 +217,8 @@ def plan_bench(bench: Bench) -> Plan:
         for dataset in bench.compare:
             for baseline in bench.baselines:
                 cell = trained(dataset, baseline.arch, seed)
-                rows.append(RowSpec("in_domain", cell.label, cell, dataset))
+                if cell.seed == seed:  # a checkpoint's one cell is one row, not one per seed
+                    rows.append(RowSpec("in_domain", cell.label, cell, dataset))
             for ft in dict.fromkeys(ft for _, ft in rounds) if bench.dense else ():  # each fine-tuning seed once
                 cell = dense(dataset, dataset, seed, ft)
                 rows.append(RowSpec("in_domain", cell.label, cell, dataset))
@@ -226,7 +242,8 @@ def plan_bench(bench: Bench) -> Plan:
                                   "(data.height, data.width); a model pruned with one and fine-tuned with the "
                                   "other needs one size (set input_size)")
             cell = trained(a, arch, seed)
-            rows.append(RowSpec("cross_domain", cell.label, cell, b))
+            if cell.seed == seed:
+                rows.append(RowSpec("cross_domain", cell.label, cell, b))
             # The dense reference: the source fine-tuned unpruned on the target, with each fine-tuning seed once.
             for ft in dict.fromkeys(ft for _, ft in rounds) if bench.dense or sides else ():
                 cell = dense(a, b, seed, ft)
@@ -281,6 +298,8 @@ def check_plan(plan: Plan, *, verbose: bool = False, dry_run: bool = False) -> N
                                   "set finetune_epochs (or its prune.finetune_epochs) to 1 or more")
             model_config = {**model_config_for(cell.cfg, 0), "pretrained": "none"}  # MACs do not count the classifier
             checked = {**model_config_for(cell.cfg, _start_classes(cell, datasets)), "pretrained": "none"}
+            if source_of(cell) is not None:  # pruned from a checkpoint: its network (stem, classifier) as stored
+                model_config, checked = networks(cell, _start_classes(cell, datasets))
             key = json.dumps([pruner.budget_params(), checked], sort_keys=True, default=str)
             if key not in seen_budgets:
                 seen_budgets.add(key)

@@ -29,6 +29,7 @@ from ..backbone import ARCHS
 from ..config import Config, ConfigError, DataConfig, parse_override, read_yaml
 from ..config_fields import check_fields, choice, merge, number_range
 from ..pruners import available, get_method
+from .sources import display, resolve_baseline
 from .specs import (ANCHORS, AnchorSpec, BaselineSpec, BudgetSpec, CrossDomainSpec, MethodSpec, ScratchSpec,
                     deep_update)
 
@@ -116,7 +117,11 @@ def _check_labels(labels: Sequence[str]) -> None:
 
 
 def resolve(bench: Bench, name: str, folder: Path) -> Bench:
-    """Check the rules between keys and fill the defaults that depend on other keys; returns ``bench``."""
+    """Check the rules between keys and fill the defaults that depend on other keys; returns ``bench``.
+
+    A baseline's ``checkpoint`` is read here (``folder``: the bench file's, for a relative path) and checked
+    (:func:`~.sources.resolve_baseline`); its ``arch`` is the file's.
+    """
     if bench.base_config:
         values = read_yaml(folder / bench.base_config, f"{NOUN} base_config: run config")
         if not isinstance(values, dict):
@@ -140,13 +145,20 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
             fail(f"compare[{i}]", f"{ds_name!r} is not in datasets ({', '.join(bench.datasets)})")
 
     for i, baseline in enumerate(bench.baselines):
-        baseline.epochs = baseline.epochs or bench.epochs or defaults.train.epochs
+        if baseline.checkpoint:
+            resolve_baseline(baseline, i, folder)  # read and checked now: arch from the file, epochs refused
+        else:
+            baseline.arch = baseline.arch or "resnet50"
+            baseline.epochs = baseline.epochs or bench.epochs or defaults.train.epochs
+            baseline.label = baseline.label or display(baseline.arch)
         merge(copy.deepcopy(defaults), baseline.overrides, f"baselines[{i}].set.")
     archs = [b.arch for b in bench.baselines]
     _unique(archs, "baselines", "the architectures")
     if bench.prune_arch not in archs:
-        fail("prune_arch", f"{bench.prune_arch} must also be a baseline (the pruned model is that trained baseline); "
-                           f"baselines are {', '.join(archs)}")
+        files = "".join(f" ({b.arch}: the checkpoint {b.checkpoint})" for b in bench.baselines if b.checkpoint)
+        fail("prune_arch", f"{bench.prune_arch} must also be a baseline (the pruned model is that baseline); "
+                           f"baselines are {', '.join(archs)}{files}: set prune_arch to one of them")
+    _check_source(bench)
     if bench.lr_steps is not None and bench.lr_steps != sorted(set(bench.lr_steps)):
         fail("lr_steps", f"expected increasing fractions of the epochs in (0, 1), e.g. [0.6, 0.85], got {bench.lr_steps}")
 
@@ -188,6 +200,7 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
             fail(f"scratch.budgets[{i}]", f"{label!r} is not a budget of budgets ({', '.join(budget_labels)})")
     every = labels + [a.label for a in bench.anchors] + ([bench.scratch.label] if bench.scratch else [])
     _unique(every, "methods", "labels of methods, anchors and scratch (give the same method twice with a label each)")
+    _unique([b.label for b in bench.baselines] + every, "baselines", "labels of baselines and methods (rows)")
     _check_labels(every)
     if every and not bench.budgets:
         fail("budgets", "give at least one budget for the methods, anchors and scratch, e.g. [0.5]; a bench of "
@@ -219,6 +232,22 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
     bench.name = bench.name or name
     bench.output = bench.output or f"runs/bench/{bench.name}"
     return bench
+
+
+def _check_source(bench: Bench) -> None:
+    """What a ``prune_arch`` adopted from a checkpoint rules out: it is one source model, not trained here."""
+    source = bench.baseline(bench.prune_arch)
+    if not source.checkpoint:
+        return
+    if bench.scratch is not None:
+        fail("scratch", f"the control trains {bench.prune_arch} with its source's recipe for as long as the source "
+                        f"trained, but the source is the checkpoint {source.checkpoint}, not trained here: remove "
+                        f"scratch (scratch: null), or train the source in the bench (baselines: [{source.arch}])")
+    tuned = bench.finetune_seeds is not None or any(b.finetune_seeds is not None for b in bench.budgets)
+    if len(bench.seeds) > 1 and tuned:
+        fail("seeds", f"the {bench.prune_arch} source is one checkpoint ({source.checkpoint}), so seeds "
+                      f"{bench.seeds} are already the fine-tuning seeds of the cells pruned from it, and "
+                      "finetune_seeds would repeat each of them: give seeds or finetune_seeds, not both")
 
 
 def _resolve_widths(methods: Sequence[MethodSpec], anchors: Sequence[str]) -> None:
@@ -257,6 +286,9 @@ def parse_bench(raw: Any, name: str, folder: str | Path = ".") -> Bench:
     bench = Bench()
     merge(bench, raw, noun=NOUN)
     check_fields(bench, noun=NOUN)
+    for item, baseline in zip(raw.get("baselines") or [], bench.baselines):
+        if isinstance(item, dict) and "arch" not in item:
+            baseline.arch = ""  # not given: a checkpoint's is read from the file, a trained one is resnet50
     return resolve(bench, name, Path(folder))
 
 

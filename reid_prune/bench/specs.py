@@ -37,12 +37,19 @@ def deep_update(target: dict[str, Any], values: dict[str, Any]) -> dict[str, Any
 
 @dataclass
 class BaselineSpec:
-    """An architecture trained from the base config; ``set``: dotted config keys for it alone."""
+    """An architecture trained from the base config; ``set``: dotted config keys for it alone (and its cells).
+
+    With ``checkpoint`` (a reid-prune checkpoint: a ``best.pt``, or a model written by ``reid-prune
+    import``; relative to the bench file), it is not trained: that model is adopted as the source and
+    scored; ``arch`` is read from the file, and ``epochs`` has no meaning (:mod:`.sources`).
+    """
 
     SHORTHAND: ClassVar[str] = "arch"
     arch: str = choice("resnet50", *ARCHS)
-    epochs: int | None = number_range(None, 1)  # default: the bench's epochs
+    epochs: int | None = number_range(None, 1)  # default: the bench's epochs (None for a checkpoint)
     set: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""  # a model to adopt instead of training one (resolved to an absolute path)
+    label: str = ""  # the row name; default: ResNet50, or "ResNet50 (FILE)" for a checkpoint
 
     @property
     def overrides(self) -> dict[str, Any]:

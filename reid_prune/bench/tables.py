@@ -142,6 +142,10 @@ def _intro(bench: Bench, plan: Plan, latency_key: str | None) -> list[str]:
              if all(s == [None] for s in finetune.values()) else
              f"Baselines: seeds {bench.seeds}. Fine-tuning seeds per budget: "
              + ", ".join(f"{label}: {s}" for label, s in finetune.items()) + ".")
+    source = bench.baseline(bench.prune_arch)
+    if source.checkpoint:
+        seeds += (f" The {source.label} source is the checkpoint {source.checkpoint}, adopted, not trained here: one "
+                  f"model, so seeds {bench.seeds} vary only the fine-tuning of the models pruned from it.")
     lines = [
         f"Input {cfg.data.height}x{cfg.data.width}. mAP, R-1 (rank-1) and mINP in %, on each dataset's query/gallery "
         f"split (Market-1501 protocol), of the model after its last epoch, scored with the {e['eval.metric']} "

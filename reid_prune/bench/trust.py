@@ -28,7 +28,7 @@ from typing import Any
 from ..config import DataConfig
 from ..data.datasets import Sample
 from ..jobs.wiring import parse_dataset
-from .plan import Cell
+from .cellspec import Cell
 
 STAMP = "trust"
 DONE = "result.json"  # a finished cell's result, in its folder
@@ -139,6 +139,8 @@ def load_result(path: Path) -> tuple[dict[str, Any] | None, str]:
 
 def _changed(recorded: dict[str, Any], now: dict[str, str], cell: Cell) -> str:
     """Why the training data changed since the cell ran ("" when it did not); the test split is scoring's."""
+    if cell.source is not None:  # a baseline adopted from a checkpoint read no training image
+        return ""
     for role, dataset in (("train", cell.dataset), ("prune_train", cell.prune_on)):
         if recorded.get(role) != now.get(role):
             return (f"the training images of {dataset} changed since it ran (file names, identities or sizes "
