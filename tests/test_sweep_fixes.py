@@ -38,3 +38,16 @@ def test_resume_and_plot_name_a_metrics_folder(tiny_run, cache_at, tmp_path, cap
     line = _one_error_line(capsys.readouterr().err, "plot")
     assert f"{run / 'metrics.jsonl'} is a folder" in line and "does not exist" not in line
     assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("text", ["", "# rates to come\n"])
+def test_an_empty_layer_rates_file_is_named_not_the_config(tmp_path, capsys, text):
+    """E. An empty --layer-rates file said 'see configs/demo.yaml' (the --config), which holds no layer rates."""
+    rates = tmp_path / "rates.yaml"
+    rates.write_text(text)
+    out = tmp_path / "pruned"
+    assert main(["prune", "--config", str(REPO / "configs" / "demo.yaml"), "--checkpoint", str(tmp_path / "none.pt"),
+                 "--method", "haoli", "--layer-rates", str(rates), "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err, "prune")
+    assert f"--layer-rates file {str(rates)!r} is empty" in line and "layer1.0.conv1: 0.3" in line
+    assert "demo.yaml" not in line and not out.exists()

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..analysis.plotting import missing_note
-from ..config import ConfigError, read_yaml
+from ..config import ConfigError, parse_yaml, read_yaml
 from ..pruners import ALLOCATIONS, SCOPES, available, get_method, get_pruner
 from .argtypes import PRECISION_HELP, int_at_least
 from .common import given, load_run_config, method_flags
@@ -80,11 +82,23 @@ CONFIG, QUIET, DISTRIBUTED, INTERRUPTED = True, True, True, None
 
 def read_layer_rates(path: str) -> dict[str, float]:
     """The {group: rate} mapping of a --layer-rates file (e.g. layer_rates.yaml of reid-prune sensitivity)."""
+    example = "e.g. 'layer1.0.conv1: 0.3' (the layer_rates.yaml of reid-prune sensitivity)"
+    if _parses_empty(Path(path)):  # read_yaml's own message would point to configs/demo.yaml, which has no rates
+        raise ConfigError(f"--layer-rates file {path!r} is empty; write one 'group name: prune rate' line per group, "
+                          f"{example}")
     rates = read_yaml(path, "--layer-rates file")
     if not isinstance(rates, dict) or not rates:
         raise ConfigError(f"--layer-rates file {path!r}: expected a mapping of group name to prune rate, "
-                          f"e.g. 'layer1.0.conv1: 0.3', got {rates!r}")
+                          f"{example}, got {rates!r}")
     return rates
+
+
+def _parses_empty(path: Path) -> bool:
+    """Whether ``path`` is a file holding no YAML value (blank or comments only); other faults are read_yaml's."""
+    try:
+        return path.is_file() and parse_yaml(path.read_text()) in (None, {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
 
 
 def prune_flags(args: argparse.Namespace) -> list[dict[str, Any]]:
