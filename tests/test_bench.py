@@ -293,6 +293,6 @@ def test_latency_budgets_plan_cells_with_a_latency_target():
     latency = [c for c in pruned if c.budget == "latency:0.6"]
     assert latency and all(c.cfg.prune.target_latency == 0.6 and c.cfg.prune.target_macs is None for c in latency)
     assert all(c.cfg.prune.scope == "all" for c in pruned)  # auto, resolved in the cell's config
-    assert "to 0.600 of its measured latency" in latency[0].describe()
+    assert "to 0.6 of its measured latency" in latency[0].describe()
     # Adding a latency budget leaves the MACs cells (and their cached results) where they were.
     assert {c.key for c in macs_only.cells} <= {c.key for c in both.cells}

@@ -185,7 +185,7 @@ def test_cells_written_before_the_checks_are_adopted_once(bench, monkeypatch):
     assert stamp["adopted"] is True
     assert stamp["files"]["pruned.pt"] == hashlib.sha256((haoli / "pruned.pt").read_bytes()).hexdigest()
     _, calls, log = rerun(bench, monkeypatch)
-    assert calls == {"train": [], "prune": 0} and "adopted" not in log  # once
+    assert calls == {"train": [], "prune": 0} and "finished before the bench checked" not in log  # once
 
     # Not adopted: a legacy cell whose model file is gone, or whose source was written after it finished.
     random = folder(bench, "prune-mine-Random")
@@ -202,6 +202,33 @@ def test_cells_written_before_the_checks_are_adopted_once(bench, monkeypatch):
     assert f"{haoli}: not reused: pruned.pt is missing" in log
     assert f"{random}: not reused: the file it started from, {last.parent.parent.name}/run/last.pt, was written " \
            "after the cell finished" in log
+
+
+@pytest.mark.slow
+def test_cells_adopted_after_their_dataset_was_regenerated_show_the_data_there_now(bench, monkeypatch):
+    """A cell from before the checks holds no fingerprint: adopted, it is scored on the test images there now."""
+    for path in bench.cells.glob("*/result.json"):
+        result = json.loads(path.read_text())
+        del result["trust"]
+        path.write_text(json.dumps(result))
+    shutil.rmtree(bench.root)
+    _generate(bench.root, seed=1)  # regenerated before the first run that checks
+    rows, calls, log = rerun(bench, monkeypatch)
+    assert calls == {"train": [], "prune": 0}
+    assert log.count("adopted from before the bench checked data") == 3
+    for label in ("ResNet18", "HaoLi", "Random"):
+        assert rows[label]["mAP"] == evaluated(bench, label)
+
+
+@pytest.mark.slow
+def test_a_result_that_is_a_folder_is_named_and_computed_again(bench, monkeypatch):
+    random = folder(bench, "prune-mine-Random")
+    (random / "result.json").unlink()
+    (random / "result.json").mkdir()
+    rows, calls, log = rerun(bench, monkeypatch)
+    assert calls == {"train": [], "prune": 1}
+    assert f"{random}: not reused: {random / 'result.json'} is not a file" in log
+    assert rows["Random"]["mAP"] == evaluated(bench, "Random")
 
 
 @pytest.mark.slow

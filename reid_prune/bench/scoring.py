@@ -94,7 +94,8 @@ def score(cell: Cell, dataset: str, data: DataConfig, result: dict[str, Any], ce
                                  and recorded == fingerprints(data)["test"])
     if dataset == cell.dataset and measured and on_test and same_data:
         return {"metrics": result["metrics"], "pruned_metrics": result.get("pruned_metrics"), "scored_by": RUN}
-    why = ("" if dataset != cell.dataset else f"the test images of {dataset} changed since the cell ran"
-           if not same_data else "with the bench's evaluation settings" if not measured else "on the test split")
+    why = ("" if dataset != cell.dataset else f"adopted from before the bench checked data: scored on the test "
+           f"images of {dataset} there now" if recorded is None and STAMP in result
+           else f"the test images of {dataset} changed since the cell ran" if not same_data else "with the bench's evaluation settings" if not measured else "on the test split")
     metrics, name = rescore(cell, dataset, data, cells_dir, progress=progress, fingerprints=fingerprints)
     return {"metrics": metrics, "pruned_metrics": None, "scored_by": name, "why": why}

@@ -127,7 +127,7 @@ def stamp(cell: Cell, cells_dir: Path, data: dict[str, str]) -> dict[str, Any]:
 def load_result(path: Path) -> tuple[dict[str, Any] | None, str]:
     """(the result in ``path``, "") or (None, why it cannot be used: "" when there is none)."""
     if not path.is_file():
-        return None, ""
+        return None, f"{path} is not a file" if path.exists() else ""
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -194,8 +194,15 @@ def _not_adoptable(cell: Cell, cells_dir: Path) -> str:
 
 
 def adopt(cell: Cell, cells_dir: Path, result: dict[str, Any], data: dict[str, str]) -> dict[str, Any]:
-    """``result`` (written before these checks) stamped with the data and files on disk now, marked ``adopted``."""
-    return {**result, STAMP: {**stamp(cell, cells_dir, data), "adopted": True}}
+    """``result`` (written before these checks) stamped with the data and files on disk now, marked ``adopted``.
+
+    Its test split is recorded as unknown (None), since nothing says which images its numbers were
+    scored on (a dataset regenerated at the same root before the adoption looks the same as the
+    original): scoring then re-scores it once on the test images there now (scoring.py) and caches that.
+    File dates cannot tell either: a copied dataset has new dates and the same images.
+    """
+    stamped = stamp(cell, cells_dir, data)
+    return {**result, STAMP: {**stamped, "data": {**stamped["data"], "test": None}, "adopted": True}}
 
 
 def dry_run_state(cell: Cell, cells_dir: Path, fingerprints: Fingerprints) -> str:
