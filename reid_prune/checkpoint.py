@@ -108,8 +108,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_config: dic
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+    """Load a checkpoint dict safely (``weights_only=True``) and check its format.
+
+    Raises:
+        ValueError: ``path`` is a folder (its best.pt or last.pt is suggested), or not a reid-prune checkpoint.
+        FileNotFoundError: nothing at ``path``.
+    """
     path = Path(path)
+    if path.is_dir():
+        inside = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), None)
+        hint = f"pass the checkpoint inside it, '{inside}'" if inside else "pass a checkpoint file (best.pt, last.pt)"
+        raise ValueError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:

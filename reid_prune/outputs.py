@@ -97,10 +97,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     A Ctrl-C during the body leaves ``path`` as it was and raises KeyboardInterrupt, even when the writer
     turned it into another error (:func:`interrupt_behind`), so commands report it as an interrupt.
+
+    Raises:
+        OutputPathError: ``path`` is a folder, or no file can be created beside it.
     """
     path = Path(path)
+    if path.is_dir():  # checked first: the rename would fail after the write, naming only the temporary file
+        raise OutputPathError(f"'{path}' is a folder; give the name of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # its message names the temporary file, which the caller never wrote
+        raise OutputPathError(f"cannot write '{path}' ({exc.strerror or exc}); choose a folder you can write "
+                              "in") from None
     os.close(fd)
     try:
         try:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, TINY_RUN
 from reid_prune.cli import main
@@ -51,3 +52,63 @@ def test_an_empty_layer_rates_file_is_named_not_the_config(tmp_path, capsys, tex
     line = _one_error_line(capsys.readouterr().err, "prune")
     assert f"--layer-rates file {str(rates)!r} is empty" in line and "layer1.0.conv1: 0.3" in line
     assert "demo.yaml" not in line and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def model():
+    import reid_prune
+
+    return reid_prune.build_model("resnet18").eval()
+
+
+@pytest.mark.parametrize("size", [(0, 32), (-64, 32), (64, 0)])
+def test_prune_refuses_an_input_size_without_pixels(model, size):
+    """C. input_size (0, 32) failed in a convolution, (-64, 32) in the tracer, naming nothing the caller wrote."""
+    import reid_prune
+
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"^prune\(\): input_size: expected \(height, width\) in pixels, each >= 1, "
+                                         rf"got \({size[0]}, {size[1]}\)$"):
+        reid_prune.prune(model, "haoli", target_macs=0.5, input_size=size)
+    with pytest.raises(ValueError, match=r"^get_pruner\(\): input_size: "):
+        reid_prune.get_pruner("haoli", rate=0.3, input_size=size)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_prune_refuses_empty_layer_rates(model):
+    """C. layer_rates={} returned an unpruned copy without a word; the command line refuses an empty file."""
+    import reid_prune
+
+    with pytest.raises(ValueError, match=r"^prune\(\): layer_rates: empty, so nothing would be pruned; "):
+        reid_prune.prune(model, "haoli", layer_rates={}, input_size=(64, 32))
+    # A mapping that names a group is still taken (the check is on emptiness, not on layer_rates).
+    group = "layer1.0.conv1"
+    small = reid_prune.prune(model, "haoli", layer_rates={group: 0.5}, input_size=(64, 32))
+    assert small.get_submodule(group).out_channels == model.get_submodule(group).out_channels // 2
+
+
+def test_save_checkpoint_to_a_folder_names_the_folder(model, tmp_path):
+    """C. save_checkpoint('/some/folder', m) raised IsADirectoryError naming a temporary file."""
+    import reid_prune
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    with pytest.raises(ValueError) as info:
+        reid_prune.save_checkpoint(folder, model)
+    assert str(info.value) == f"'{folder}' is a folder; give the name of a file to write"
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+@pytest.mark.parametrize("inside", [None, "last.pt", "best.pt"])
+def test_load_model_on_a_folder_says_so(tmp_path, inside):
+    """C. load_model('runs/base') on a folder said it 'does not exist'; it names the checkpoint inside."""
+    import reid_prune
+
+    if inside:
+        (tmp_path / inside).write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        reid_prune.load_model(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {str(tmp_path)!r} is a folder, not a file; ")
+    assert "does not exist" not in message
+    assert (f"'{tmp_path / inside}'" in message) if inside else "best.pt" in message

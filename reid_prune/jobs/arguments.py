@@ -42,6 +42,12 @@ BOUNDS: dict[str, dict[str, tuple[float, bool]]] = {
     "extract_checkpoint": {"batch_size": (1, False), "workers": (0, False)},
     "export_checkpoint": {"threads": (1, False), "tolerance": (0, True)},
 }
+# Arguments that are an image size (height, width) in pixels: a zero or negative side would fail deep in a
+# convolution or the tracer, naming nothing the caller wrote.
+PIXEL_SIZES = frozenset({"input_size"})
+# Mappings that must name something: an empty layer_rates would return an unpruned copy without a word
+# (the command line refuses an empty --layer-rates file too).
+NON_EMPTY = frozenset({"layer_rates"})
 _SHOW = reprlib.Repr()
 _SHOW.maxstring = _SHOW.maxother = 60
 _SEQUENCES = (collections.abc.Sequence, list, tuple)
@@ -69,7 +75,8 @@ def check_call(func: Callable, args: tuple, kwargs: Mapping[str, Any], *,
     Raises:
         TypeError: an unknown keyword (with the closest valid name), a missing or extra argument,
             or a value of the wrong type; the message starts with ``name():`` and names the argument.
-        ValueError: a number below its bound in :data:`BOUNDS`, or a number that is NaN or infinite.
+        ValueError: a number below its bound in :data:`BOUNDS`, a number that is NaN or infinite, or an image
+            size (:data:`PIXEL_SIZES`) with a side below 1 pixel, or an empty mapping in :data:`NON_EMPTY`.
     """
     name = func.__name__
     signature = inspect.signature(func)
@@ -127,6 +134,11 @@ def check_value(name: str, arg: str, value: Any, hint: Any) -> None:
         low, strict = bound
         if value < low or (strict and value == low):
             raise ValueError(f"{name}(): {arg}: must be {'>' if strict else '>='} {low}, got {value}")
+    if arg in PIXEL_SIZES and isinstance(value, _SEQUENCES) and any(side < 1 for side in value):
+        raise ValueError(f"{name}(): {arg}: expected (height, width) in pixels, each >= 1, got {show(value)}")
+    if arg in NON_EMPTY and isinstance(value, collections.abc.Mapping) and not value:
+        raise ValueError(f"{name}(): {arg}: empty, so nothing would be pruned; give {{group name: prune rate}}, "
+                         "e.g. {'layer1.0.conv1': 0.3}, or another target (rate, target_macs, ...)")
 
 
 def _numbers(value: Any) -> list[float]:
