@@ -230,10 +230,12 @@ def budget_problem(groups: Sequence[ChannelGroup], cost: CostModel, *, target_ma
     lowest = {g.name: _bounds(g.channels, min_channels, round_to) for g in groups}
     if fraction(lowest) > target + tolerance:
         predicted = " (predicted from this machine's timings)" if what == "latency" else ""
+        busy = ("; timings taken on a busy machine predict too high: retry when it is quiet" if what == "latency"
+                else "")
         raise ValueError(
             f"a {what} budget of {target:g} cannot be met: with every selected group at its minimum the model "
-            f"keeps {fraction(lowest):.3g} of its {what}{predicted}. Prune more layers (scope=all, include the stem, "
-            "downsample or last stage) or lower min_channels / round_to"
+            f"keeps {fraction(lowest):.3g} of its {what}{predicted}. Prune more layers (scope=all if it is not "
+            f"already, include_stem, include_downsample, include_last_stage) or lower min_channels / round_to{busy}"
         )
     return BudgetProblem(list(groups), what, target, fraction, lowest, round_to, tolerance)
 
