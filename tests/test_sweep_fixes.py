@@ -112,3 +112,23 @@ def test_load_model_on_a_folder_says_so(tmp_path, inside):
     assert message.startswith(f"checkpoint {str(tmp_path)!r} is a folder, not a file; ")
     assert "does not exist" not in message
     assert (f"'{tmp_path / inside}'" in message) if inside else "best.pt" in message
+
+
+@pytest.mark.parametrize("size", [(128, 64), (64, 32)])
+def test_eval_warns_at_another_size_than_trained(tiny_run, cache_at, tmp_path, capsys, size):
+    """D. eval at 128x64 of a checkpoint trained at 64x32 (its stored config says so) passed without a word."""
+    cache_at(tiny_run / "cache")
+    checkpoint = tiny_run / "run" / "best.pt"
+    trained = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]["data"]
+    assert (trained["height"], trained["width"]) == (64, 32)
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--config", str(tiny_run / "run" / "config.yaml"), "--checkpoint", str(checkpoint),
+                 "--quiet", "--json", str(report), f"--set=data.height={size[0]}", f"--set=data.width={size[1]}",
+                 "--set=eval.latency=false"]) == 0  # a warning, not a refusal
+    err = capsys.readouterr().err
+    warned = f"was trained at 64x32 (height x width) but data.height/width give {size[0]}x{size[1]} here"
+    if size == (64, 32):
+        assert "was trained at" not in err
+    else:
+        assert warned in err and "--set data.height=64 --set data.width=32" in err
+    assert report.is_file()

@@ -8,6 +8,7 @@ From a notebook::
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,13 @@ def check_architecture(cfg: Config, ckpt: dict[str, Any], path: str | Path) -> N
     """Refuse a checkpoint whose architecture differs from the config's ``model`` section.
 
     Every key of :data:`ARCHITECTURE_KEYS` the checkpoint records must equal the config's
-    (checkpoints written before a key existed are not checked on it).
+    (checkpoints written before a key existed are not checked on it). An input size other than the
+    one the checkpoint trained at is warned about (:func:`warn_input_size`).
 
     Raises:
         ValueError: naming each differing key, both values and the ``--set`` that matches the checkpoint.
     """
+    warn_input_size(cfg, ckpt, path)
     stored = ckpt["model_config"]
     differ = [key for key in ARCHITECTURE_KEYS if key in stored and stored[key] != getattr(cfg.model, key)]
     if not differ:
@@ -51,6 +54,24 @@ def check_architecture(cfg: Config, ckpt: dict[str, Any], path: str | Path) -> N
     fix = " ".join(f"--set model.{key}={stored[key]}" for key in differ)
     raise ValueError(f"checkpoint {str(path)!r} holds a {held} but the config's {config}; pass the matching "
                      f"config or {fix}")
+
+
+def warn_input_size(cfg: Config, ckpt: dict[str, Any], path: str | Path) -> None:
+    """Warn when ``data.height``/``data.width`` differ from the size the checkpoint's stored config trained at.
+
+    Not a refusal: a fully convolutional network runs at any size and measuring it elsewhere is
+    legitimate, but its mAP moves with the size, so a changed size must not pass unnoticed.
+    Checkpoints without a stored config (or its sizes) are not checked.
+    """
+    data = (ckpt.get("config") or {}).get("data") or {}
+    if not isinstance(data, dict) or not isinstance(data.get("height"), int) or not isinstance(data.get("width"), int):
+        return
+    trained, here = (data["height"], data["width"]), (cfg.data.height, cfg.data.width)
+    if trained != here:
+        warnings.warn(f"checkpoint {str(path)!r} was trained at {trained[0]}x{trained[1]} (height x width) but "
+                      f"data.height/width give {here[0]}x{here[1]} here, so its scores differ from those at its "
+                      f"trained size (--set data.height={trained[0]} --set data.width={trained[1]} matches it)",
+                      UserWarning, stacklevel=2)
 
 
 def model_report(model: nn.Module, cfg: Config, query_loader: DataLoader, gallery_loader: DataLoader, *,
