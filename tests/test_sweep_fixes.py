@@ -132,3 +132,26 @@ def test_eval_warns_at_another_size_than_trained(tiny_run, cache_at, tmp_path, c
     else:
         assert warned in err and "--set data.height=64 --set data.width=32" in err
     assert report.is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unchecked_unreadable_image_mid_training_exits_2_naming_it(tmp_path, capsys, workers):
+    """B. check_images=off, no cache: an unreadable image raised an OSError traceback mid-training (exit 1)."""
+    from test_images import _dataset_with_bad_images
+
+    root, bad = _dataset_with_bad_images(tmp_path)  # a truncated gallery image (read by every evaluation) and an empty train one
+    out = tmp_path / "run"
+    overrides = ["data.dataset=market_layout", f"data.root={root}", "data.height=32", "data.width=16", "data.p=2",
+                 "data.k=2", f"data.workers={workers}", "data.check_images=off", "data.cache=false",
+                 "model.arch=resnet18", "train.epochs=1", "train.warmup_epochs=0", "train.device=cpu",
+                 "eval.latency=false"]
+    assert main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--quiet", "--output", str(out),
+                 *[f"--set={o}" for o in overrides]]) == 2
+    line = _one_error_line(capsys.readouterr().err, "train")
+    named = [path for path in bad if f"could not read image '{path}'" in line]
+    assert len(named) == 1, line
+    assert "data.check_images=error" in line and "data.check_images=skip" in line and "remove or replace" in line
+    kept = sorted(p.name for p in out.iterdir())
+    assert "config.yaml" in kept and line.endswith(f"kept in '{out}': {', '.join(kept)}" +
+                                                   (" (--resume continues from last.pt once the image is fixed)"
+                                                    if "last.pt" in kept else ""))

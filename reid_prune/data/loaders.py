@@ -14,6 +14,22 @@ from .images import READ_ERRORS, read_rgb
 from .sampler import PKSampler
 
 
+class UnreadableImageError(OSError, ValueError):
+    """An image that cannot be decoded while a loader reads it (nothing checked it up front: ``data.check_images: off``).
+
+    An OSError for the code that catches read failures, and a ValueError, so that commands report it as
+    a user's input (exit 2, one line), as the up-front check does.
+    """
+
+
+def unreadable_image_line(error: UnreadableImageError) -> str:
+    """The error's own one-line message, also when a DataLoader worker re-raised it with its traceback in the text."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    prefix = f"{UnreadableImageError.__module__}.{UnreadableImageError.__qualname__}: "
+    return last.split(prefix, 1)[1] if prefix in last else last
+
+
 class ImageDataset(Dataset):
     """Items ``(image (3, H, W), pid, camid, index)`` read from a list of :class:`Sample`.
 
@@ -44,7 +60,10 @@ class ImageDataset(Dataset):
             try:
                 image = read_rgb(sample.path)
             except READ_ERRORS as err:
-                raise OSError(f"could not read image '{sample.path}' (item {index}): {err}") from err
+                raise UnreadableImageError(
+                    f"could not read image '{sample.path}' (item {index}): {' '.join(str(err).split())}; remove or "
+                    "replace the file, or set data.check_images=error (stop before any work, naming every "
+                    "unreadable image) or data.check_images=skip (leave such images out)") from err
         if seed is None:
             return self.transform(image), sample.pid, sample.camid, index
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream as it was

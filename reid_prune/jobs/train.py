@@ -20,6 +20,7 @@ from ..analysis.curves import read_metrics_file
 from ..backbone import build_model
 from ..checkpoint import model_from_checkpoint, read_checkpoint, remove_stale_temporaries
 from ..config import Config, ConfigError, changed_keys, config_from_dict, dump_config, tagged_keys
+from ..data.loaders import UnreadableImageError, unreadable_image_line
 from ..distributed import is_main_process
 from ..engine import Trainer
 from ..engine.tensorboard import open_log
@@ -134,6 +135,15 @@ def resumed_compute(cfg: Config, record: Any, path: Path, here: ComputeSettings)
     return ComputeSettings(here.device, precision, layout == "channels_last")
 
 
+def kept_files(out: Path) -> str:
+    """What a run stopped mid-training leaves in ``out``, for its error message (files of earlier epochs stay)."""
+    names = sorted(p.name for p in out.iterdir() if p.is_file()) if out.is_dir() else []
+    if not names:
+        return "nothing was written"
+    resume = " (--resume continues from last.pt once the image is fixed)" if "last.pt" in names else ""
+    return f"kept in '{out}': {', '.join(names)}{resume}"
+
+
 def _yaml(value: Any) -> str:
     """A config value as YAML spells it (null, true, [1, 2])."""
     return json.dumps(value, default=str)
@@ -204,6 +214,8 @@ def train(cfg: Config, *, output: str | Path | None = None, resume: bool = False
             summary["test"] = trainer.evaluate(*make_eval_loaders(cfg, dataset))  # the test split, scored once
             if log:
                 log.metrics("test", summary["test"], step=trainer.train_cfg.epochs)
+    except UnreadableImageError as exc:  # data.check_images=off without the cache: met only when a loader reads it
+        raise ValueError(f"{unreadable_image_line(exc)}; {kept_files(out)}") from None
     finally:
         if log:
             log.close()
