@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TINY_RUN
+from conftest import REPO
 from reid_prune.cli import main
 
 
