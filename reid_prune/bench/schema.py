@@ -286,7 +286,12 @@ def parse_bench(raw: Any, name: str, folder: str | Path = ".") -> Bench:
     bench = Bench()
     merge(bench, raw, noun=NOUN)
     check_fields(bench, noun=NOUN)
-    for item, baseline in zip(raw.get("baselines") or [], bench.baselines):
+    for i, (item, baseline) in enumerate(zip(raw.get("baselines") or [], bench.baselines)):
+        # "" is what a written bench.yaml holds for a trained baseline (with its epochs); given alone it would
+        # silently train the default architecture instead of adopting a file.
+        if isinstance(item, dict) and item.get("checkpoint") == "" and "epochs" not in item:
+            fail(f"baselines[{i}].checkpoint", "an empty path; give the checkpoint file (a relative path is read "
+                                               "from the bench file's folder), or remove the key to train the baseline")
         if isinstance(item, dict) and "arch" not in item:
             baseline.arch = ""  # not given: a checkpoint's is read from the file, a trained one is resnet50
     return resolve(bench, name, Path(folder))
