@@ -17,8 +17,6 @@ imported when first asked for.
 from importlib import import_module
 from typing import Callable
 
-from . import backbone as _backbone
-from . import checkpoint as _checkpoint
 from .jobs.arguments import checked, prune_keywords, pruner_keywords
 
 __version__ = "0.1.0"
@@ -31,12 +29,12 @@ def _front(function: Callable, extra: Callable | None = None) -> Callable:
     return wrapped
 
 
-build_model = _front(_backbone.build_model)
-load_model = _front(_checkpoint.load_model)
-save_checkpoint = _front(_checkpoint.save_checkpoint)
-
-# name -> the module that owns it, imported on first use.
+# name -> the module that owns it, imported on first use: importing the package does not import torch,
+# so the command line's entry (reid_prune.entry) can catch a Ctrl-C while torch loads.
 _LAZY = {
+    "build_model": "reid_prune.backbone",
+    "load_model": "reid_prune.checkpoint",
+    "save_checkpoint": "reid_prune.checkpoint",
     "load_config": "reid_prune.config",
     "prune": "reid_prune.pruners",
     "get_pruner": "reid_prune.pruners",
@@ -51,7 +49,7 @@ _LAZY = {
 }
 # What the functions that take **kwargs accept there, so a mistyped keyword is caught too.
 _KEYWORDS = {"prune": prune_keywords, "get_pruner": pruner_keywords}
-__all__ = ["build_model", "load_model", "save_checkpoint", *_LAZY, "__version__"]
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):

@@ -29,7 +29,7 @@ LAYERS = [
     ("jobs", ("jobs",)),
     ("bench", ("bench",)),
     ("commands", ("commands",)),
-    ("entry", ("cli", "__main__", "")),  # "": the package's front door, reid_prune/__init__.py
+    ("entry", ("cli", "entry", "__main__", "")),  # "": the package's front door, reid_prune/__init__.py
 ]
 
 

@@ -181,3 +181,26 @@ def test_plot_drops_a_cut_short_last_line_and_refuses_one_in_the_middle(tmp_path
     (run / "metrics.jsonl").write_text(lines[0] + lines[1][:12] + "\n" + lines[2])
     assert main(["plot", str(run)]) == 2
     assert f"{run / 'metrics.jsonl'}, line 2: not a JSON record" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_torch_loads_exits_130_without_a_traceback():
+    """The console script's entry imports the CLI (and torch) inside main: an interrupt there is handled."""
+    import subprocess
+    import sys
+
+    from reid_prune.entry import STARTUP_INTERRUPTED
+
+    # The import of the CLI is interrupted as a Ctrl-C would, at its start.
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def interrupted(name, *args, **kwargs):\n"
+            "    if name == 'cli' or name.endswith('.cli'):\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *args, **kwargs)\n"
+            "import reid_prune.entry as entry\n"
+            "assert 'torch' not in sys.modules, 'importing the entry must not load torch'\n"
+            "builtins.__import__ = interrupted\n"
+            "sys.exit(entry.main(['--help']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == STARTUP_INTERRUPTED and "Traceback" not in done.stderr
