@@ -107,6 +107,23 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_config: dic
     return atomic_save(payload, path)
 
 
+def check_not_folder(path: str | os.PathLike, names: tuple[str, ...] = ("best.pt", "last.pt")) -> None:
+    """Refuse a folder given where a checkpoint file is expected, suggesting the first of ``names`` inside it.
+
+    ``names``: file names or glob patterns (``*.pth``) of the checkpoints such a folder holds.
+
+    Raises:
+        ValueError: ``checkpoint 'PATH' is a folder, not a file; pass the checkpoint inside it, 'PATH/best.pt'``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    inside = next((f for name in names for f in sorted(path.glob(glob.escape(name) if "*" not in name else name))
+                   if f.is_file()), None)
+    hint = f"pass the checkpoint inside it, '{inside}'" if inside else f"pass a checkpoint file ({', '.join(names)})"
+    raise ValueError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``) and check its format.
 
@@ -115,10 +132,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: nothing at ``path``.
     """
     path = Path(path)
-    if path.is_dir():
-        inside = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), None)
-        hint = f"pass the checkpoint inside it, '{inside}'" if inside else "pass a checkpoint file (best.pt, last.pt)"
-        raise ValueError(f"checkpoint {str(path)!r} is a folder, not a file; {hint}")
+    check_not_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:

@@ -9,8 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from test_interop import bot_state
 
+import reid_prune
 from reid_prune.bench.schema import parse_bench
+from reid_prune.cli import main
 from reid_prune.config import ConfigError
 
 BENCH = {
@@ -30,3 +34,38 @@ def test_an_empty_checkpoint_path_is_refused_not_trained(tmp_path: Path) -> None
     bench = parse_bench({**BENCH, "baselines": [{"arch": "resnet18", "epochs": 2, "checkpoint": ""}]}, "r24.yaml",
                         tmp_path)
     assert (bench.baselines[0].arch, bench.baselines[0].epochs) == ("resnet18", 2)
+
+
+def _cli_error(capsys, *argv: str) -> str:
+    """Run reid-prune with ``argv``, expect exit 2; its one error line."""
+    assert main(list(argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_import_refuses_an_existing_output(tmp_path: Path, capsys) -> None:
+    theirs, out = tmp_path / "bot18.pth", tmp_path / "mine.pt"
+    torch.save(bot_state("resnet18"), theirs)
+    out.write_bytes(b"keep me")
+    line = _cli_error(capsys, "import", "--from", "bot", str(theirs), "--output", str(out))
+    assert line.endswith(f"--output {str(out)!r} exists; choose another --output or delete it")
+    assert out.read_bytes() == b"keep me"
+    with pytest.raises(FileExistsError, match="exists; choose another"):
+        reid_prune.import_checkpoint(theirs, source="bot", output=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bot18.pth", "mine.pt"]
+
+
+def test_a_folder_is_named_a_folder_with_the_file_inside(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    torch.save(bot_state("resnet18"), folder / "model.pth.tar-60")
+    line = _cli_error(capsys, "import", "--from", "bot", str(folder), "--output", str(tmp_path / "out.pt"))
+    assert line.endswith(f"checkpoint {str(folder)!r} is a folder, not a file; pass the checkpoint inside it, "
+                         f"'{folder / 'model.pth.tar-60'}'")
+    # A bench baseline's checkpoint that is a run folder: its best.pt is suggested.
+    (tmp_path / "run").mkdir()
+    reid_prune.save_checkpoint(tmp_path / "run" / "best.pt", reid_prune.build_model("resnet18"))
+    with pytest.raises(ConfigError, match=r"baselines\[0\]\.checkpoint: checkpoint '\S+/run' is a folder, not a file; "
+                                          r"pass the checkpoint inside it, '\S+/run/best.pt'"):
+        parse_bench({**BENCH, "baselines": [{"checkpoint": "run"}]}, "r24.yaml", tmp_path)

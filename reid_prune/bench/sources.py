@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backbone import build_model
-from ..checkpoint import module_widths, read_checkpoint
+from ..checkpoint import check_not_folder, module_widths, read_checkpoint
 from ..config import Config, ConfigError
 from ..jobs.evaluate import ARCHITECTURE_KEYS
 from ..outputs import atomic_path
@@ -48,9 +48,10 @@ def read_source(path: Path) -> Source:
     """What the checkpoint at ``path`` holds, checked; remembered while its size and modification time stay.
 
     Raises:
-        ValueError: one line: no such file, not a reid-prune checkpoint, or a pruned network (a bench prunes
+        ValueError: one line: a folder, no such file, not a reid-prune checkpoint, or a pruned network (a bench prunes
             whole networks: its budgets are fractions of a whole ``prune_arch``).
     """
+    check_not_folder(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist (a relative path is read from the bench file's folder); {CONVERT}")
     stat = path.stat()

@@ -147,6 +147,7 @@ def import_checkpoint(checkpoint: str | os.PathLike, source: str, output: str | 
 
     Raises:
         FileNotFoundError: no such file.
+        FileExistsError: ``output`` exists (it is not replaced).
         ValueError: a bad option or output path (before reading); a file that is not a torch file or holds
             a pickled object; weights of another backbone (IBN, SE, non-local, OSNet, deeper ResNets),
             unknown or missing keys or shapes that do not fit: one line naming the keys. Nothing is written.
@@ -154,6 +155,8 @@ def import_checkpoint(checkpoint: str | os.PathLike, source: str, output: str | 
     spec = _check_options(source, last_stride, pooling)
     if output is not None:
         check_output_file(output, "--output", inputs=[checkpoint])
+        if Path(output).exists():  # as prune keeps an existing pruned.pt: a model is never replaced unasked
+            raise FileExistsError(f"--output {str(output)!r} exists; choose another --output or delete it")
     state, container = read_state_dict(checkpoint)
     try:
         model, config, notes = _map(state, spec, last_stride, pooling)

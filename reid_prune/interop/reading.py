@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import FORMAT
+from ..checkpoint import FORMAT, check_not_folder
 
 # Where each tool keeps the state_dict in its checkpoint dict: torchreid, then fast-reid.
 CONTAINER_KEYS = ("state_dict", "model")
@@ -56,11 +56,12 @@ def load_weights_only(path: str | os.PathLike) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with numpy numbers allowed.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: the file is not a torch file, or it holds a pickled Python object (named, with the
+        FileNotFoundError: nothing at ``path``.
+        ValueError: ``path`` is a folder (a checkpoint inside it is suggested); the file is not a torch file, or it holds a pickled Python object (named, with the
             line that saves its weights instead).
     """
     path = Path(path)
+    check_not_folder(path, ("*.pth", "*.pth.tar*", "*.pt", "*.tar"))  # the files the three tools write
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
