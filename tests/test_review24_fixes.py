@@ -6,16 +6,17 @@ status and line, or a number against one computed here.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
-from test_interop import bot_state
+from test_interop import bot_state, fastreid_state
 
 import reid_prune
 from reid_prune.bench.schema import parse_bench
 from reid_prune.cli import main
-from reid_prune.config import ConfigError
+from reid_prune.config import ConfigError, load_config
 
 BENCH = {
     "name": "r24", "input_size": [64, 32],
@@ -69,3 +70,15 @@ def test_a_folder_is_named_a_folder_with_the_file_inside(tmp_path: Path, capsys)
     with pytest.raises(ConfigError, match=r"baselines\[0\]\.checkpoint: checkpoint '\S+/run' is a folder, not a file; "
                                           r"pass the checkpoint inside it, '\S+/run/best.pt'"):
         parse_bench({**BENCH, "baselines": [{"checkpoint": "run"}]}, "r24.yaml", tmp_path)
+
+
+def test_the_suggested_pixel_statistics_flag_pastes_into_a_shell(tmp_path: Path) -> None:
+    state = fastreid_state("resnet18", pixel_stats=True)
+    state["pixel_mean"] = torch.tensor([0.5, 0.25, 0.125]).view(1, 3, 1, 1) * 255
+    torch.save(state, tmp_path / "fr.pth")
+    notes = reid_prune.import_checkpoint(tmp_path / "fr.pth", source="fastreid").notes
+    note = next(n for n in notes if n.startswith("pixel_mean"))
+    words = shlex.split(note.partition("evaluate with ")[2])
+    assert words[0] == "--set" and len(words) == 2  # one shell word, as the config reads it
+    cfg = load_config(None, [words[1]])
+    assert list(cfg.data.transforms.mean) == [0.5, 0.25, 0.125]

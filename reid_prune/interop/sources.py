@@ -106,9 +106,10 @@ def _fastreid_head(r: Renamed, config: dict, notes: list[str]) -> None:
         stored = r.pop(key)
         if stored is not None and not torch.allclose(stored.flatten().double() / 255, torch.tensor(expected).double(),
                                                      atol=1e-4):
-            values = [round(v / 255, 4) for v in stored.flatten().tolist()]
+            # No spaces in the list: the flag pastes into a shell as one word.
+            values = ",".join(f"{round(v / 255, 4):g}" for v in stored.flatten().tolist())
             option = "mean" if key == "pixel_mean" else "std"
-            notes.append(f"{key} is not ImageNet's: evaluate with --set data.transforms.{option}={values}")
+            notes.append(f"{key} is not ImageNet's: evaluate with --set data.transforms.{option}=[{values}]")
 
 
 SOURCES = {source.name: source for source in (
