@@ -82,3 +82,15 @@ def test_the_suggested_pixel_statistics_flag_pastes_into_a_shell(tmp_path: Path)
     assert words[0] == "--set" and len(words) == 2  # one shell word, as the config reads it
     cfg = load_config(None, [words[1]])
     assert list(cfg.data.transforms.mean) == [0.5, 0.25, 0.125]
+
+
+def test_an_optimizer_file_is_named_as_such_with_the_model_file(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()  # a momentum buffer: 'state' holds tensors per parameter, as BoT's saved optimizer does
+    path = tmp_path / "resnet50_optimizer_120.pth"
+    torch.save(optimizer.state_dict(), path)
+    with pytest.raises(ValueError, match=r"holds an optimizer's state \(state, param_groups\), not the model's "
+                                         r"weights; .* import that file, 'resnet50_model_120.pth'"):
+        reid_prune.import_checkpoint(path, source="bot")

@@ -82,13 +82,20 @@ def find_state_dict(obj: object, path: str | os.PathLike) -> tuple[dict[str, Ten
     """The state_dict in a loaded checkpoint, without wrapper prefixes, and how the file held it (in words).
 
     Raises:
-        ValueError: a reid-prune checkpoint (nothing to import), or no state_dict: the message names
-            the entries that are not tensors.
+        ValueError: a reid-prune checkpoint (nothing to import), an optimizer's state (the model file is
+            named), or no state_dict: the message names the entries that are not tensors.
     """
     where = str(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         raise ValueError(f"checkpoint {where!r} is a reid-prune checkpoint already: pass it to eval, prune or "
                          "export as it is")
+    if isinstance(obj, Mapping) and {"state", "param_groups"} <= set(obj):
+        # reid-strong-baseline's ModelCheckpoint writes NAME_optimizer_N.pth beside NAME_model_N.pth.
+        name = Path(path).name
+        model = name.replace("_optimizer_", "_model_") if "_optimizer_" in name else "resnet50_model_120.pth"
+        raise ValueError(f"checkpoint {where!r} holds an optimizer's state (state, param_groups), not the model's "
+                         f"weights; reid-strong-baseline writes the model beside it as NAME_model_EPOCH.pth: "
+                         f"import {'that file, ' if '_optimizer_' in name else 'a file such as '}{model!r}")
     container = "a plain state_dict"
     if isinstance(obj, Mapping):
         for key in CONTAINER_KEYS:
