@@ -117,9 +117,9 @@ def test_a_reid_prune_checkpoint_is_not_imported_again(tmp_path):
 
 def test_bad_options_are_refused_before_the_file_is_read(tmp_path):
     missing = tmp_path / "absent.pth"  # never read: each option is refused first
-    with pytest.raises(ValueError, match="--from: expected one of torchreid, fastreid, bot, got 'openreid'"):
+    with pytest.raises(ValueError, match=r"source \(--from\): expected one of torchreid, fastreid, bot, got 'openreid'"):
         reid_prune.import_checkpoint(missing, source="openreid")
-    with pytest.raises(ValueError, match="--last-stride: expected 1 or 2, got 3"):
+    with pytest.raises(ValueError, match=r"last_stride \(--last-stride\): expected 1 or 2, got 3"):
         reid_prune.import_checkpoint(missing, source="bot", last_stride=3)
     with pytest.raises(TypeError, match=r"import_checkpoint\(\): last_stride: expected an integer or None, got '1'"):
         reid_prune.import_checkpoint(missing, source="bot", last_stride="1")

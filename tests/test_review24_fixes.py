@@ -50,7 +50,7 @@ def test_import_refuses_an_existing_output(tmp_path: Path, capsys) -> None:
     torch.save(bot_state("resnet18"), theirs)
     out.write_bytes(b"keep me")
     line = _cli_error(capsys, "import", "--from", "bot", str(theirs), "--output", str(out))
-    assert line.endswith(f"--output {str(out)!r} exists; choose another --output or delete it")
+    assert line.endswith(f"output (--output) {str(out)!r} exists; choose another output or delete it")
     assert out.read_bytes() == b"keep me"
     with pytest.raises(FileExistsError, match="exists; choose another"):
         reid_prune.import_checkpoint(theirs, source="bot", output=out)
@@ -94,3 +94,22 @@ def test_an_optimizer_file_is_named_as_such_with_the_model_file(tmp_path: Path) 
     with pytest.raises(ValueError, match=r"holds an optimizer's state \(state, param_groups\), not the model's "
                                          r"weights; .* import that file, 'resnet50_model_120.pth'"):
         reid_prune.import_checkpoint(path, source="bot")
+
+
+def test_wording_of_python_arguments_osnet_and_repeated_checkpoint_architectures(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.pth"  # options are checked before the file is read
+    with pytest.raises(ValueError, match=r"^source \(--from\): expected one of torchreid, fastreid, bot, got 'BOT'$"):
+        reid_prune.import_checkpoint(missing, source="BOT")
+    with pytest.raises(ValueError, match=r"^last_stride \(--last-stride\): expected 1 or 2, got 3$"):
+        reid_prune.import_checkpoint(missing, source="bot", last_stride=3)
+    # An OSNet's stem key: "its backbone is an OSNet", not "has an OSNet backbone".
+    torch.save({"conv1.conv.weight": torch.ones(2), **bot_state("resnet18")}, tmp_path / "osnet.pth")
+    with pytest.raises(ValueError, match=r"cannot be imported: its backbone is an OSNet \(conv1\.conv\.weight\); "):
+        reid_prune.import_checkpoint(tmp_path / "osnet.pth", source="torchreid")
+    for name in ("a.pt", "b.pt"):
+        reid_prune.save_checkpoint(tmp_path / name, reid_prune.build_model("resnet18", pretrained="none"))
+    raw = {**BENCH, "baselines": [{"checkpoint": "a.pt"}, {"checkpoint": "b.pt", "label": "B"}]}
+    with pytest.raises(ConfigError, match=r"bench key baselines: more than one baseline is a resnet18, one of them a "
+                                          r"checkpoint; a bench identifies each source model by its architecture .*: "
+                                          r"keep one baseline per architecture"):
+        parse_bench(raw, "r24.yaml", tmp_path)

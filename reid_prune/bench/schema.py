@@ -153,6 +153,11 @@ def resolve(bench: Bench, name: str, folder: Path) -> Bench:
             baseline.label = baseline.label or display(baseline.arch)
         merge(copy.deepcopy(defaults), baseline.overrides, f"baselines[{i}].set.")
     archs = [b.arch for b in bench.baselines]
+    repeated = sorted({b.arch for b in bench.baselines if b.checkpoint and archs.count(b.arch) > 1})
+    if repeated:  # prune_arch, match:ARCH budgets and the cells name a source model by its architecture
+        fail("baselines", f"more than one baseline is a {' and a '.join(repeated)}, one of them a checkpoint; a bench "
+                          "identifies each source model by its architecture (prune_arch, match:ARCH budgets): keep "
+                          "one baseline per architecture and compare the other checkpoint in a second bench")
     _unique(archs, "baselines", "the architectures")
     if bench.prune_arch not in archs:
         files = "".join(f" ({b.arch}: the checkpoint {b.checkpoint})" for b in bench.baselines if b.checkpoint)

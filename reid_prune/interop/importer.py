@@ -51,13 +51,14 @@ class ImportedModel:
         return [f"model.{key}={self.model_config[key]}" for key in CONFIG_KEYS]
 
 
+# Each option's Python argument with the CLI flag that sets it: one check serves import_checkpoint and the command.
 def _check_options(source: str, last_stride: int | None, pooling: str | None) -> Source:
     if source not in SOURCES:
-        raise ValueError(f"--from: expected one of {', '.join(SOURCES)}, got {source!r}")
+        raise ValueError(f"source (--from): expected one of {', '.join(SOURCES)}, got {source!r}")
     if last_stride not in (None, 1, 2):
-        raise ValueError(f"--last-stride: expected 1 or 2, got {last_stride!r}")
+        raise ValueError(f"last_stride (--last-stride): expected 1 or 2, got {last_stride!r}")
     if pooling not in (None, *POOLINGS):
-        raise ValueError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+        raise ValueError(f"pooling (--pooling): expected one of {', '.join(POOLINGS)}, got {pooling!r}")
     return SOURCES[source]
 
 
@@ -103,7 +104,7 @@ def _map(state: dict[str, Tensor], source: Source, last_stride: int | None, pool
          ) -> tuple[ReIDNet, dict[str, Any], list[str]]:
     family = other_family(list(state))
     if family is not None:
-        raise Refusal(f"its backbone has {family}; only plain ResNet-18, -34 and -50 re-ID models import "
+        raise Refusal(f"its backbone {family}; only plain ResNet-18, -34 and -50 re-ID models import "
                       "(docs/interop.md)")
     if f"{source.trunk}layer1.0.conv1.weight" not in state:
         raise Refusal(_look_alike(set(state), source))
@@ -154,9 +155,9 @@ def import_checkpoint(checkpoint: str | os.PathLike, source: str, output: str | 
     """
     spec = _check_options(source, last_stride, pooling)
     if output is not None:
-        check_output_file(output, "--output", inputs=[checkpoint])
+        check_output_file(output, "output (--output)", inputs=[checkpoint])
         if Path(output).exists():  # as prune keeps an existing pruned.pt: a model is never replaced unasked
-            raise FileExistsError(f"--output {str(output)!r} exists; choose another --output or delete it")
+            raise FileExistsError(f"output (--output) {str(output)!r} exists; choose another output or delete it")
     state, container = read_state_dict(checkpoint)
     try:
         model, config, notes = _map(state, spec, last_stride, pooling)

@@ -21,10 +21,10 @@ ARCHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", (
 DEEPER = {(3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
 # Backbones that are not a plain ResNet, found by a key of theirs (the message names the key).
 FAMILIES = (
-    ("IBN-Net layers (instance normalisation)", re.compile(r"(^|\.)IN\.")),
-    ("squeeze-and-excitation blocks (SE-ResNet)", re.compile(r"(^|\.)(se|se_module)\.")),
-    ("non-local blocks", re.compile(r"(^|\.)NL_\d")),
-    ("an OSNet backbone", re.compile(r"(^|\.)conv1\.conv\.weight$")),
+    ("has IBN-Net layers (instance normalisation)", re.compile(r"(^|\.)IN\.")),
+    ("has squeeze-and-excitation blocks (SE-ResNet)", re.compile(r"(^|\.)(se|se_module)\.")),
+    ("has non-local blocks", re.compile(r"(^|\.)NL_\d")),
+    ("is an OSNet", re.compile(r"(^|\.)conv1\.conv\.weight$")),
 )
 SHOWN = 5  # keys named in a message
 
@@ -80,7 +80,8 @@ def shown(keys: Sequence[str]) -> str:
 
 
 def other_family(keys: Sequence[str]) -> str | None:
-    """What makes a backbone other than a plain ResNet, with the keys that show it; None for a plain one."""
+    """What makes a backbone other than a plain ResNet (``has ...`` or ``is ...``), with the keys that show it;
+    None for a plain one."""
     for what, pattern in FAMILIES:
         found = [key for key in keys if pattern.search(key)]
         if found:
