@@ -14,7 +14,9 @@ import torch
 from test_interop import bot_state, fastreid_state
 
 import reid_prune
+from reid_prune.bench import plan_bench
 from reid_prune.bench.schema import parse_bench
+from reid_prune.bench.tables import markdown_report, result_rows, summarize, written
 from reid_prune.cli import main
 from reid_prune.config import ConfigError, load_config
 
@@ -113,3 +115,21 @@ def test_wording_of_python_arguments_osnet_and_repeated_checkpoint_architectures
                                           r"checkpoint; a bench identifies each source model by its architecture .*: "
                                           r"keep one baseline per architecture"):
         parse_bench(raw, "r24.yaml", tmp_path)
+
+
+def test_the_tables_round_scores_once_from_the_full_value(tmp_path: Path) -> None:
+    bench = parse_bench(dict(BENCH), "r24.yaml", tmp_path)
+    plan = plan_bench(bench)
+    results, scores = {}, {}
+    for cell in plan.cells:
+        results[cell.key] = {"params": 10, "macs": 100 if cell.kind in ("train", "dense") else 50, "wall_seconds": 1.0}
+        # 17.1548 is 17.2 to one decimal; rounded to 17.15 first, it printed 17.1 (17.15 is 17.149999... in binary).
+        metrics = {"mAP": 17.1548, "rank1": 40.0, "rank5": 50.0, "mINP": 5.0}
+        scores[(cell.key, "a")] = {"metrics": metrics, "pruned_metrics": None, "scored_by": "test"}
+    rows = result_rows(plan, "resnet18", results, scores, {})
+    groups = summarize(rows)
+    md = markdown_report(bench, plan, [written(r) for r in rows], groups, command="", plots={}, final=False,
+                         pending=0)
+    table = [line for line in md.splitlines() if line.startswith("| ResNet18")]
+    assert table and all("| 17.2 |" in line and "17.1 " not in line for line in table)
+    assert {written(r)["mAP"] for r in rows} == {17.15}  # the files keep two decimals

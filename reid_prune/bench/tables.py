@@ -28,6 +28,8 @@ from .schema import Bench
 from .contrasts import ALPHA, COMPARED, CONTROL, LEVEL, contrasts, families_of, group_by, markdown_table
 
 SCORES = ("mAP", "rank1", "mINP")
+# Rounded in the files only: the tables round means of the full values once (17.1548 -> 17.2, not 17.15 -> 17.1).
+ROUNDED = ("mAP", "rank1", "rank5", "mINP", "pruned_mAP", "pruned_rank1")
 KINDS = {"train": "baseline", "prune": "pruned", "scratch": "scratch", "anchor": "anchor", "dense": "dense"}
 
 
@@ -50,7 +52,8 @@ def _method(cell: Cell) -> str:
 def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
                 scores: dict[tuple[str, str], dict[str, Any]],
                 latencies: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """One flat record per result row whose cell has finished and been scored."""
+    """One flat record per result row whose cell has finished and been scored; its scores unrounded
+    (:func:`written` rounds them for results.csv and results.json)."""
     rows = []
     for spec in plan.rows:
         cell = spec.cell
@@ -71,8 +74,8 @@ def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
             "macs_kept": round(result["macs"] / reference["macs"], 4) if reference else None,
         }
         row.update(latencies.get(cell.key, {}))  # latency_ms_batchB, latency_ratio_batchB (_min, _max)
-        row.update({k: round(metrics[k], 2) for k in ("mAP", "rank1", "rank5", "mINP")})
-        row.update({f"pruned_{k}": round(pruned[k], 2) if pruned else None for k in ("mAP", "rank1")})
+        row.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "mINP")})  # rounded once: written(), _text()
+        row.update({f"pruned_{k}": pruned[k] if pruned else None for k in ("mAP", "rank1")})
         row.update(prune_seconds=result.get("prune_seconds"), wall_seconds=result["wall_seconds"],
                    # Steps after the source (the method's own counted; scratch: all of its training), and x MACs kept.
                    train_steps=result.get("train_steps"), mac_weighted_steps=result.get("mac_weighted_steps"),
@@ -81,6 +84,11 @@ def result_rows(plan: Plan, prune_arch: str, results: dict[str, dict[str, Any]],
             row["mac_weighted_steps"] = round(row["train_steps"] * row["macs_kept"], 2)  # scratch: one width
         rows.append(row)
     return rows
+
+
+def written(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row as results.csv and results.json hold it: scores (percent) rounded to 2 decimals."""
+    return {k: round(v, 2) if k in ROUNDED and v is not None else v for k, v in row.items()}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -236,8 +244,9 @@ def write_results(bench: Bench, plan: Plan, out: Path, cells_dir: Path, results:
                   scores: dict[tuple[str, str], dict[str, Any]], latencies: dict[str, dict[str, float]], *,
                   command: str = "", final: bool = True) -> dict[str, Any]:
     """Write results.csv, results.json, results.md and, when ``final``, the plots; returns the JSON content."""
-    rows = result_rows(plan, bench.prune_arch, results, scores, latencies)
-    groups = summarize(rows)
+    exact = result_rows(plan, bench.prune_arch, results, scores, latencies)
+    groups = summarize(exact)
+    rows = [written(row) for row in exact]
     contrast = contrasts(rows)
     pending = sum(1 for cell in plan.cells if cell.key not in results)
     plots = {"pareto": pareto_plot(bench, groups, out / "pareto.png"),
