@@ -230,6 +230,7 @@ def test_an_imported_model_is_a_source_with_its_stem(checkpoint_bench, tmp_path,
     foreign = tmp_path / "resnet18_model_120.pth"
     torch.save(bot_state("resnet18", classes=9), foreign)
     model = checkpoint_bench.parent / "model" / "best.pt"
+    model.unlink()  # the fixture's trained source: import refuses to replace an existing file
     assert main(["import", "--from", "bot", str(foreign), "--output", str(model)]) == 0
     capsys.readouterr()
     built = []
